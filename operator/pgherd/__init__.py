@@ -1,0 +1,1 @@
+"""pgherd: a Kubernetes operator for highly available PostgreSQL run by Patroni."""

@@ -1,0 +1,166 @@
+"""Starts, checks and stops the local control plane's processes.
+
+Each process gets its own session (so a stop reaches anything it spawned), its output
+in a log file, and is recorded with its start time so that a later `cluster-down` stops
+exactly the processes this tool started and never a recycled pid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pgherd_dev.errors import DevError
+
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class Started:
+    """What is needed to find a process again: its id and kernel start time."""
+
+    name: str
+    pid: int
+    start_time: int
+    log: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @staticmethod
+    def from_json(data: dict[str, Any]) -> Started:
+        return Started(
+            str(data["name"]), int(data["pid"]), int(data["start_time"]), str(data["log"])
+        )
+
+    def alive(self) -> bool:
+        return process_start_time(self.pid) == self.start_time
+
+
+def process_start_time(pid: int) -> int | None:
+    """Kernel start time of pid (field 22 of /proc/pid/stat), or None if gone or a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name may contain spaces and parentheses; fields follow the last ')'.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
+    return int(fields[19])
+
+
+def _die_with_parent() -> None:
+    # Children of a long-lived parent (a test run) must not outlive it, even on SIGKILL.
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def start(
+    name: str,
+    argv: Sequence[str],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    die_with_parent: bool = False,
+    cwd: Path | None = None,
+) -> Started:
+    """Start argv in its own session, output appended to log."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            list(argv),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
+        )
+    started_at = process_start_time(proc.pid)
+    if started_at is None:
+        raise DevError(f"{name} exited at once; see its log: {log}")
+    return Started(name, proc.pid, started_at, str(log))
+
+
+def stop(procs: Sequence[Started], timeout: float = 10.0) -> list[str]:
+    """Stop processes (and their sessions) gracefully, then forcibly. Returns what was stopped."""
+    stopped: list[str] = []
+    live = [p for p in procs if p.alive()]
+    for p in live:
+        _signal_group(p, signal.SIGTERM)
+    _wait_gone(live, timeout)
+    for p in live:
+        if p.alive():
+            _signal_group(p, signal.SIGKILL)
+        stopped.append(p.name)
+    # SIGKILL is delivered asynchronously; wait so callers see the processes gone.
+    _wait_gone(live, 5.0)
+    return stopped
+
+
+def _wait_gone(procs: Sequence[Started], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        _reap(procs)
+        if not any(p.alive() for p in procs) or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
+
+
+def _signal_group(p: Started, sig: signal.Signals) -> None:
+    # The process leads its own session, so its group id is its pid; checking
+    # start_time first means a recycled pid is never signalled.
+    if not p.alive():
+        return
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        os.kill(p.pid, sig)
+
+
+def _reap(procs: Sequence[Started]) -> None:
+    for p in procs:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(p.pid, os.WNOHANG)
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ensure_port_free(port: int, what: str, env_var: str) -> None:
+    """Fail with advice when a port the user chose is taken."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            raise DevError(
+                f"port {port} on 127.0.0.1 (for {what}) is already in use by another process. "
+                f"Free it, or pick another port with {env_var}=<port> "
+                "(unset it to use a free port)."
+            ) from None
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    """Last lines of a log file, for error messages and failed-test reports."""
+    try:
+        data = path.read_bytes()[-64 * 1024 :].decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-lines:])

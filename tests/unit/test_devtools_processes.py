@@ -1,0 +1,57 @@
+"""Processes started by the tooling are stopped completely, also when their parent dies."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+from pgherd_dev import processes
+
+
+def _wait_gone(pid: int, start: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if processes.process_start_time(pid) != start:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_stop_ends_the_process_and_what_it_spawned(tmp_path: Path) -> None:
+    # A shell that ignores SIGTERM and has a child: both must be gone after stop().
+    script = "trap '' TERM; sleep 300 & echo $! > child.pid; wait"
+    p = processes.start("sh", ["sh", "-c", script], tmp_path / "sh.log", cwd=tmp_path)
+    pid_file = tmp_path / "child.pid"
+    deadline = time.monotonic() + 5
+    while not pid_file.exists() or not pid_file.read_text().strip():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    child_start = processes.process_start_time(child)
+    assert child_start is not None
+    processes.stop([p], timeout=1.0)
+    assert not p.alive()
+    assert _wait_gone(child, child_start)
+
+
+def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
+    parent_code = textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from pgherd_dev import processes
+        p = processes.start("sleeper", ["sleep", "300"], Path({str(tmp_path)!r}) / "s.log",
+                            die_with_parent=True)
+        print(p.pid, p.start_time, flush=True)
+        time.sleep(300)
+    """)
+    parent = subprocess.Popen(
+        [sys.executable, "-c", parent_code], stdout=subprocess.PIPE, text=True
+    )
+    assert parent.stdout is not None
+    pid, start = map(int, parent.stdout.readline().split())
+    parent.kill()  # SIGKILL: no cleanup code of the parent runs
+    parent.wait()
+    assert _wait_gone(pid, start)
