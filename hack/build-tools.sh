@@ -37,11 +37,11 @@ built() {
 }
 
 timed() {
-  local name="$1"; shift
+  local label="$1"; shift
   local start=$SECONDS
-  log "building $name (cold builds take minutes; cached in $CACHE)"
+  log "building $label (cold builds take minutes; cached in $CACHE)"
   "$@"
-  log "built $name in $((SECONDS - start))s"
+  log "built $label in $((SECONDS - start))s"
 }
 
 build_kube() {
@@ -112,17 +112,17 @@ GO
   link "$dir" etcd
 }
 
-# go_build NAME DIR MODULE VERSION PKG [tags] [ldflags]
+# go_build NAME DIR MODULE VERSION PKG [tags] [ldflags] [replace-lines]
 # Builds PKG from MODULE@VERSION in a throwaway consumer module rather than with
 # `go install pkg@version`, which also asks the proxy for the module's version list
 # (for deprecation notices) and fails where that listing is refused.
 go_build() {
-  local name="$1" dir="$2" mod="$3" ver="$4" pkg="$5" tags="${6:-}" ld="${7:-}"
+  local name="$1" dir="$2" mod="$3" ver="$4" pkg="$5" tags="${6:-}" ld="${7:-}" repl="${8:-}"
   if built "$dir" "$name"; then link "$dir" "$name"; return; fi
   need_go
   local src="$CACHE/src/${dir##*/}-$name"
   rm -rf "$src"; mkdir -p "$src" "$dir"
-  printf 'module pgherd.local/tools\ngo 1.26\nrequire %s %s\n' "$mod" "$ver" >"$src/go.mod"
+  printf 'module pgherd.local/tools\ngo 1.26\nrequire %s %s\n%s\n' "$mod" "$ver" "$repl" >"$src/go.mod"
   _go_build() {
     (cd "$src" && CGO_ENABLED=0 go build -mod=mod -ldflags "-s -w $ld" ${tags:+-tags=$tags} \
       -o "$dir/$name" "$pkg")
@@ -160,7 +160,8 @@ build_opm() {
 build_operator_sdk() {
   local m=github.com/operator-framework/operator-sdk
   go_build operator-sdk "$CACHE/operator-sdk-$OPERATOR_SDK_VERSION" "$m" "$OPERATOR_SDK_VERSION" \
-    "$m/cmd/operator-sdk" containers_image_openpgp "-X $m/internal/version.Version=$OPERATOR_SDK_VERSION"
+    "$m/cmd/operator-sdk" containers_image_openpgp "-X $m/internal/version.Version=$OPERATOR_SDK_VERSION -X $m/internal/version.GitVersion=$OPERATOR_SDK_VERSION" \
+    "replace github.com/operator-framework/ansible-operator-plugins => github.com/operator-framework/ansible-operator-plugins $OPERATOR_SDK_ANSIBLE_PLUGINS_VERSION"
 }
 
 tools=("$@")

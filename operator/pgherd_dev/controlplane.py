@@ -1,8 +1,9 @@
 """A real local Kubernetes control plane on 127.0.0.1, started in seconds.
 
 etcd, kube-apiserver (RBAC, default admission plugins), kube-controller-manager,
-kube-scheduler, kwok (fake nodes whose pods it marks Running) and the test-only volume
-provisioner, each a process of its own with a log in the working directory. Three
+kube-scheduler, kwok (fake nodes whose pods it marks Running), the test-only volume
+provisioner and the test kubelet that runs pgherd's PostgreSQL pods, each a process of
+its own with a log in the working directory. Three
 nodes are spread over three zones. State (pids, ports) is kept in state.json so another
 command can report on it or tear it down.
 """
@@ -135,7 +136,7 @@ class ControlPlane:
         if self.requested_port is not None:
             processes.ensure_port_free(self.requested_port, "kube-apiserver", PORT_ENV)
         ports = Ports(apiserver=self.requested_port or processes.free_port())
-        for sub in ("pki", "etcd", "volumes", "kwok"):
+        for sub in ("pki", "etcd", "volumes", "kwok", "pods"):
             shutil.rmtree(self.workdir / sub, ignore_errors=True)
         (self.workdir / "pki").mkdir(parents=True)
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -273,6 +274,16 @@ class ControlPlane:
                     "pgherd_dev.provisioner",
                     f"--kubeconfig={self.kubeconfig}",
                     f"--root={self.workdir / 'volumes'}",
+                ],
+            )
+            self._start(
+                "kubelet",
+                [
+                    sys.executable,
+                    "-m",
+                    "pgherd_dev.kubelet",
+                    f"--kubeconfig={self.kubeconfig}",
+                    f"--root={self.workdir / 'pods'}",
                 ],
             )
             self._save_state(ports)

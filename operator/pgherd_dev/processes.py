@@ -59,7 +59,8 @@ def process_start_time(pid: int) -> int | None:
     return int(fields[19])
 
 
-def _die_with_parent() -> None:
+def set_parent_death_signal() -> None:
+    """preexec_fn: the child gets SIGKILL when the process that started it dies."""
     # Children of a long-lived parent (a test run) must not outlive it, even on SIGKILL.
     libc = ctypes.CDLL("libc.so.6", use_errno=True)
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -85,7 +86,7 @@ def start(
             env=env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent if die_with_parent else None,  # noqa: PLW1509
+            preexec_fn=set_parent_death_signal if die_with_parent else None,  # noqa: PLW1509
         )
     started_at = process_start_time(proc.pid)
     if started_at is None:

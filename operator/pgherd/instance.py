@@ -1,0 +1,123 @@
+"""`pgherd instance`: the operand container's entrypoint.
+
+Turns the pod's environment (name, namespace, IP, ports, credentials) and the mounted
+patroni.yaml into Patroni's final configuration, then becomes Patroni. Per-pod values
+travel as PATRONI_* environment variables, which Patroni prefers over its file; secrets
+never touch the disk.
+
+PGHERD_ROOT (default "/") prefixes every filesystem path the pod spec names. A real pod
+never sets it; pgherd's test kubelet does, so that many pods can share one machine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pgherd.render import operand
+
+_DEFAULT_BIN_ROOT = Path("/usr/lib/postgresql")
+
+
+class InstanceError(Exception):
+    """The pod's environment cannot run an instance; the message says what is missing."""
+
+
+def _require(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "")
+    if not value:
+        raise InstanceError(f"environment variable {name} is required and empty")
+    return value
+
+
+def rooted(root: str, path: str) -> str:
+    """path as seen from inside the pod, mapped under root."""
+    return str(Path(root) / path.lstrip("/")) if root not in ("", "/") else path
+
+
+def patroni_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The PATRONI_* variables for this pod, derived from what the pod spec provides."""
+    root = env.get("PGHERD_ROOT", "/")
+    pod_ip = _require(env, "POD_IP")
+    pg_port = env.get("PGHERD_PG_PORT", str(operand.POSTGRES_PORT))
+    api_port = env.get("PGHERD_API_PORT", str(operand.PATRONI_PORT))
+    # Listen on the pod IP and on loopback: kubectl port-forward connects to loopback.
+    hosts = ",".join(dict.fromkeys(["127.0.0.1", pod_ip]))
+    return {
+        "PATRONI_NAME": _require(env, "POD_NAME"),
+        "PATRONI_KUBERNETES_NAMESPACE": _require(env, "POD_NAMESPACE"),
+        "PATRONI_KUBERNETES_POD_IP": pod_ip,
+        "PATRONI_POSTGRESQL_LISTEN": f"{hosts}:{pg_port}",
+        "PATRONI_POSTGRESQL_CONNECT_ADDRESS": f"{pod_ip}:{pg_port}",
+        "PATRONI_RESTAPI_LISTEN": f"{pod_ip}:{api_port}",
+        "PATRONI_RESTAPI_CONNECT_ADDRESS": f"{pod_ip}:{api_port}",
+        "PATRONI_POSTGRESQL_DATA_DIR": rooted(root, env.get("PGDATA", operand.PGDATA)),
+        "PATRONI_POSTGRESQL_PGPASS": rooted(root, operand.PGPASS),
+    }
+
+
+def find_bin_dir(env: Mapping[str, str], base: Path = _DEFAULT_BIN_ROOT) -> str:
+    """PostgreSQL's binaries: PGHERD_PG_BIN_DIR, else the newest under /usr/lib/postgresql."""
+    if explicit := env.get("PGHERD_PG_BIN_DIR"):
+        return explicit
+    majors = sorted(
+        (p for p in base.glob("*/bin") if (p / "postgres").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if not majors:
+        raise InstanceError(f"no PostgreSQL binaries under {base}; set PGHERD_PG_BIN_DIR")
+    return str(majors[-1])
+
+
+def final_config(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """patroni.yaml as mounted, with paths mapped under PGHERD_ROOT and the binaries found."""
+    root = env.get("PGHERD_ROOT", "/")
+    out = dict(config)
+    pg = dict(out.get("postgresql", {}))
+    pg["bin_dir"] = find_bin_dir(env)
+    params = dict(pg.get("parameters", {}))
+    params["unix_socket_directories"] = rooted(
+        root, str(params.get("unix_socket_directories", operand.SOCKET_DIR))
+    )
+    pg["parameters"] = params
+    bootstrap = dict(out.get("bootstrap", {}))
+    # Creates the application database and its owner once, on the first primary.
+    bootstrap["post_bootstrap"] = f"{sys.executable} -m pgherd.post_bootstrap"
+    out["bootstrap"] = bootstrap
+    out["postgresql"] = pg
+    return out
+
+
+def run(env: Mapping[str, str]) -> None:
+    """Write the final configuration and exec Patroni; returns only on error."""
+    root = env.get("PGHERD_ROOT", "/")
+    source = Path(rooted(root, env.get("PGHERD_CONFIG", operand.CONFIG_FILE)))
+    try:
+        config = yaml.safe_load(source.read_text())
+    except OSError as e:
+        raise InstanceError(f"cannot read Patroni configuration {source}: {e}") from None
+    patroni_env = patroni_environment(env)
+    Path(rooted(root, operand.SOCKET_DIR)).mkdir(parents=True, exist_ok=True)
+    target = Path(rooted(root, operand.TMP_DIR)) / "patroni.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(yaml.safe_dump(final_config(config, env), sort_keys=False))
+    target.chmod(0o600)
+    os.execve(  # noqa: S606 - becoming Patroni is the point of this entrypoint
+        sys.executable,
+        [sys.executable, "-m", "patroni", str(target)],
+        {**env, **patroni_env},
+    )
+
+
+def main() -> int:
+    try:
+        run(os.environ)
+    except InstanceError as e:
+        print(f"pgherd instance: {e}", file=sys.stderr)
+        return 2
+    return 1

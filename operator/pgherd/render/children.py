@@ -1,0 +1,38 @@
+"""Everything a PostgresCluster owns, in the order it is best applied.
+
+RBAC first (the pods need their ServiceAccount), then Secrets and the Patroni ConfigMap (the
+pods mount and reference them), Services, the StatefulSet, and last its disruption budget.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.render.names import SecretKind
+from pgherd.render.ownership import Manifest
+from pgherd.render.patroni_config import render_patroni_configmap
+from pgherd.render.pdb import render_pdb
+from pgherd.render.rbac import render_rbac
+from pgherd.render.secrets import render_secrets
+from pgherd.render.services import render_services
+from pgherd.render.statefulset import render_statefulset
+
+
+def desired_children(
+    cluster: PostgresCluster, passwords: Mapping[SecretKind, str] | None = None
+) -> list[Manifest]:
+    """The desired child objects of `cluster`.
+
+    Secrets are included only when `passwords` (superuser, replication and app) are given:
+    passwords are never made up here; the operator reads them from the existing Secrets or
+    generates them once.
+    """
+    children = render_rbac(cluster)
+    if passwords is not None:
+        children += render_secrets(cluster, passwords)
+    children.append(render_patroni_configmap(cluster))
+    children += render_services(cluster)
+    children.append(render_statefulset(cluster))
+    children.append(render_pdb(cluster))
+    return children

@@ -1,0 +1,61 @@
+"""Names of everything a PostgresCluster owns, in one place so the operator and renderers agree."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+SecretKind = Literal["superuser", "replication", "app"]
+SECRET_KINDS: tuple[SecretKind, ...] = ("superuser", "replication", "app")
+
+# ConfigMaps Patroni's Kubernetes DCS keeps per cluster (configmap mode): <scope>-<suffix>.
+PATRONI_DCS_SUFFIXES = ("config", "leader", "failover", "sync")
+
+
+def statefulset(cluster: str) -> str:
+    return cluster
+
+
+def pod(cluster: str, ordinal: int) -> str:
+    return f"{cluster}-{ordinal}"
+
+
+def instance_account(cluster: str) -> str:
+    """ServiceAccount, Role and RoleBinding of the instance pods."""
+    return f"{cluster}-instance"
+
+
+def patroni_configmap(cluster: str) -> str:
+    return f"{cluster}-patroni"
+
+
+def patroni_dcs_configmaps(cluster: str) -> list[str]:
+    return [f"{cluster}-{suffix}" for suffix in PATRONI_DCS_SUFFIXES]
+
+
+def secret(cluster: str, kind: SecretKind) -> str:
+    return f"{cluster}-{kind}"
+
+
+def service_rw(cluster: str) -> str:
+    return f"{cluster}-rw"
+
+
+def service_ro(cluster: str) -> str:
+    return f"{cluster}-ro"
+
+
+def service_any(cluster: str) -> str:
+    return f"{cluster}-r"
+
+
+def service_headless(cluster: str) -> str:
+    return f"{cluster}-headless"
+
+
+def pdb(cluster: str) -> str:
+    return cluster
+
+
+def service_host(service: str, namespace: str) -> str:
+    """In-cluster DNS name of a Service."""
+    return f"{service}.{namespace}.svc"

@@ -1,0 +1,36 @@
+"""The contract between the rendered pod and the operand image: ports, paths, user, command.
+
+The operand image (PostgreSQL + Patroni + `pgherd instance`) must agree with these values;
+keeping them in one module makes that agreement visible.
+"""
+
+from __future__ import annotations
+
+CONTAINER = "postgres"
+COMMAND = ["pgherd", "instance"]
+
+POSTGRES_PORT = 5432
+POSTGRES_PORT_NAME = "postgresql"
+PATRONI_PORT = 8008
+PATRONI_PORT_NAME = "patroni"
+
+# The data volume is mounted one level above PGDATA: a fresh filesystem's root holds
+# lost+found, and initdb refuses a non-empty directory.
+DATA_VOLUME = "pgdata"
+DATA_MOUNT = "/var/lib/postgresql/data"
+PGDATA = f"{DATA_MOUNT}/pgdata"
+
+CONFIG_DIR = "/etc/pgherd"
+CONFIG_KEY = "patroni.yaml"
+CONFIG_FILE = f"{CONFIG_DIR}/{CONFIG_KEY}"
+
+# Writable scratch space: the root filesystem is read-only.
+TMP_DIR = "/tmp"  # noqa: S108 - an emptyDir private to the pod, not a shared /tmp
+SOCKET_DIR = "/run/postgresql"
+SHM_DIR = "/dev/shm"  # noqa: S108 - a memory emptyDir mounted over it
+PGPASS = f"{TMP_DIR}/pgpass"
+
+# uid/gid 999 is `postgres` in Debian's postgresql packages and the official postgres image,
+# which the operand image builds on; files on the data volume stay owned consistently.
+POSTGRES_UID = 999
+POSTGRES_GID = 999

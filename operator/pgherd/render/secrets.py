@@ -1,0 +1,71 @@
+"""Credential Secrets of a cluster, from passwords passed in (never generated here).
+
+All three are `kubernetes.io/basic-auth` Secrets (keys `username` and `password`); the app
+Secret adds what a client needs to connect: host, port, dbname, user and a URI. Data is
+base64-encoded in `data`, not `stringData`, so that server-side apply sees a stable value.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Mapping
+from urllib.parse import quote
+
+from pgherd.api.v1alpha1 import REPLICATION_USERNAME, SUPERUSER_USERNAME, PostgresCluster
+from pgherd.render import names
+from pgherd.render.names import SECRET_KINDS, SecretKind
+from pgherd.render.operand import POSTGRES_PORT
+from pgherd.render.ownership import Manifest, child_metadata
+
+
+def username_for(cluster: PostgresCluster, kind: SecretKind) -> str:
+    """The PostgreSQL role a Secret holds the credentials of."""
+    if kind == "superuser":
+        return SUPERUSER_USERNAME
+    if kind == "replication":
+        return REPLICATION_USERNAME
+    return cluster.spec.bootstrap.owner
+
+
+def _app_connection(cluster: PostgresCluster, username: str, password: str) -> dict[str, str]:
+    host = names.service_host(names.service_rw(cluster.metadata.name), cluster.metadata.namespace)
+    dbname = cluster.spec.bootstrap.database
+    userinfo = f"{quote(username, safe='')}:{quote(password, safe='')}"
+    return {
+        "host": host,
+        "port": str(POSTGRES_PORT),
+        "dbname": dbname,
+        "user": username,
+        "uri": f"postgresql://{userinfo}@{host}:{POSTGRES_PORT}/{quote(dbname, safe='')}",
+    }
+
+
+def render_secret(
+    cluster: PostgresCluster, kind: SecretKind, username: str, password: str
+) -> Manifest:
+    """Secret `<cluster>-<kind>` holding `username` and `password`."""
+    if kind not in SECRET_KINDS:
+        raise ValueError(f"unknown secret kind {kind!r}")
+    if not username or not password:
+        raise ValueError(f"{kind} secret needs a username and a password")
+    values = {"username": username, "password": password}
+    if kind == "app":
+        values |= _app_connection(cluster, username, password)
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": child_metadata(cluster, names.secret(cluster.metadata.name, kind)),
+        "type": "kubernetes.io/basic-auth",
+        "data": {k: base64.b64encode(v.encode()).decode("ascii") for k, v in values.items()},
+    }
+
+
+def render_secrets(cluster: PostgresCluster, passwords: Mapping[SecretKind, str]) -> list[Manifest]:
+    """The superuser, replication and app Secrets; `passwords` must hold all three."""
+    missing = [kind for kind in SECRET_KINDS if kind not in passwords]
+    if missing:
+        raise ValueError(f"passwords missing for {', '.join(missing)}")
+    return [
+        render_secret(cluster, kind, username_for(cluster, kind), passwords[kind])
+        for kind in SECRET_KINDS
+    ]

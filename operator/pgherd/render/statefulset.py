@@ -1,0 +1,204 @@
+"""StatefulSet `<cluster>`: the instance pods, their volumes and the pod security settings.
+
+updateStrategy is OnDelete because the operator rolls pods itself, in the order Patroni
+needs (replicas first, then a switchover, then the old primary); a RollingUpdate would
+restart the primary whenever its ordinal came up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.render import labels, names, operand
+from pgherd.render.names import SecretKind
+from pgherd.render.ownership import Manifest, child_metadata
+from pgherd.render.patroni_config import (
+    CONFIG_HASH_ANNOTATION,
+    config_hash,
+    render_patroni_configmap,
+)
+from pgherd.render.scheduling import pod_scheduling
+
+# Room for a fast shutdown with its final checkpoint before the kubelet kills postgres.
+TERMINATION_GRACE_SECONDS = 60
+
+
+def _field_env(name: str, field_path: str) -> dict[str, Any]:
+    return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
+
+
+def _secret_env(name: str, cluster: str, kind: SecretKind, key: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "valueFrom": {"secretKeyRef": {"name": names.secret(cluster, kind), "key": key}},
+    }
+
+
+def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
+    # `pgherd instance` turns these into Patroni's per-pod PATRONI_* settings (name, listen
+    # and connect addresses, data directory); credentials go to Patroni as they are.
+    name = cluster.metadata.name
+    return [
+        _field_env("POD_NAME", "metadata.name"),
+        _field_env("POD_NAMESPACE", "metadata.namespace"),
+        _field_env("POD_IP", "status.podIP"),
+        {"name": "PGHERD_CLUSTER", "value": name},
+        {"name": "PGHERD_PG_PORT", "value": str(operand.POSTGRES_PORT)},
+        {"name": "PGHERD_API_PORT", "value": str(operand.PATRONI_PORT)},
+        {"name": "PGDATA", "value": operand.PGDATA},
+        {"name": "PGHERD_CONFIG", "value": operand.CONFIG_FILE},
+        _secret_env("PATRONI_SUPERUSER_USERNAME", name, "superuser", "username"),
+        _secret_env("PATRONI_SUPERUSER_PASSWORD", name, "superuser", "password"),
+        _secret_env("PATRONI_REPLICATION_USERNAME", name, "replication", "username"),
+        _secret_env("PATRONI_REPLICATION_PASSWORD", name, "replication", "password"),
+        {"name": "PGHERD_APP_DATABASE", "value": cluster.spec.bootstrap.database},
+        _secret_env("PGHERD_APP_USER", name, "app", "username"),
+        _secret_env("PGHERD_APP_PASSWORD", name, "app", "password"),
+    ]
+
+
+def _http_probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
+    return {
+        "httpGet": {"path": path, "port": operand.PATRONI_PORT_NAME},
+        "periodSeconds": period,
+        "timeoutSeconds": 5,
+        "failureThreshold": failures,
+    }
+
+
+def _resources(cluster: PostgresCluster) -> dict[str, Any]:
+    resources = cluster.spec.resources
+    out: dict[str, Any] = {}
+    if resources.requests:
+        out["requests"] = dict(resources.requests)
+    if resources.limits:
+        out["limits"] = dict(resources.limits)
+    return out
+
+
+def _container(cluster: PostgresCluster) -> dict[str, Any]:
+    return {
+        "name": operand.CONTAINER,
+        "image": cluster.spec.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": list(operand.COMMAND),
+        "env": _env(cluster),
+        "ports": [
+            {
+                "name": operand.POSTGRES_PORT_NAME,
+                "containerPort": operand.POSTGRES_PORT,
+                "protocol": "TCP",
+            },
+            {
+                "name": operand.PATRONI_PORT_NAME,
+                "containerPort": operand.PATRONI_PORT,
+                "protocol": "TCP",
+            },
+        ],
+        "readinessProbe": _http_probe("/readiness", period=5, failures=3),
+        "livenessProbe": _http_probe("/liveness", period=10, failures=6),
+        # initdb or a base backup of a large primary takes a while before Patroni's loop runs.
+        "startupProbe": _http_probe("/liveness", period=5, failures=120),
+        "resources": _resources(cluster),
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
+        "volumeMounts": [
+            {"name": operand.DATA_VOLUME, "mountPath": operand.DATA_MOUNT},
+            {"name": "config", "mountPath": operand.CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": operand.TMP_DIR},
+            {"name": "run", "mountPath": operand.SOCKET_DIR},
+            {"name": "shm", "mountPath": operand.SHM_DIR},
+        ],
+    }
+
+
+def _volumes(cluster: PostgresCluster) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": "config",
+            "configMap": {"name": names.patroni_configmap(cluster.metadata.name)},
+        },
+        {"name": "tmp", "emptyDir": {}},
+        {"name": "run", "emptyDir": {}},
+        # The container runtime's 64Mi /dev/shm is too small for parallel query workers.
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},
+    ]
+
+
+def _pod_security_context() -> dict[str, Any]:
+    # Meets the `restricted` Pod Security Standard.
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": operand.POSTGRES_UID,
+        "runAsGroup": operand.POSTGRES_GID,
+        "fsGroup": operand.POSTGRES_GID,
+        "fsGroupChangePolicy": "OnRootMismatch",
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def _pod_template(cluster: PostgresCluster) -> dict[str, Any]:
+    name = cluster.metadata.name
+    return {
+        "metadata": {
+            "labels": labels.common_labels(name),
+            "annotations": {
+                CONFIG_HASH_ANNOTATION: config_hash(render_patroni_configmap(cluster)),
+            },
+        },
+        "spec": {
+            "serviceAccountName": names.instance_account(name),
+            "automountServiceAccountToken": True,
+            # Service environment variables are useless here, and one named like a Patroni
+            # setting (a cluster called "patroni" gives PATRONI_RW_PORT) would confuse it.
+            "enableServiceLinks": False,
+            "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
+            "securityContext": _pod_security_context(),
+            "containers": [_container(cluster)],
+            "volumes": _volumes(cluster),
+            **pod_scheduling(cluster),
+        },
+    }
+
+
+def _volume_claim_template(cluster: PostgresCluster) -> dict[str, Any]:
+    storage = cluster.spec.storage
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": storage.size}},
+    }
+    if storage.storage_class_name is not None:
+        spec["storageClassName"] = storage.storage_class_name
+    metadata = {"name": operand.DATA_VOLUME, "labels": labels.common_labels(cluster.metadata.name)}
+    return {"metadata": metadata, "spec": spec}
+
+
+def _pvc_retention(cluster: PostgresCluster) -> dict[str, str]:
+    # Scaling down always keeps the volume: scaling back up then reuses the replica's data.
+    when_deleted = "Delete" if cluster.spec.storage.reclaim_policy == "Delete" else "Retain"
+    return {"whenDeleted": when_deleted, "whenScaled": "Retain"}
+
+
+def render_statefulset(cluster: PostgresCluster) -> Manifest:
+    """StatefulSet `<cluster>` running the instances."""
+    name = cluster.metadata.name
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": child_metadata(cluster, names.statefulset(name)),
+        "spec": {
+            "serviceName": names.service_headless(name),
+            "replicas": cluster.spec.instances,
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete"},
+            "selector": {"matchLabels": labels.selector_labels(name)},
+            "template": _pod_template(cluster),
+            "volumeClaimTemplates": [_volume_claim_template(cluster)],
+            "persistentVolumeClaimRetentionPolicy": _pvc_retention(cluster),
+        },
+    }

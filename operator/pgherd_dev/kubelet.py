@@ -1,0 +1,492 @@
+"""A TEST kubelet for pgherd's PostgreSQL pods: runs each pod's own entrypoint locally.
+
+kwok schedules pods and marks them Running, but runs nothing. For pods labelled
+`app.kubernetes.io/managed-by=pgherd` and `app.kubernetes.io/component=database` this
+controller does what a kubelet would, with real processes on this machine:
+
+- resolves the container's environment from the API (values, `$(VAR)` references,
+  fieldRef, secretKeyRef, configMapKeyRef, envFrom) and its volumes (ConfigMap and Secret
+  files, emptyDirs, and PersistentVolumeClaims through their hostPath PersistentVolume,
+  so data outlives the pod exactly as a volume would);
+- gives each pod a "network": POD_IP is 127.0.0.1 and the pod's ports are unique local
+  ports (PGHERD_PG_PORT, PGHERD_API_PORT), published on the pod as the annotation
+  `kubelet.pgherd.dev/ports`; filesystem paths are mapped under PGHERD_ROOT;
+- gives the process its ServiceAccount's identity: a pod-bound token in a kubeconfig,
+  so the operand's RBAC is really exercised;
+- runs the container command (the image is not pulled; the local virtualenv provides
+  `pgherd`) as a small container: `unshare` gives it a user namespace in which it is the
+  local `postgres` account (PostgreSQL refuses root, and the image's user must resolve),
+  and a PID namespace, so that when the process or this kubelet dies everything the
+  container started dies with it; restarts it when it exits (with back-off, like
+  restartPolicy Always); reports readiness from the readiness probe; stops it (SIGTERM,
+  then SIGKILL after the grace period) when the pod goes away.
+
+Killing a pod's process group is how a test kills a pod. While a pod carries the
+annotation `kubelet.pgherd.dev/hold: "true"` its process is not restarted, which is how a
+test keeps an instance down (a node failure) long enough for a failover.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import json
+import logging
+import os
+import pwd
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from pgherd_dev import processes
+
+SELECTOR = "app.kubernetes.io/managed-by=pgherd,app.kubernetes.io/component=database"
+PORTS_ANNOTATION = "kubelet.pgherd.dev/ports"
+HOLD_ANNOTATION = "kubelet.pgherd.dev/hold"
+POD_IP = "127.0.0.1"
+_REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+log = logging.getLogger("pgherd-dev.kubelet")
+
+
+def _short_link(uid: str) -> Path:
+    return Path(tempfile.gettempdir()) / f"pgherd-pod-{uid[:13]}"
+
+
+def _killpg(pp: PodProcess, sig: signal.Signals) -> None:
+    if pp.proc is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pp.proc.pid, sig)
+
+
+class NotReadyToStart(Exception):
+    """Something the container needs is missing (a Secret, a bound claim); retry later."""
+
+
+def expand(value: str, env: dict[str, str]) -> str:
+    """Kubernetes `$(VAR)` expansion: defined names are replaced, `$$` escapes."""
+
+    def sub(m: re.Match[str]) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name = m.group(1)
+        return env.get(name, m.group(0))
+
+    return _REF.sub(sub, value)
+
+
+def field_value(pod: dict[str, Any], path: str) -> str:
+    """Value of a downward-API fieldRef, with the test kubelet's network."""
+    meta, spec = pod["metadata"], pod["spec"]
+    simple = {
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta["namespace"],
+        "metadata.uid": meta["uid"],
+        "spec.nodeName": spec.get("nodeName", ""),
+        "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
+        "status.podIP": POD_IP,
+        "status.hostIP": POD_IP,
+    }
+    if path in simple:
+        return str(simple[path])
+    m = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
+    if m:
+        return str((meta.get(m.group(1)) or {}).get(m.group(2), ""))
+    raise NotReadyToStart(f"unsupported fieldRef {path}")
+
+
+@dataclass
+class PodProcess:
+    """One running (or restarting) container process of one pod."""
+
+    uid: str
+    namespace: str
+    name: str
+    directory: Path
+    ports: dict[str, int]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    next_start: float = 0.0
+    ready: bool | None = None
+    config_sync: float = 0.0
+    volume_sources: dict[str, tuple[str, str, Path]] = field(default_factory=dict)
+
+
+class Kubelet:
+    """Level-based: every pass compares the pods in the API with the processes it runs."""
+
+    def __init__(self, api: client.ApiClient, root: Path, kubeconfig: Path) -> None:
+        self.api = api
+        self.core = client.CoreV1Api(api)
+        self.root = root
+        self.kubeconfig = yaml.safe_load(kubeconfig.read_text())
+        self.pods: dict[str, PodProcess] = {}
+        self.run_as = self._local_user()
+
+    @staticmethod
+    def _local_user() -> tuple[int, int]:
+        try:
+            pw = pwd.getpwnam("postgres")
+        except KeyError:
+            raise SystemExit(
+                "the test kubelet needs a local `postgres` account (Debian's postgresql "
+                "package creates it): the container user is mapped onto it"
+            ) from None
+        return pw.pw_uid, pw.pw_gid
+
+    # ---- the loop ----------------------------------------------------------
+    def sync(self) -> None:
+        items = self.core.list_pod_for_all_namespaces(label_selector=SELECTOR).items
+        wanted: dict[str, dict[str, Any]] = {}
+        for obj in items:
+            pod = self.api.sanitize_for_serialization(obj)
+            if pod["metadata"].get("deletionTimestamp") or not pod["spec"].get("nodeName"):
+                continue
+            if pod.get("status", {}).get("phase") not in ("Running", "Pending"):
+                continue
+            wanted[pod["metadata"]["uid"]] = pod
+        # Stop first, so a recreated pod of the same name never shares a data directory
+        # with its predecessor's still-running process.
+        for uid in [u for u in self.pods if u not in wanted]:
+            self._stop(self.pods.pop(uid), grace=30.0)
+        for uid, pod in wanted.items():
+            try:
+                self._sync_pod(uid, pod)
+            except NotReadyToStart as e:
+                log.info(
+                    "%s/%s waiting: %s", pod["metadata"]["namespace"], pod["metadata"]["name"], e
+                )
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+    def _sync_pod(self, uid: str, pod: dict[str, Any]) -> None:
+        pp = self.pods.get(uid)
+        if pp is None:
+            pp = self._prepare(uid, pod)
+            self.pods[uid] = pp
+        held = (pod["metadata"].get("annotations") or {}).get(HOLD_ANNOTATION) == "true"
+        now = time.monotonic()
+        if pp.proc is not None and pp.proc.poll() is not None:
+            log.info("%s/%s exited with %s", pp.namespace, pp.name, pp.proc.returncode)
+            pp.proc = None
+            pp.restarts += 1
+            pp.next_start = now + min(10.0, 0.5 * 2 ** min(pp.restarts, 5))
+        if now - pp.config_sync > 5.0:
+            self._refresh_files(pp, pod)
+            pp.config_sync = now
+        if pp.proc is None and not held and now >= pp.next_start:
+            self._start(pp, pod)
+        self._report_ready(pp, pod)
+
+    # ---- preparing a pod ---------------------------------------------------
+    def _prepare(self, uid: str, pod: dict[str, Any]) -> PodProcess:
+        meta = pod["metadata"]
+        directory = self.root / meta["namespace"] / meta["name"] / uid
+        (directory / "rootfs").mkdir(parents=True, exist_ok=True)
+        ports = {
+            p.get("name", str(p["containerPort"])): processes.free_port()
+            for c in pod["spec"]["containers"]
+            for p in c.get("ports", [])
+        }
+        self.core.patch_namespaced_pod(
+            meta["name"],
+            meta["namespace"],
+            {"metadata": {"annotations": {PORTS_ANNOTATION: json.dumps(ports)}}},
+        )
+        pp = PodProcess(uid, meta["namespace"], meta["name"], directory, ports)
+        self._write_identity(pp, pod)
+        return pp
+
+    def _write_identity(self, pp: PodProcess, pod: dict[str, Any]) -> None:
+        sa = pod["spec"].get("serviceAccountName", "default")
+        token = self.core.create_namespaced_service_account_token(
+            sa,
+            pp.namespace,
+            {
+                "spec": {
+                    "expirationSeconds": 86400,
+                    "boundObjectRef": {
+                        "apiVersion": "v1",
+                        "kind": "Pod",
+                        "name": pp.name,
+                        "uid": pp.uid,
+                    },
+                }
+            },
+        ).status.token
+        cluster = self.kubeconfig["clusters"][0]["cluster"]
+        kc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "local", "cluster": cluster}],
+            "users": [{"name": sa, "user": {"token": token}}],
+            "contexts": [{"name": "pod", "context": {"cluster": "local", "user": sa}}],
+            "current-context": "pod",
+        }
+        path = pp.directory / "kubeconfig"
+        path.write_text(yaml.safe_dump(kc))
+        path.chmod(0o600)
+
+    def _mount_dir(self, pp: PodProcess, mount_path: str) -> Path:
+        return pp.directory / "rootfs" / mount_path.lstrip("/")
+
+    def _refresh_files(self, pp: PodProcess, pod: dict[str, Any]) -> None:
+        container = pod["spec"]["containers"][0]
+        volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        for mount in container.get("volumeMounts", []):
+            vol = volumes.get(mount["name"])
+            if vol is None:
+                raise NotReadyToStart(f"volume {mount['name']} is not defined")
+            target = self._mount_dir(pp, mount["mountPath"])
+            if "configMap" in vol:
+                cm = self.core.read_namespaced_config_map(vol["configMap"]["name"], pp.namespace)
+                self._write_files(target, {k: v.encode() for k, v in (cm.data or {}).items()})
+            elif "secret" in vol:
+                sec = self.core.read_namespaced_secret(vol["secret"]["secretName"], pp.namespace)
+                self._write_files(
+                    target, {k: base64.b64decode(v) for k, v in (sec.data or {}).items()}
+                )
+            elif "emptyDir" in vol:
+                target.mkdir(parents=True, exist_ok=True)
+            elif "persistentVolumeClaim" in vol:
+                self._link_claim(pp, target, vol["persistentVolumeClaim"]["claimName"])
+
+    def _write_files(self, target: Path, files: dict[str, bytes]) -> None:
+        target.mkdir(parents=True, exist_ok=True)
+        for key, data in files.items():
+            path = target / key
+            if not path.exists() or path.read_bytes() != data:
+                tmp = path.with_suffix(".tmp")
+                tmp.write_bytes(data)
+                tmp.chmod(0o640)
+                tmp.replace(path)
+
+    def _link_claim(self, pp: PodProcess, target: Path, claim: str) -> None:
+        if target.is_symlink():
+            return
+        pvc = self.core.read_namespaced_persistent_volume_claim(claim, pp.namespace)
+        if pvc.status.phase != "Bound":
+            raise NotReadyToStart(f"claim {claim} is not bound")
+        pv = self.core.read_persistent_volume(pvc.spec.volume_name)
+        if not pv.spec.host_path:
+            raise NotReadyToStart(f"volume {pv.metadata.name} is not a hostPath volume")
+        data = Path(pv.spec.host_path.path)
+        data.mkdir(parents=True, exist_ok=True)
+        data.chmod(0o700)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(data, target_is_directory=True)
+
+    # ---- environment -------------------------------------------------------
+    def _key_value(self, kind: str, namespace: str, ref: dict[str, Any]) -> str | None:
+        """One key of a Secret or ConfigMap, as secretKeyRef / configMapKeyRef resolve it."""
+        read = (
+            self.core.read_namespaced_secret
+            if kind == "Secret"
+            else self.core.read_namespaced_config_map
+        )
+        try:
+            obj = read(ref["name"], namespace)
+        except ApiException as e:
+            if e.status == 404 and not ref.get("optional"):
+                raise NotReadyToStart(f"{kind} {ref['name']} not found") from None
+            raise
+        raw = (obj.data or {}).get(ref["key"])
+        if raw is None and not ref.get("optional"):
+            raise NotReadyToStart(f"{kind} {ref['name']} has no key {ref['key']}")
+        if raw is None or kind != "Secret":
+            return raw
+        return base64.b64decode(raw).decode()
+
+    def environment(self, pp: PodProcess, pod: dict[str, Any]) -> dict[str, str]:
+        container = pod["spec"]["containers"][0]
+        env: dict[str, str] = {}
+        for src in container.get("envFrom", []):
+            prefix = src.get("prefix", "")
+            if "secretRef" in src:
+                sec = self.core.read_namespaced_secret(src["secretRef"]["name"], pp.namespace)
+                env.update(
+                    {prefix + k: base64.b64decode(v).decode() for k, v in (sec.data or {}).items()}
+                )
+            elif "configMapRef" in src:
+                cm = self.core.read_namespaced_config_map(src["configMapRef"]["name"], pp.namespace)
+                env.update({prefix + k: v for k, v in (cm.data or {}).items()})
+        for item in container.get("env", []):
+            value: str | None
+            if "value" in item:
+                value = expand(item["value"], env)
+            else:
+                ref = item.get("valueFrom", {})
+                if "fieldRef" in ref:
+                    value = field_value(pod, ref["fieldRef"]["fieldPath"])
+                elif "secretKeyRef" in ref:
+                    value = self._key_value("Secret", pp.namespace, ref["secretKeyRef"])
+                elif "configMapKeyRef" in ref:
+                    value = self._key_value("ConfigMap", pp.namespace, ref["configMapKeyRef"])
+                else:
+                    raise NotReadyToStart(f"unsupported env source for {item['name']}")
+            if value is not None:
+                env[item["name"]] = value
+        venv_bin = str(Path(sys.executable).parent)
+        env.update(
+            {
+                # What this kubelet provides in place of a container runtime and pod network.
+                "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+                "HOME": str(self._short_root(pp) / "tmp"),
+                "PGHERD_ROOT": str(self._short_root(pp)),
+                "PGHERD_PG_PORT": str(pp.ports.get("postgresql", 5432)),
+                "PGHERD_API_PORT": str(pp.ports.get("patroni", 8008)),
+                "KUBECONFIG": str(pp.directory / "kubeconfig"),
+                "PATRONI_KUBERNETES_CONTEXT": "pod",
+                "LANG": "C.UTF-8",
+            }
+        )
+        return env
+
+    def _short_root(self, pp: PodProcess) -> Path:
+        # A Unix socket path may hold only 107 bytes, and PostgreSQL's socket lives under
+        # the pod's root; a short link in the temp directory keeps it well within that.
+        link = _short_link(pp.uid)
+        if not link.is_symlink():
+            link.symlink_to(pp.directory / "rootfs", target_is_directory=True)
+        return link
+
+    # ---- process -----------------------------------------------------------
+    def _start(self, pp: PodProcess, pod: dict[str, Any]) -> None:
+        container = pod["spec"]["containers"][0]
+        env = self.environment(pp, pod)
+        argv = [*container.get("command", []), *container.get("args", [])]
+        argv = [expand(a, env) for a in argv]
+        exe = shutil.which(argv[0], path=env["PATH"])
+        if exe is None:
+            raise NotReadyToStart(f"command {argv[0]} not found on the test kubelet's PATH")
+        uid, gid = self.run_as
+        container = [
+            "unshare",
+            "--user",
+            f"--map-user={uid}",
+            f"--map-group={gid}",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ]
+        logfile = pp.directory / "container.log"
+        with logfile.open("ab") as out:
+            out.write(f"--- start #{pp.restarts} at {time.strftime('%H:%M:%S')}\n".encode())
+            out.flush()
+            pp.proc = subprocess.Popen(
+                [*container, exe, *argv[1:]],
+                env=env,
+                cwd=pp.directory / "rootfs",
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=processes.set_parent_death_signal,  # noqa: PLW1509
+            )
+        (pp.directory / "pid").write_text(str(pp.proc.pid))
+        current = pp.directory.parent / "current"
+        if current.is_symlink() or current.exists():
+            current.unlink()
+        current.symlink_to(pp.directory.name)
+        log.info("%s/%s started pid %s ports %s", pp.namespace, pp.name, pp.proc.pid, pp.ports)
+
+    def _stop(self, pp: PodProcess, grace: float) -> None:
+        self._stop_many([pp], grace)
+
+    def _stop_many(self, pods: list[PodProcess], grace: float) -> None:
+        """SIGTERM every pod's process group at once, SIGKILL what outlives the grace period."""
+        running = [(pp, pp.proc) for pp in pods if pp.proc is not None and pp.proc.poll() is None]
+        for pp, proc in running:
+            log.info("%s/%s stopping pid %s", pp.namespace, pp.name, proc.pid)
+            _killpg(pp, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for pp, proc in running:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _killpg(pp, signal.SIGKILL)
+                proc.wait()
+        for pp in pods:
+            _short_link(pp.uid).unlink(missing_ok=True)
+
+    def stop_all(self) -> None:
+        self._stop_many(list(self.pods.values()), grace=8.0)
+
+    # ---- readiness ---------------------------------------------------------
+    def _probe(self, pp: PodProcess, pod: dict[str, Any]) -> bool:
+        if pp.proc is None or pp.proc.poll() is not None:
+            return False
+        probe = pod["spec"]["containers"][0].get("readinessProbe", {}).get("httpGet")
+        if not probe:
+            return True
+        port = probe["port"]
+        local = pp.ports.get(port) if isinstance(port, str) else pp.ports.get(str(port))
+        if local is None:
+            local = next((v for k, v in pp.ports.items() if k == str(port)), None)
+        if local is None:
+            return False
+        url = f"http://{POD_IP}:{local}{probe.get('path', '/')}"
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                return 200 <= int(r.status) < 400
+        except OSError:
+            return False
+
+    def _report_ready(self, pp: PodProcess, pod: dict[str, Any]) -> None:
+        ready = self._probe(pp, pod)
+        current = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
+        want = "True" if ready else "False"
+        if current.get("Ready") == want and current.get("ContainersReady") == want:
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        conditions = [
+            {"type": t, "status": want, "lastTransitionTime": now}
+            for t in ("Ready", "ContainersReady")
+        ]
+        self.core.patch_namespaced_pod_status(
+            pp.name, pp.namespace, {"status": {"conditions": conditions}}
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kubeconfig", required=True, type=Path)
+    parser.add_argument("--root", required=True, type=Path, help="directory for pod files")
+    parser.add_argument("--interval", type=float, default=0.5)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    api = config.new_client_from_config(config_file=str(args.kubeconfig))
+    args.root.mkdir(parents=True, exist_ok=True)
+    kubelet = Kubelet(api, args.root, args.kubeconfig)
+
+    def terminate(signum: int, frame: Any) -> None:
+        kubelet.stop_all()
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, terminate)
+    while True:
+        try:
+            kubelet.sync()
+        except Exception:  # one failed pass must not end the kubelet
+            log.exception("sync failed")
+        time.sleep(args.interval)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+"""PostgresCluster scenarios shared by the render tests (and named after their golden files)."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.render.names import SecretKind
+
+UID = "0f6d2a3e-6b1c-4f7e-9a51-2c9d8e7f1a01"
+
+PASSWORDS: dict[SecretKind, str] = {
+    "superuser": "su-Pa55word",
+    "replication": "repl-Pa55word",
+    "app": "app p@ss/word:1",
+}
+
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "customised": {
+        "instances": 5,
+        "postgresVersion": 16,
+        "image": "registry.example/pgherd/postgres:16-0.1.0",
+        "storage": {"size": "20Gi", "storageClassName": "fast-ssd", "reclaimPolicy": "Delete"},
+        "resources": {"requests": {"cpu": 1, "memory": "2Gi"}, "limits": {"memory": "4Gi"}},
+        "postgresql": {
+            "parameters": {"max_connections": "200", "shared_buffers": "1GB"},
+            "pgHba": ["host all all 10.0.0.0/8 scram-sha-256"],
+        },
+        "bootstrap": {"database": "orders", "owner": "orders_owner"},
+        "patroni": {"ttl": 40, "loopWait": 10, "retryTimeout": 15},
+        "synchronousMode": "strict",
+        "scheduling": {
+            "antiAffinity": "required",
+            "nodeSelector": {"node-role.example/db": "true"},
+            "tolerations": [
+                {"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}
+            ],
+        },
+        "service": {
+            "type": "LoadBalancer",
+            "annotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"},
+        },
+    },
+    "single-instance": {"instances": 1},
+}
+
+
+def make_cluster(
+    spec: dict[str, Any] | None = None, *, name: str = "db", namespace: str = "prod"
+) -> PostgresCluster:
+    return PostgresCluster.model_validate(
+        {
+            "apiVersion": "pgherd.io/v1alpha1",
+            "kind": "PostgresCluster",
+            "metadata": {"name": name, "namespace": namespace, "uid": UID, "generation": 1},
+            "spec": copy.deepcopy(spec or {}),
+        }
+    )

@@ -1,0 +1,131 @@
+"""Patroni's configuration file, its dynamic configuration and the config hash on the pods."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import yaml
+
+from pgherd.render import labels
+from pgherd.render.patroni_config import (
+    CONFIG_HASH_ANNOTATION,
+    config_hash,
+    dynamic_config,
+    patroni_config,
+    pg_hba,
+    render_patroni_configmap,
+)
+from pgherd.render.statefulset import render_statefulset
+from tests.unit.clusters import make_cluster
+
+
+def pod_hash(spec: dict[str, Any]) -> str:
+    sts = render_statefulset(make_cluster(spec))
+    annotation: str = sts["spec"]["template"]["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+    return annotation
+
+
+def all_keys(node: Any) -> set[str]:
+    if isinstance(node, dict):
+        return set(node) | {k for v in node.values() for k in all_keys(v)}
+    if isinstance(node, list):
+        return {k for v in node for k in all_keys(v)}
+    return set()
+
+
+def test_configmap_holds_the_config_file() -> None:
+    cluster = make_cluster()
+    configmap = render_patroni_configmap(cluster)
+    assert configmap["metadata"]["name"] == "db-patroni"
+    assert yaml.safe_load(configmap["data"]["patroni.yaml"]) == patroni_config(cluster)
+
+
+def test_kubernetes_dcs_settings() -> None:
+    config = patroni_config(make_cluster())
+    assert config["scope"] == "db"
+    sts = render_statefulset(make_cluster())
+    assert config["kubernetes"] == {
+        "namespace": "prod",
+        "labels": sts["spec"]["selector"]["matchLabels"],
+        "scope_label": "pgherd.io/cluster",
+        "role_label": labels.ROLE,
+        "leader_label_value": "primary",
+        "follower_label_value": "replica",
+        "standby_leader_label_value": "primary",
+        "use_endpoints": False,
+        "bypass_api_service": False,
+    }
+
+
+def test_no_password_in_the_config_file() -> None:
+    config = patroni_config(make_cluster())
+    assert not {k for k in all_keys(config) if "password" in k}
+    assert config["postgresql"]["authentication"] == {
+        "superuser": {"username": "postgres"},
+        "replication": {"username": "replicator"},
+    }
+
+
+def test_bootstrap_dcs_is_the_dynamic_config() -> None:
+    cluster = make_cluster({"postgresql": {"parameters": {"work_mem": "64MB"}}})
+    assert patroni_config(cluster)["bootstrap"]["dcs"] == dynamic_config(cluster)
+    assert dynamic_config(cluster) == {
+        "ttl": 30,
+        "loop_wait": 10,
+        "retry_timeout": 10,
+        "maximum_lag_on_failover": 1048576,
+        "synchronous_mode": False,
+        "synchronous_mode_strict": False,
+        "postgresql": {
+            "use_pg_rewind": True,
+            "use_slots": True,
+            "parameters": {"work_mem": "64MB"},
+        },
+    }
+
+
+@pytest.mark.parametrize(
+    ("mode", "sync", "strict"), [("off", False, False), ("on", True, False), ("strict", True, True)]
+)
+def test_synchronous_modes(mode: str, sync: bool, strict: bool) -> None:
+    config = dynamic_config(make_cluster({"synchronousMode": mode}))
+    assert (config["synchronous_mode"], config["synchronous_mode_strict"]) == (sync, strict)
+
+
+def test_pg_hba_order() -> None:
+    lines = pg_hba(make_cluster({"postgresql": {"pgHba": ["host all all 10.0.0.0/8 md5"]}}))
+    assert lines[1] == "host replication replicator all scram-sha-256"
+    assert lines.index("host all all 10.0.0.0/8 md5") == 2
+    assert lines[-1] == "host all all all scram-sha-256"
+    assert not [line for line in lines if line.split()[-1] == "trust"]
+
+
+def test_config_hash_follows_the_configmap() -> None:
+    configmap = render_patroni_configmap(make_cluster())
+    assert pod_hash({}) == config_hash(configmap)
+    assert len(config_hash(configmap)) == 64
+
+
+def test_config_hash_changes_with_parameters() -> None:
+    base = pod_hash({})
+    assert pod_hash({"postgresql": {"parameters": {"work_mem": "64MB"}}}) != base
+    assert pod_hash({"postgresql": {"parameters": {"work_mem": "128MB"}}}) != pod_hash(
+        {"postgresql": {"parameters": {"work_mem": "64MB"}}}
+    )
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"instances": 5},
+        {"resources": {"requests": {"cpu": "2"}}},
+        {"service": {"type": "LoadBalancer"}},
+        {"storage": {"size": "50Gi"}},
+        {"image": "other/image:1"},
+        {"scheduling": {"antiAffinity": "required"}},
+        {"postgresql": {"parameters": {}}},
+    ],
+)
+def test_config_hash_ignores_what_the_config_does_not_hold(spec: dict[str, Any]) -> None:
+    assert pod_hash(spec) == pod_hash({})

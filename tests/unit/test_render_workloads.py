@@ -1,0 +1,210 @@
+"""StatefulSet, scheduling, Services, PodDisruptionBudget and RBAC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pgherd.render import labels
+from pgherd.render.pdb import render_pdb
+from pgherd.render.rbac import render_rbac
+from pgherd.render.services import render_services
+from pgherd.render.statefulset import render_statefulset
+from tests.unit.clusters import make_cluster
+
+USER_AFFINITY = {
+    "nodeAffinity": {
+        "requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}
+            ]
+        }
+    }
+}
+USER_SPREAD = [
+    {"maxSkew": 2, "topologyKey": "rack", "whenUnsatisfiable": "DoNotSchedule"},
+]
+
+
+def pod_spec(spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = render_statefulset(make_cluster(spec))["spec"]["template"]["spec"]
+    return result
+
+
+def container(spec: dict[str, Any] | None = None) -> dict[str, Any]:
+    result: dict[str, Any] = pod_spec(spec)["containers"][0]
+    return result
+
+
+def test_statefulset_shape() -> None:
+    sts = render_statefulset(make_cluster({"instances": 5}))["spec"]
+    assert sts["replicas"] == 5
+    assert sts["serviceName"] == "db-headless"
+    assert sts["podManagementPolicy"] == "Parallel"
+    assert sts["updateStrategy"] == {"type": "OnDelete"}
+    assert sts["selector"] == {"matchLabels": labels.selector_labels("db")}
+    assert sts["template"]["metadata"]["labels"] == labels.common_labels("db")
+    (claim,) = sts["volumeClaimTemplates"]
+    assert claim["metadata"]["name"] == "pgdata"
+    assert claim["spec"]["resources"] == {"requests": {"storage": "1Gi"}}
+    assert "storageClassName" not in claim["spec"]
+
+
+@pytest.mark.parametrize(("policy", "when_deleted"), [("Retain", "Retain"), ("Delete", "Delete")])
+def test_pvc_retention(policy: str, when_deleted: str) -> None:
+    sts = render_statefulset(make_cluster({"storage": {"reclaimPolicy": policy}}))["spec"]
+    assert sts["persistentVolumeClaimRetentionPolicy"] == {
+        "whenDeleted": when_deleted,
+        "whenScaled": "Retain",
+    }
+
+
+def test_restricted_pod_security() -> None:
+    pod = pod_spec()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsUser"] != 0
+    ctx = container()["securityContext"]
+    assert ctx["allowPrivilegeEscalation"] is False
+    assert ctx["capabilities"] == {"drop": ["ALL"]}
+    assert ctx["readOnlyRootFilesystem"] is True
+    mounts = {m["mountPath"] for m in container()["volumeMounts"]}
+    assert {"/tmp", "/run/postgresql", "/var/lib/postgresql/data", "/etc/pgherd"} <= mounts  # noqa: S108
+
+
+def test_container_contract() -> None:
+    c = container({"image": "img:1", "resources": {"limits": {"memory": "1Gi"}}})
+    assert c["name"] == "postgres"
+    assert c["image"] == "img:1"
+    assert c["command"] == ["pgherd", "instance"]
+    assert c["resources"] == {"limits": {"memory": "1Gi"}}
+    assert {(p["name"], p["containerPort"]) for p in c["ports"]} == {
+        ("postgresql", 5432),
+        ("patroni", 8008),
+    }
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readiness", "port": "patroni"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/liveness", "port": "patroni"}
+    env = {e["name"]: e for e in c["env"]}
+    assert env["PGDATA"]["value"] == "/var/lib/postgresql/data/pgdata"
+    assert env["PGHERD_CONFIG"]["value"] == "/etc/pgherd/patroni.yaml"
+    assert env["PGHERD_CLUSTER"]["value"] == "db"
+    assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+
+
+def test_env_references_only_earlier_variables() -> None:
+    seen: set[str] = set()
+    for var in container()["env"]:
+        value = var.get("value", "")
+        referenced = {part.split(")")[0] for part in value.split("$(")[1:]}
+        assert referenced <= seen, f"{var['name']} refers to a later variable"
+        seen.add(var["name"])
+
+
+def test_default_scheduling_spreads_over_nodes_and_zones() -> None:
+    pod = pod_spec()
+    (preferred,) = pod["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    term = preferred["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"] == {"matchLabels": labels.selector_labels("db")}
+    (spread,) = pod["topologySpreadConstraints"]
+    assert (spread["topologyKey"], spread["whenUnsatisfiable"]) == (
+        "topology.kubernetes.io/zone",
+        "ScheduleAnyway",
+    )
+
+
+def test_required_anti_affinity() -> None:
+    anti = pod_spec({"scheduling": {"antiAffinity": "required"}})["affinity"]["podAntiAffinity"]
+    assert list(anti) == ["requiredDuringSchedulingIgnoredDuringExecution"]
+
+
+def test_user_affinity_replaces_the_defaults() -> None:
+    pod = pod_spec({"scheduling": {"affinity": USER_AFFINITY, "antiAffinity": "required"}})
+    assert pod["affinity"] == USER_AFFINITY
+    assert "topologySpreadConstraints" in pod  # only the affinity default is replaced
+
+
+def test_user_spread_replaces_the_defaults() -> None:
+    assert (
+        pod_spec({"scheduling": {"topologySpreadConstraints": USER_SPREAD}})[
+            "topologySpreadConstraints"
+        ]
+        == USER_SPREAD
+    )
+    assert "topologySpreadConstraints" not in pod_spec(
+        {"scheduling": {"topologySpreadConstraints": []}}
+    )
+
+
+def test_node_selector_and_tolerations_pass_through() -> None:
+    pod = pod_spec(
+        {
+            "scheduling": {
+                "nodeSelector": {"pool": "db"},
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+            }
+        }
+    )
+    assert pod["nodeSelector"] == {"pool": "db"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert "nodeSelector" not in pod_spec() and "tolerations" not in pod_spec()
+
+
+@pytest.mark.parametrize("instances", [1, 2, 3, 9])
+def test_pdb_never_blocks_drains_forever(instances: int) -> None:
+    pdb = render_pdb(make_cluster({"instances": instances}))
+    assert pdb["spec"]["maxUnavailable"] == 1
+    assert "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert pdb["spec"]["selector"] == {"matchLabels": labels.selector_labels("db")}
+
+
+def test_services() -> None:
+    services = {
+        s["metadata"]["name"]: s
+        for s in render_services(
+            make_cluster({"service": {"type": "LoadBalancer", "annotations": {"a": "b"}}})
+        )
+    }
+    selector = labels.selector_labels("db")
+    assert services["db-rw"]["spec"]["selector"] == {**selector, "pgherd.io/role": "primary"}
+    assert services["db-ro"]["spec"]["selector"] == {**selector, "pgherd.io/role": "replica"}
+    assert services["db-r"]["spec"]["selector"] == selector
+    for name in ("db-rw", "db-ro", "db-r"):
+        assert services[name]["spec"]["type"] == "LoadBalancer"
+        assert services[name]["metadata"]["annotations"] == {"a": "b"}
+        assert services[name]["spec"]["ports"][0]["name"] == "postgresql"
+        assert services[name]["spec"]["ports"][0]["port"] == 5432
+    headless = services["db-headless"]
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["publishNotReadyAddresses"] is True
+    assert "annotations" not in headless["metadata"]
+    assert "type" not in headless["spec"]
+
+
+def test_rbac_grants_what_patroni_needs_and_nothing_else() -> None:
+    account, role, binding = render_rbac(make_cluster())
+    assert account["metadata"]["name"] == role["metadata"]["name"] == "db-instance"
+    granted: dict[str, set[str]] = {}
+    for rule in role["rules"]:
+        assert rule["apiGroups"] == [""]
+        for resource in rule["resources"]:
+            granted.setdefault(resource, set()).update(rule["verbs"])
+    assert granted == {
+        "configmaps": {"get", "list", "watch", "create", "update", "patch", "delete"},
+        "pods": {"get", "list", "watch", "patch", "update"},
+    }
+    named = [r for r in role["rules"] if "resourceNames" in r]
+    assert {n for r in named for n in r["resourceNames"]} >= {"db-leader", "db-config", "db-0"}
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "db-instance",
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "db-instance", "namespace": "prod"}
+    ]
+    assert pod_spec()["serviceAccountName"] == "db-instance"
