@@ -6,19 +6,42 @@ component's log is attached to its report so the cause is visible without diggin
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 
+from pgherd.kube import Kube
 from pgherd_dev import processes
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.errors import DevError
+from pgherd_dev.tools import tool_path
+from tests.operator_harness import (
+    Operator,
+    install_crds_and_rbac,
+    operator_kubeconfig,
+    wait_for,
+)
 
 _control_plane: ControlPlane | None = None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Registered here rather than in pyproject.toml: it belongs with require_tool below.
+    config.addinivalue_line(
+        "markers", "tools: runs pinned tool binaries (opm, operator-sdk, ...); fails if missing"
+    )
+
+
+def require_tool(name: str) -> Path:
+    """Path of a pinned tool; a missing one fails the test (never skips) saying how to build it."""
+    try:
+        return tool_path(name)
+    except DevError as e:
+        pytest.fail(str(e), pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +63,38 @@ def api(control_plane: ControlPlane) -> client.ApiClient:
     return control_plane.api_client()
 
 
+@pytest.fixture(scope="session")
+def kube(api: client.ApiClient) -> Kube:
+    return Kube(api)
+
+
+@pytest.fixture(scope="session")
+def operator(
+    control_plane: ControlPlane,
+    api: client.ApiClient,
+    kube: Kube,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Operator]:
+    """The real operator, running as its own ServiceAccount with the RBAC of manifests/."""
+    install_crds_and_rbac(kube)
+    wait_for("the CRD to be established", lambda: _established(api), timeout=30)
+    directory = tmp_path_factory.mktemp("operator")
+    op = Operator(
+        operator_kubeconfig(control_plane, api, directory / "kubeconfig"),
+        control_plane.log_dir / "operator.log",
+    )
+    op.start()
+    yield op
+    op.stop()
+
+
+def _established(api: client.ApiClient) -> bool:
+    crd = client.ApiextensionsV1Api(api).read_custom_resource_definition(
+        "postgresclusters.pgherd.io"
+    )
+    return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+
+
 @pytest.fixture
 def namespace(api: client.ApiClient) -> Iterator[str]:
     name = f"t-{uuid.uuid4().hex[:8]}"
@@ -49,24 +104,16 @@ def namespace(api: client.ApiClient) -> Iterator[str]:
     core.delete_namespace(name)
 
 
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 60.0) -> Any:
-    """Poll check() until it returns something truthy; fail naming what never happened."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
-
-
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
     report = yield
     if report.failed and _control_plane is not None and item.get_closest_marker("cluster"):
         for name, path in _control_plane.logs().items():
             report.sections.append((f"log: {name} (last lines)", processes.tail(path, 30)))
+        pods = _control_plane.workdir / "pods"
+        for log in sorted(pods.glob("*/*/current/container.log")) if pods.exists() else []:
+            pod = f"{log.parents[2].name}/{log.parents[1].name}"
+            report.sections.append((f"instance: {pod} (last lines)", processes.tail(log, 20)))
     return report
 
 

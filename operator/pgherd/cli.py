@@ -1,20 +1,39 @@
-"""The `pgherd` command. `pgherd instance` is the operand container's entrypoint
-(PostgreSQL under Patroni)."""
+"""The `pgherd` command: `pgherd operator` runs the controller; `pgherd instance` is the
+operand container's entrypoint (PostgreSQL under Patroni)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from pgherd import instance
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pgherd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("instance", help="run PostgreSQL under Patroni (operand entrypoint)")
-    parser.parse_args(argv)
-    return instance.main()
+    op = sub.add_parser("operator", help="run the operator")
+    op.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch only this namespace (repeatable); default: WATCH_NAMESPACE "
+        "(comma-separated, as OLM sets it), or every namespace when that is empty",
+    )
+    op.add_argument(
+        "--health-port",
+        type=int,
+        default=8081,
+        help="port of the /healthz liveness endpoint (0 disables it)",
+    )
+    args = parser.parse_args(argv)
+    # Imported per command: the operand image must not need kopf, nor the operator Patroni.
+    if args.command == "instance":
+        from pgherd import instance  # noqa: PLC0415
+
+        return instance.main()
+    from pgherd import runner  # noqa: PLC0415
+
+    return runner.main(namespaces=args.namespace, health_port=args.health_port)
 
 
 if __name__ == "__main__":

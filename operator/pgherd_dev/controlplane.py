@@ -80,6 +80,23 @@ class ControlPlane:
     def log_dir(self) -> Path:
         return self.workdir / "logs"
 
+    @property
+    def audit_log(self) -> Path:
+        return self.log_dir / "audit.jsonl"
+
+    def _audit_policy(self) -> Path:
+        path = self.workdir / "pki" / "audit-policy.yaml"
+        path.write_text(
+            "apiVersion: audit.k8s.io/v1\n"
+            "kind: Policy\n"
+            "omitStages: [RequestReceived, ResponseStarted]\n"
+            "rules:\n"
+            "- level: Metadata\n"
+            "  verbs: [create, update, patch, delete, deletecollection]\n"
+            "- level: None\n"
+        )
+        return path
+
     def logs(self) -> dict[str, Path]:
         """Component name -> log file."""
         return {p.stem: p for p in sorted(self.log_dir.glob("*.log"))}
@@ -219,6 +236,11 @@ class ControlPlane:
                     # The default endpoint reconciler refuses a loopback advertise address.
                     "--endpoint-reconciler-type=none",
                     "--profiling=false",
+                    # Every write, by whom: tests count the operator's writes here.
+                    f"--audit-policy-file={self._audit_policy()}",
+                    f"--audit-log-path={self.audit_log}",
+                    "--audit-log-format=json",
+                    "--audit-log-maxsize=200",
                     "--v=1",
                 ],
             )
@@ -261,6 +283,7 @@ class ControlPlane:
                     f"--config={kwok_stages()}",
                     "--manage-all-nodes=true",
                     "--node-lease-duration-seconds=40",
+                    "--v=WARN",
                     "--node-ip=127.0.0.1",
                     f"--cidr={POD_CIDR}",
                     f"--server-address=127.0.0.1:{ports.kwok}",

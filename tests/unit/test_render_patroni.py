@@ -101,17 +101,22 @@ def test_pg_hba_order() -> None:
     assert not [line for line in lines if line.split()[-1] == "trust"]
 
 
-def test_config_hash_follows_the_configmap() -> None:
-    configmap = render_patroni_configmap(make_cluster())
-    assert pod_hash({}) == config_hash(configmap)
-    assert len(config_hash(configmap)) == 64
+def test_config_hash_is_put_on_the_pod_template() -> None:
+    assert pod_hash({}) == config_hash(make_cluster())
+    assert len(config_hash(make_cluster())) == 64
 
 
-def test_config_hash_changes_with_parameters() -> None:
+def test_parameters_never_change_the_pod_template() -> None:
+    # Parameters reach Patroni's dynamic configuration (reload or restart as each needs);
+    # they must not roll the pods.
     base = pod_hash({})
-    assert pod_hash({"postgresql": {"parameters": {"work_mem": "64MB"}}}) != base
-    assert pod_hash({"postgresql": {"parameters": {"work_mem": "128MB"}}}) != pod_hash(
-        {"postgresql": {"parameters": {"work_mem": "64MB"}}}
+    assert pod_hash({"postgresql": {"parameters": {"work_mem": "64MB"}}}) == base
+    assert pod_hash({"synchronousMode": "strict"}) == base
+
+
+def test_static_settings_change_the_pod_template() -> None:
+    assert pod_hash({"postgresql": {"pgHba": ["host all all 10.0.0.0/8 scram-sha-256"]}}) != (
+        pod_hash({})
     )
 
 

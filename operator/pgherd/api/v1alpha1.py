@@ -300,7 +300,8 @@ class ServiceSpec(ApiModel):
 
 
 class SwitchoverSpec(ApiModel):
-    """A planned switchover request."""
+    """A planned switchover request, carried out once: status.switchoverHandled records it.
+    Remove spec.switchover (or name another instance) to request another one."""
 
     target_instance: str = Field(
         max_length=63,
@@ -462,6 +463,11 @@ class PostgresClusterStatus(ApiModel):
     )
     secrets: SecretsStatus | None = Field(
         default=None, description="Names of the credential Secrets."
+    )
+    switchover_handled: str | None = Field(
+        default=None,
+        description="spec.switchover.targetInstance of the last switchover request carried out; "
+        "a request equal to it is not repeated. Cleared when spec.switchover is removed.",
     )
     kopf: FreeForm | None = Field(
         default=None, description="Bookkeeping of the operator framework (kopf)."

@@ -105,7 +105,14 @@ def render_patroni_configmap(cluster: PostgresCluster) -> Manifest:
     }
 
 
-def config_hash(configmap: Manifest) -> str:
-    """sha256 of a ConfigMap's data; put on the pod template so a changed config shows."""
-    canonical = json.dumps(configmap["data"], sort_keys=True, separators=(",", ":"))
+def config_hash(cluster: PostgresCluster) -> str:
+    """sha256 of the static part of patroni.yaml; put on the pod template so that a change
+    Patroni reads only at start rolls the pods.
+
+    bootstrap.dcs is left out: Patroni reads it only when the cluster is first created, and
+    the operator applies later changes to the dynamic configuration through Patroni, with a
+    reload or a restart as each parameter needs, so a parameter change never rolls pods.
+    """
+    static = {k: v for k, v in patroni_config(cluster).items() if k != "bootstrap"}
+    canonical = json.dumps(static, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -16,7 +16,6 @@ from pgherd.render.ownership import Manifest, child_metadata
 from pgherd.render.patroni_config import (
     CONFIG_HASH_ANNOTATION,
     config_hash,
-    render_patroni_configmap,
 )
 from pgherd.render.scheduling import pod_scheduling
 
@@ -148,7 +147,7 @@ def _pod_template(cluster: PostgresCluster) -> dict[str, Any]:
         "metadata": {
             "labels": labels.common_labels(name),
             "annotations": {
-                CONFIG_HASH_ANNOTATION: config_hash(render_patroni_configmap(cluster)),
+                CONFIG_HASH_ANNOTATION: config_hash(cluster),
             },
         },
         "spec": {

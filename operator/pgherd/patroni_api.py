@@ -1,0 +1,73 @@
+"""Calls to Patroni's REST API on an instance: switchover, dynamic configuration, restart.
+
+The address comes from the member's own record in the DCS (api_url), so the operator
+reaches the instance the way Patroni itself advertises it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+TIMEOUT = 10.0
+
+
+class PatroniError(Exception):
+    """Patroni refused or could not be reached; the message carries its answer."""
+
+
+def _base(api_url: str) -> str:
+    parts = urlsplit(api_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _request(api_url: str, method: str, path: str, body: dict[str, Any] | None) -> str:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(  # noqa: S310 - the URL is Patroni's own http(s) api_url
+        _base(api_url) + path,
+        data=data,
+        method=method,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:  # noqa: S310
+            return str(resp.read().decode(errors="replace"))
+    except urllib.error.HTTPError as e:
+        raise PatroniError(
+            f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')[:300]}"
+        ) from None
+    except (OSError, urllib.error.URLError) as e:
+        raise PatroniError(f"{method} {path}: {e}") from None
+
+
+def switchover(api_url: str, leader: str, candidate: str) -> str:
+    return _request(api_url, "POST", "/switchover", {"leader": leader, "candidate": candidate})
+
+
+def patch_config(api_url: str, patch: dict[str, Any]) -> str:
+    return _request(api_url, "PATCH", "/config", patch)
+
+
+def restart(api_url: str) -> str:
+    return _request(api_url, "POST", "/restart", {})
+
+
+def merge_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """RFC 7386 patch that turns current into desired (None deletes a key)."""
+    patch: dict[str, Any] = {}
+    for key in current.keys() - desired.keys():
+        patch[key] = None
+    for key, want in desired.items():
+        have = current.get(key)
+        if isinstance(want, dict) and isinstance(have, dict):
+            sub = merge_patch(have, want)
+            if sub:
+                patch[key] = sub
+        elif have != want:
+            patch[key] = want
+    return patch

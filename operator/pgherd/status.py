@@ -1,0 +1,173 @@
+"""Computes a PostgresCluster's status from what was observed: a pure function.
+
+Same inputs give the same status (transition times are carried over), so the caller can
+compare it with the stored status and skip the write when nothing changed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pgherd import conditions as c
+from pgherd.api.v1alpha1 import (
+    Condition,
+    EndpointsStatus,
+    InstanceStatus,
+    PostgresCluster,
+    PostgresClusterStatus,
+    SecretsStatus,
+)
+from pgherd.observe import Observed
+from pgherd.render import labels, names, operand
+
+# An instance whose pod exists this long without becoming ready is reported as Degraded.
+STUCK_AFTER = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the reconcile is doing now, for the Progressing condition."""
+
+    reason: str
+    message: str
+
+
+def _lag(observed: Observed, lsn: int | None, is_primary: bool) -> int | None:
+    if is_primary:
+        return 0
+    primary_lsn = observed.leader_lsn
+    if primary_lsn is None and (p := observed.primary) is not None:
+        primary_lsn = p.lsn
+    if primary_lsn is None or lsn is None:
+        return None
+    return max(0, primary_lsn - lsn)
+
+
+def _degraded(
+    observed: Observed, now: datetime, stuck_after: timedelta
+) -> tuple[c.Status, str, str]:
+    """What only the operator can tell is wrong, as (status, reason, message)."""
+    if observed.storage_class_missing:
+        return (
+            "True",
+            c.STORAGE_CLASS_NOT_FOUND,
+            f"StorageClass {observed.storage_class_missing!r} does not exist; instances "
+            "cannot get volumes. Create it, or recreate the cluster with an existing "
+            "spec.storage.storageClassName.",
+        )
+    stuck = [
+        m.name
+        for m in observed.members
+        if not m.ready and m.created is not None and now - m.created > stuck_after
+    ]
+    if stuck:
+        return (
+            "True",
+            c.INSTANCE_STUCK,
+            f"instance(s) {', '.join(stuck)} not ready for more than "
+            f"{int(stuck_after.total_seconds())}s; check their pods' events and logs",
+        )
+    return ("False", c.AS_EXPECTED, "no problem detected")
+
+
+def _phase(
+    conds: list[Condition], has_primary: bool, had_primary: str | None, activity: Activity | None
+) -> str:
+    degraded, ready = c.get(conds, c.DEGRADED), c.get(conds, c.READY)
+    if degraded and degraded.status == "True":
+        return c.PHASE_DEGRADED
+    if not has_primary:
+        return c.PHASE_UNAVAILABLE if had_primary else c.PHASE_CREATING
+    if activity is not None or (ready and ready.status != "True"):
+        return c.PHASE_UPDATING
+    return c.PHASE_HEALTHY
+
+
+def compute(
+    cluster: PostgresCluster,
+    observed: Observed,
+    activity: Activity | None,
+    now: datetime,
+    *,
+    stuck_after: timedelta = STUCK_AFTER,
+    switchover_handled: str | None = None,
+) -> PostgresClusterStatus:
+    spec, meta = cluster.spec, cluster.metadata
+    previous = cluster.status or PostgresClusterStatus()
+    conds = list(previous.conditions or [])
+    gen = meta.generation
+    primary = observed.primary
+    instances = [
+        InstanceStatus(
+            name=m.name,
+            role=m.role,
+            state=m.state,
+            lag_bytes=_lag(observed, m.lsn, primary is not None and m.name == primary.name),
+            ready=m.ready,
+        )
+        for m in observed.members
+    ]
+    ready = sum(1 for m in observed.members if m.ready)
+    not_ready = [m.name for m in observed.members if not m.ready]
+
+    def put(type_: str, st: c.Status, reason: str, message: str) -> None:
+        nonlocal conds
+        conds = c.set_condition(
+            conds, type_, status=st, reason=reason, message=message, generation=gen, now=now
+        )
+
+    if primary is None:
+        put(c.READY, "False", c.NO_PRIMARY, "no instance is running as primary")
+    elif ready < spec.instances:
+        missing = ", ".join(not_ready) or f"{spec.instances - len(observed.members)} not created"
+        put(
+            c.READY,
+            "False",
+            c.INSTANCES_NOT_READY,
+            f"{ready}/{spec.instances} instances ready; waiting for: {missing}",
+        )
+    else:
+        put(
+            c.READY,
+            "True",
+            c.ALL_READY,
+            f"{ready}/{spec.instances} instances ready; primary {primary.name}",
+        )
+    if activity is not None:
+        put(c.PROGRESSING, "True", activity.reason, activity.message)
+    else:
+        put(c.PROGRESSING, "False", c.UP_TO_DATE, "the cluster matches its spec")
+    put(c.DEGRADED, *_degraded(observed, now, stuck_after))
+    phase = _phase(conds, primary is not None, previous.current_primary, activity)
+
+    port = operand.POSTGRES_PORT
+    ns = meta.namespace
+
+    def endpoint(service: str) -> str:
+        return f"{names.service_host(service, ns)}:{port}"
+
+    order = [c.READY, c.PROGRESSING, c.DEGRADED]
+    return PostgresClusterStatus(
+        phase=phase,
+        conditions=sorted(conds, key=lambda x: order.index(x.type) if x.type in order else 99),
+        observed_generation=gen,
+        instances=len(observed.members),
+        ready_instances=ready,
+        current_primary=primary.name if primary else None,
+        selector=labels.selector_string(meta.name),
+        instances_status=instances,
+        endpoints=EndpointsStatus(
+            read_write=endpoint(names.service_rw(meta.name)),
+            read_only=endpoint(names.service_ro(meta.name)),
+            any=endpoint(names.service_any(meta.name)),
+        ),
+        pending_restart=any(m.pending_restart for m in observed.members),
+        secrets=SecretsStatus(
+            superuser=names.secret(meta.name, "superuser"),
+            replication=names.secret(meta.name, "replication"),
+            app=names.secret(meta.name, "app"),
+        ),
+        switchover_handled=switchover_handled,
+        kopf=previous.kopf,
+    )

@@ -1,0 +1,241 @@
+"""Runs the real operator (`pgherd operator`) against the local control plane, the way it is
+deployed: as its own ServiceAccount with exactly the RBAC of manifests/, so every test also
+proves the operator's permissions are enough. Helpers to drive PostgresCluster tests.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import yaml
+from kubernetes import client
+
+from pgherd import crds, manifests
+from pgherd.kube import Kube
+from pgherd_dev import processes
+from pgherd_dev.controlplane import ControlPlane
+from pgherd_dev.kubelet import HOLD_ANNOTATION, PORTS_ANNOTATION
+
+OPERATOR_NAMESPACE = "pgherd-system"
+OPERATOR_ACCOUNT = "pgherd-operator"
+RESYNC_SECONDS = 3
+
+
+def install_crds_and_rbac(kube: Kube) -> None:
+    """The CRDs and the operator's namespace, ServiceAccount and RBAC, as manifests/ has them."""
+    for obj in [*crds.render_crds(), manifests.namespace(), *manifests.rbac()]:
+        kube.apply(obj, check=False)
+
+
+def operator_kubeconfig(cp: ControlPlane, api: client.ApiClient, path: Path) -> Path:
+    token = (
+        client.CoreV1Api(api)
+        .create_namespaced_service_account_token(
+            OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 86400}}
+        )
+        .status.token
+    )
+    admin = yaml.safe_load(cp.kubeconfig.read_text())
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": admin["clusters"],
+                "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
+                "contexts": [
+                    {
+                        "name": "operator",
+                        "context": {
+                            "cluster": admin["clusters"][0]["name"],
+                            "user": OPERATOR_ACCOUNT,
+                        },
+                    }
+                ],
+                "current-context": "operator",
+            }
+        )
+    )
+    path.chmod(0o600)
+    return path
+
+
+@dataclass
+class Operator:
+    """The operator as a process; stop and start it to test restarts."""
+
+    kubeconfig: Path
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "PGHERD_RESYNC_SECONDS": str(RESYNC_SECONDS),
+            "PGHERD_HEALTH_HOST": "127.0.0.1",
+            **self.extra_env,
+        }
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "pgherd.cli",
+                "operator",
+                f"--health-port={processes.free_port()}",
+            ],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=processes.set_parent_death_signal,  # noqa: PLW1509
+        )
+
+    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_for(what: str, check: Any, timeout: float = 120.0, interval: float = 0.5) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})")
+
+
+@dataclass
+class Cluster:
+    """One PostgresCluster under test, with ways to reach its instances."""
+
+    kube: Kube
+    namespace: str
+    name: str
+
+    def create(self, spec: dict[str, Any]) -> None:
+        self.kube.create(
+            {
+                "apiVersion": "pgherd.io/v1alpha1",
+                "kind": "PostgresCluster",
+                "metadata": {"name": self.name, "namespace": self.namespace},
+                "spec": spec,
+            }
+        )
+
+    def patch_spec(self, spec: dict[str, Any]) -> None:
+        self.kube.patch("PostgresCluster", self.namespace, self.name, {"spec": spec})
+
+    def obj(self) -> dict[str, Any]:
+        got = self.kube.get("PostgresCluster", self.namespace, self.name)
+        assert got is not None
+        return got
+
+    def status(self) -> dict[str, Any]:
+        return dict(self.obj().get("status") or {})
+
+    def condition(self, type_: str) -> dict[str, Any]:
+        return next((c for c in self.status().get("conditions", []) if c["type"] == type_), {})
+
+    def wait_healthy(self, instances: int, timeout: float = 180.0) -> dict[str, Any]:
+        def healthy() -> dict[str, Any] | None:
+            s = self.status()
+            gen = self.obj()["metadata"]["generation"]
+            ok = (
+                s.get("phase") == "Healthy"
+                and s.get("readyInstances") == instances
+                and s.get("observedGeneration") == gen
+                and len(self.pods()) == instances
+            )
+            return s if ok else None
+
+        result: dict[str, Any] = wait_for(
+            f"{self.name} Healthy with {instances} instances", healthy, timeout
+        )
+        return result
+
+    def pods(self) -> list[dict[str, Any]]:
+        return self.kube.list("Pod", self.namespace, f"pgherd.io/cluster={self.name}")
+
+    def primary(self) -> str:
+        return str(self.status()["currentPrimary"])
+
+    def port(self, pod: str) -> int:
+        got = self.kube.get("Pod", self.namespace, pod)
+        assert got is not None
+        return int(json.loads(got["metadata"]["annotations"][PORTS_ANNOTATION])["postgresql"])
+
+    def app_credentials(self) -> tuple[str, str, str]:
+        secret = self.kube.get("Secret", self.namespace, f"{self.name}-app")
+        assert secret is not None
+
+        def field(k: str) -> str:
+            return base64.b64decode(secret["data"][k]).decode()
+
+        return field("username"), field("password"), field("dbname")
+
+    def connect(self, pod: str, **kwargs: Any) -> psycopg.Connection[Any]:
+        user, password, dbname = self.app_credentials()
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port(pod),
+            user=user,
+            password=password,
+            dbname=dbname,
+            connect_timeout=3,
+            **kwargs,
+        )
+
+    def kill(self, pod: str, cp: ControlPlane, *, hold: bool) -> None:
+        """Kill the pod's processes, as a crashed container (hold: a lost node)."""
+        if hold:
+            self.kube.patch(
+                "Pod", self.namespace, pod, {"metadata": {"annotations": {HOLD_ANNOTATION: "true"}}}
+            )
+        pid = int((cp.workdir / "pods" / self.namespace / pod / "current" / "pid").read_text())
+        os.killpg(pid, signal.SIGKILL)
+
+    def release(self, pod: str) -> None:
+        self.kube.patch(
+            "Pod", self.namespace, pod, {"metadata": {"annotations": {HOLD_ANNOTATION: None}}}
+        )
+
+    def instance_log(self, pod: str, cp: ControlPlane) -> Path:
+        return cp.workdir / "pods" / self.namespace / pod / "current" / "container.log"
+
+
+def audit_writes(cp: ControlPlane, user: str, since: float) -> list[dict[str, Any]]:
+    """Write requests made by user after the given time (epoch seconds)."""
+    out = []
+    for line in cp.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        if (
+            event.get("user", {}).get("username") != user
+            or event.get("stage") != "ResponseComplete"
+        ):
+            continue
+        stamp = event["requestReceivedTimestamp"]
+        t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        if t >= since:
+            out.append(event)
+    return out
