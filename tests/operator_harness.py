@@ -17,12 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-import yaml
 from kubernetes import client
 
 from pgherd import crds, manifests
 from pgherd.kube import Kube
-from pgherd_dev import processes
+from pgherd_dev import kubeconfig, processes
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.kubelet import HOLD_ANNOTATION, PORTS_ANNOTATION
 
@@ -38,36 +37,7 @@ def install_crds_and_rbac(kube: Kube) -> None:
 
 
 def operator_kubeconfig(cp: ControlPlane, api: client.ApiClient, path: Path) -> Path:
-    token = (
-        client.CoreV1Api(api)
-        .create_namespaced_service_account_token(
-            OPERATOR_ACCOUNT, OPERATOR_NAMESPACE, {"spec": {"expirationSeconds": 86400}}
-        )
-        .status.token
-    )
-    admin = yaml.safe_load(cp.kubeconfig.read_text())
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": admin["clusters"],
-                "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
-                "contexts": [
-                    {
-                        "name": "operator",
-                        "context": {
-                            "cluster": admin["clusters"][0]["name"],
-                            "user": OPERATOR_ACCOUNT,
-                        },
-                    }
-                ],
-                "current-context": "operator",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path
+    return kubeconfig.for_service_account(cp, api, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, path)
 
 
 @dataclass

@@ -44,6 +44,7 @@ class Observed:
     dcs_config: dict[str, Any] | None = None
     dcs_configmaps: dict[str, Manifest] = field(default_factory=dict)
     failover_key: dict[str, str] = field(default_factory=dict)
+    sync_standbys: frozenset[str] = frozenset()
     claims: list[Manifest] = field(default_factory=list)
     storage_class_missing: str | None = None
 
@@ -127,6 +128,10 @@ def observe(kube: Kube, cluster: PostgresCluster) -> Observed:
     failover_cm = observed.dcs_configmaps.get(f"{name}-failover")
     if failover_cm:
         observed.failover_key = dict(failover_cm["metadata"].get("annotations") or {})
+    sync_cm = observed.dcs_configmaps.get(f"{name}-sync")
+    if sync_cm:
+        raw_sync = (sync_cm["metadata"].get("annotations") or {}).get("sync_standby") or ""
+        observed.sync_standbys = frozenset(n for n in raw_sync.split(",") if n)
     wanted_class = cluster.spec.storage.storage_class_name
     if wanted_class and kube.get("StorageClass", None, wanted_class) is None:
         observed.storage_class_missing = wanted_class

@@ -23,7 +23,6 @@ from pgherd.observe import Member, Observed, observe
 from pgherd.render import names
 from pgherd.render.children import desired_children
 from pgherd.render.names import SECRET_KINDS, SecretKind
-from pgherd.render.ownership import owner_reference
 from pgherd.render.patroni_config import dynamic_config
 from pgherd.status import Activity
 
@@ -70,6 +69,7 @@ def _reconcile(kube: Kube, cluster: PostgresCluster, emit: EventSink, now: datet
     actions: list[str] = []
     observed = observe(kube, cluster)
 
+    _clear_stale_dcs(kube, cluster, observed, actions)
     existing: dict[SecretKind, Manifest | None] = {
         k: kube.get("Secret", ns, names.secret(name, k)) for k in SECRET_KINDS
     }
@@ -81,7 +81,6 @@ def _reconcile(kube: Kube, cluster: PostgresCluster, emit: EventSink, now: datet
         live = existing.get(_secret_kind(child)) if child["kind"] == "Secret" else None
         if kube.apply(child, live, check=True):
             actions.append(f"applied {child['kind']}/{child['metadata']['name']}")
-    _own_dcs_configmaps(kube, cluster, observed, actions)
 
     activity: Activity | None = None
     switchover_handled = cluster.status.switchover_handled if cluster.status else None
@@ -154,22 +153,23 @@ def _prepare_statefulset(
         observed.statefulset = None
 
 
-def _own_dcs_configmaps(
+def _clear_stale_dcs(
     kube: Kube, cluster: PostgresCluster, observed: Observed, actions: list[str]
 ) -> None:
-    """Patroni creates its DCS ConfigMaps without an owner; adopt them so that deleting the
-    cluster removes them and a new cluster of the same name starts clean."""
-    ref = owner_reference(cluster)
-    for cm_name, cm in observed.dcs_configmaps.items():
-        refs = cm["metadata"].get("ownerReferences") or []
-        if not any(r.get("uid") == ref["uid"] for r in refs):
-            kube.patch(
-                "ConfigMap",
-                cluster.metadata.namespace,
-                cm_name,
-                {"metadata": {"ownerReferences": [*refs, ref]}},
-            )
-            actions.append(f"adopted ConfigMap/{cm_name}")
+    """Remove Patroni's DCS ConfigMaps left by a deleted cluster of the same name.
+
+    Patroni creates them without an owner, and the operator must never write them while
+    Patroni runs (a write changes their resourceVersion and breaks Patroni's
+    compare-and-swap updates of the leader and sync keys). So they outlive a deleted
+    cluster, and a new cluster of that name, before any instance exists, deletes them:
+    otherwise Patroni would find the old system's initialize key and refuse to bootstrap.
+    """
+    if cluster.status is not None or observed.members or observed.statefulset is not None:
+        return
+    for cm_name in list(observed.dcs_configmaps):
+        kube.delete("ConfigMap", cluster.metadata.namespace, cm_name)
+        del observed.dcs_configmaps[cm_name]
+        actions.append(f"removed stale Patroni ConfigMap/{cm_name}")
 
 
 # ---- Patroni dynamic configuration ------------------------------------------

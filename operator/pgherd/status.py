@@ -101,7 +101,7 @@ def compute(
     instances = [
         InstanceStatus(
             name=m.name,
-            role=m.role,
+            role="sync_standby" if m.name in observed.sync_standbys else m.role,
             state=m.state,
             lag_bytes=_lag(observed, m.lsn, primary is not None and m.name == primary.name),
             ready=m.ready,
