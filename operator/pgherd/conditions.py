@@ -30,6 +30,14 @@ STORAGE_CLASS_NOT_FOUND = "StorageClassNotFound"
 INSTANCE_STUCK = "InstanceNeverReady"
 SWITCHOVER_TARGET_INVALID = "SwitchoverTargetInvalid"
 
+# pgherd.backup: WAL archiving and restores.
+CONTINUOUS_ARCHIVING = "ContinuousArchiving"
+ARCHIVING_WORKS = "ArchivingWorks"
+ARCHIVE_FAILING = "ArchiveFailing"
+ARCHIVE_PENDING = "WaitingForFirstArchive"
+RECOVERY_SOURCE_NOT_READY = "RecoverySourceNotReady"
+ARCHIVE_WOULD_OVERWRITE_SOURCE = "ArchiveWouldOverwriteSource"
+
 # Phases: a one-word summary; conditions carry the detail.
 PHASE_CREATING = "Creating"
 PHASE_HEALTHY = "Healthy"

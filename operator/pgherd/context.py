@@ -7,6 +7,16 @@ from kubernetes import client, config
 from pgherd.kube import Kube
 
 _kube: Kube | None = None
+_namespaces: list[str] = []
+
+
+def set_watched_namespaces(namespaces: list[str]) -> None:
+    """Namespaces the operator serves (empty: all); set once at start-up."""
+    _namespaces[:] = namespaces
+
+
+def watched_namespaces() -> list[str]:
+    return list(_namespaces)
 
 
 def init() -> Kube:

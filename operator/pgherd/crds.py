@@ -118,9 +118,67 @@ def postgrescluster_crd() -> Manifest:
     }
 
 
+def _backup_root_schema() -> Manifest:
+    spec = structural_schema(v1alpha1.PostgresBackupSpec, nullable_optionals=False)
+    status = structural_schema(v1alpha1.PostgresBackupStatus, nullable_optionals=True)
+    return {
+        "type": "object",
+        "description": (v1alpha1.PostgresBackup.__doc__ or "").strip(),
+        "properties": {
+            "apiVersion": {"type": "string", "description": "APIVersion of this object."},
+            "kind": {"type": "string", "description": "Kind of this object."},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
+
+
+def postgresbackup_crd() -> Manifest:
+    """The PostgresBackup CustomResourceDefinition (pgherd.backup)."""
+    columns = [
+        {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Backup", "type": "string", "jsonPath": ".status.backupId"},
+        {"name": "Instance", "type": "string", "jsonPath": ".status.instance"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ]
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": f"{v1alpha1.BACKUP_PLURAL}.{v1alpha1.GROUP}",
+            "labels": {"app.kubernetes.io/part-of": "pgherd"},
+        },
+        "spec": {
+            "group": v1alpha1.GROUP,
+            "names": {
+                "kind": v1alpha1.BACKUP_KIND,
+                "listKind": f"{v1alpha1.BACKUP_KIND}List",
+                "plural": v1alpha1.BACKUP_PLURAL,
+                "singular": v1alpha1.BACKUP_SINGULAR,
+                "shortNames": list(v1alpha1.BACKUP_SHORT_NAMES),
+                "categories": ["pgherd"],
+            },
+            "scope": "Namespaced",
+            "versions": [
+                {
+                    "name": v1alpha1.VERSION,
+                    "served": True,
+                    "storage": True,
+                    "schema": {"openAPIV3Schema": _backup_root_schema()},
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                }
+            ],
+        },
+    }
+
+
 def render_crds() -> list[Manifest]:
     """Every CustomResourceDefinition pgherd serves."""
-    return [postgrescluster_crd()]
+    return [postgrescluster_crd(), postgresbackup_crd()]
 
 
 def crd_file_name(crd: Manifest) -> str:

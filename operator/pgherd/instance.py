@@ -107,6 +107,11 @@ def run(env: Mapping[str, str]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(yaml.safe_dump(final_config(config, env), sort_keys=False))
     target.chmod(0o600)
+    if env.get("PGHERD_BACKUP_DESTINATION"):
+        # pgherd.backup: the backup agent runs beside Patroni (see pgherd.backup.agent).
+        from pgherd.backup import agent  # noqa: PLC0415
+
+        agent.spawn(env)
     os.execve(  # noqa: S606 - becoming Patroni is the point of this entrypoint
         sys.executable,
         [sys.executable, "-m", "patroni", str(target)],

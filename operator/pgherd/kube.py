@@ -52,6 +52,7 @@ KINDS: dict[str, Kind] = {
     "StatefulSet": Kind("apps/v1", "statefulsets"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
     "PostgresCluster": Kind("pgherd.io/v1alpha1", "postgresclusters"),
+    "PostgresBackup": Kind("pgherd.io/v1alpha1", "postgresbackups"),  # pgherd.backup
     "StorageClass": Kind("storage.k8s.io/v1", "storageclasses", namespaced=False),
     "Namespace": Kind("v1", "namespaces", namespaced=False),
     "ClusterRole": Kind("rbac.authorization.k8s.io/v1", "clusterroles", namespaced=False),

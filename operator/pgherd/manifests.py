@@ -194,7 +194,7 @@ def deployment(image: str) -> Manifest:
 
 
 def samples() -> list[Manifest]:
-    """One example per CRD: a small three-instance cluster."""
+    """One example per CRD: a small three-instance cluster and a backup of it."""
     return [
         {
             "apiVersion": v1alpha1.API_VERSION,
@@ -206,7 +206,13 @@ def samples() -> list[Manifest]:
                 "storage": {"size": "1Gi"},
                 "bootstrap": {"database": "app", "owner": "app"},
             },
-        }
+        },
+        {
+            "apiVersion": v1alpha1.API_VERSION,
+            "kind": v1alpha1.BACKUP_KIND,
+            "metadata": {"name": "example-backup"},
+            "spec": {"cluster": "example", "target": "primary"},
+        },
     ]
 
 

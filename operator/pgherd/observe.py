@@ -13,6 +13,7 @@ from pgherd.kube import Kube, Manifest
 from pgherd.render import labels, names
 
 REVISION_LABEL = "controller-revision-hash"
+READY_STATES = frozenset({"running", "streaming"})
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ def member_from_pod(pod: Manifest) -> Member:
     return Member(
         name=name,
         ordinal=int(name.rsplit("-", 1)[1]),
-        ready=conditions.get("Ready") == "True",
+        # The pod's readiness alone can run ahead of Patroni (a kubelet's first probe, or a
+        # pod whose Patroni has not registered yet); an instance is ready when both agree.
+        ready=conditions.get("Ready") == "True" and patroni.get("state") in READY_STATES,
         running=status.get("phase") == "Running" and not meta.get("deletionTimestamp"),
         created=_time(meta.get("creationTimestamp")),
         revision=(meta.get("labels") or {}).get(REVISION_LABEL),

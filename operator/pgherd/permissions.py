@@ -58,6 +58,21 @@ NAMESPACED: tuple[Rule, ...] = (
         "OwnerReferences with blockOwnerDeletion on clusters where the OwnerReferences"
         "PermissionEnforcement admission plugin runs",
     ),
+    # pgherd.backup
+    Rule(
+        "pgherd.io",
+        ("postgresbackups",),
+        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        "base backups: scheduled ones are created and pruned to the history limit (kopf "
+        "patches their annotations); the instances' Role is granted read access",
+    ),
+    Rule(
+        "pgherd.io",
+        ("postgresbackups/status",),
+        ("get", "patch", "update"),
+        "a backup's phase, assigned instance and result (also granted to the instances, "
+        "which run barman-cloud-backup)",
+    ),
     Rule(
         "",
         ("configmaps", "secrets", "services", "serviceaccounts"),

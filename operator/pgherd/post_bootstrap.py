@@ -27,16 +27,21 @@ def main(argv: list[str]) -> int:
     with psycopg.connect(argv[1], autocommit=True) as conn:
         # Hash on the client so the plain password never reaches the server's logs.
         verifier = conn.pgconn.encrypt_password(password.encode(), user.encode(), b"scram-sha-256")
+        # A cluster restored from a backup (pgherd.backup) already has both: the role then
+        # only takes this cluster's password.
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
         conn.execute(
-            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+            sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(
                 sql.Identifier(user), sql.Literal(verifier.decode())
             )
         )
-        conn.execute(
-            sql.SQL("CREATE DATABASE {} OWNER {}").format(
-                sql.Identifier(dbname), sql.Identifier(user)
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone():
+            conn.execute(
+                sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    sql.Identifier(dbname), sql.Identifier(user)
+                )
             )
-        )
     return 0
 
 

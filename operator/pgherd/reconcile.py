@@ -18,6 +18,7 @@ from typing import Any
 from pgherd import conditions as c
 from pgherd import passwords, patroni_api, status
 from pgherd.api.v1alpha1 import PostgresCluster, PostgresClusterStatus
+from pgherd.backup import controller as backup_controller
 from pgherd.kube import Kube, Manifest
 from pgherd.observe import Member, Observed, observe
 from pgherd.render import names
@@ -73,9 +74,14 @@ def _reconcile(kube: Kube, cluster: PostgresCluster, emit: EventSink, now: datet
     existing: dict[SecretKind, Manifest | None] = {
         k: kube.get("Secret", ns, names.secret(name, k)) for k in SECRET_KINDS
     }
+    # pgherd.backup: resolve spec.bootstrap.recovery; a restore that cannot go on safely
+    # holds the StatefulSet back, and cluster_status below reports why.
+    cluster, backup_gate = backup_controller.resolve(kube, cluster)
     children = desired_children(cluster, passwords.resolve(existing))
     primary = observed.primary
     for child in children:
+        if child["kind"] == "StatefulSet" and backup_gate.blocked:
+            continue
         if child["kind"] == "StatefulSet":
             _prepare_statefulset(kube, cluster, child, observed, actions)
         live = existing.get(_secret_kind(child)) if child["kind"] == "Secret" else None
@@ -101,6 +107,10 @@ def _reconcile(kube: Kube, cluster: PostgresCluster, emit: EventSink, now: datet
 
     new_status = status.compute(
         cluster, observed, activity, now, switchover_handled=switchover_handled
+    )
+    # pgherd.backup: status.backup, ContinuousArchiving, a blocked restore, the schedule.
+    new_status = backup_controller.cluster_status(
+        kube, cluster, observed, new_status, backup_gate, now, emit
     )
     wrote = _write_status(kube, cluster, new_status)
     _emit_transitions(cluster.status, new_status, emit)

@@ -33,7 +33,6 @@ def _configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.client_timeout = 150
     settings.watching.connect_timeout = 30
     settings.execution.max_workers = int(os.environ.get("PGHERD_WORKERS", "16"))
-    settings.persistence.finalizer = "pgherd.io/finalizer"
 
 
 def main(namespaces: list[str] | None, health_port: int) -> int:
@@ -44,6 +43,7 @@ def main(namespaces: list[str] | None, health_port: int) -> int:
         log_format=kopf.LogFormat.JSON if json_logs else kopf.LogFormat.PLAIN,
     )
     context.init()
+    context.set_watched_namespaces(ns)
     from pgherd import handlers  # noqa: F401, PLC0415 - registers the handlers
 
     host = os.environ.get("PGHERD_HEALTH_HOST", "0.0.0.0")  # noqa: S104 - probes reach the pod IP

@@ -6,6 +6,7 @@ compare it with the stored status and skip the write when nothing changed.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -22,7 +23,10 @@ from pgherd.observe import Observed
 from pgherd.render import labels, names, operand
 
 # An instance whose pod exists this long without becoming ready is reported as Degraded.
-STUCK_AFTER = timedelta(minutes=5)
+STUCK_AFTER = timedelta(seconds=float(os.environ.get("PGHERD_STUCK_AFTER_SECONDS", "300")))
+
+
+LAG_GRANULARITY = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,10 @@ def _lag(observed: Observed, lsn: int | None, is_primary: bool) -> int | None:
         primary_lsn = p.lsn
     if primary_lsn is None or lsn is None:
         return None
-    return max(0, primary_lsn - lsn)
+    # Whole MiB: an idle primary still writes a little WAL (running-xacts records), and
+    # byte-exact lag would rewrite the status on every resync.
+    lag = max(0, primary_lsn - lsn)
+    return lag - lag % LAG_GRANULARITY
 
 
 def _degraded(

@@ -54,6 +54,15 @@ def cluster_status(args: argparse.Namespace) -> int:
     return 0 if procs and all(v == "running" for v in procs.values()) else 1
 
 
+def run(args: argparse.Namespace) -> int:
+    from pgherd_dev import run as run_module  # noqa: PLC0415 - only this command needs it
+
+    cp = ControlPlane(_workdir(args), apiserver_port=_port())
+    if not cp.status()["processes"] or "gone" in cp.status()["processes"].values():
+        print(f"control plane ready in {cp.up():.1f}s")
+    return run_module.run(cp, REPO_ROOT)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pgherd-dev", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="group", required=True)
@@ -63,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     csub.add_parser("up", help="start it").set_defaults(func=cluster_up)
     csub.add_parser("down", help="stop it and clear its data").set_defaults(func=cluster_down)
     csub.add_parser("status", help="show its processes").set_defaults(func=cluster_status)
+    runp = sub.add_parser("run", help="control plane + operator + a sample cluster")
+    runp.add_argument("--workdir", help=f"working directory (default {DEFAULT_WORKDIR})")
+    runp.set_defaults(func=run)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -91,7 +91,11 @@ class ControlPlane:
             "kind: Policy\n"
             "omitStages: [RequestReceived, ResponseStarted]\n"
             "rules:\n"
+            # Never record a Secret's body; other writes keep theirs, to tell what changed.
             "- level: Metadata\n"
+            "  resources: [{group: '', resources: [secrets]}]\n"
+            "  verbs: [create, update, patch, delete, deletecollection]\n"
+            "- level: Request\n"
             "  verbs: [create, update, patch, delete, deletecollection]\n"
             "- level: None\n"
         )

@@ -120,7 +120,10 @@ class PodProcess:
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
-    ready: bool | None = None
+    last_probe: float = 0.0
+    successes: int = 0
+    failures: int = 0
+    passed: bool = False
     config_sync: float = 0.0
     volume_sources: dict[str, tuple[str, str, Path]] = field(default_factory=dict)
 
@@ -155,7 +158,9 @@ class Kubelet:
             pod = self.api.sanitize_for_serialization(obj)
             if pod["metadata"].get("deletionTimestamp") or not pod["spec"].get("nodeName"):
                 continue
-            if pod.get("status", {}).get("phase") not in ("Running", "Pending"):
+            # kwok first plays its pod stage (Running, Ready); start only after it, so that
+            # this kubelet's readiness is the last word.
+            if pod.get("status", {}).get("phase") != "Running":
                 continue
             wanted[pod["metadata"]["uid"]] = pod
         # Stop first, so a recreated pod of the same name never shares a data directory
@@ -400,6 +405,9 @@ class Kubelet:
                 preexec_fn=processes.set_parent_death_signal,  # noqa: PLW1509
             )
         (pp.directory / "pid").write_text(str(pp.proc.pid))
+        pp.successes = pp.failures = 0
+        pp.passed = False
+        pp.last_probe = 0.0
         current = pp.directory.parent / "current"
         if current.is_symlink() or current.exists():
             current.unlink()
@@ -432,7 +440,8 @@ class Kubelet:
     def _probe(self, pp: PodProcess, pod: dict[str, Any]) -> bool:
         if pp.proc is None or pp.proc.poll() is not None:
             return False
-        probe = pod["spec"]["containers"][0].get("readinessProbe", {}).get("httpGet")
+        spec = pod["spec"]["containers"][0].get("readinessProbe", {})
+        probe = spec.get("httpGet")
         if not probe:
             return True
         port = probe["port"]
@@ -443,13 +452,32 @@ class Kubelet:
             return False
         url = f"http://{POD_IP}:{local}{probe.get('path', '/')}"
         try:
-            with urllib.request.urlopen(url, timeout=1) as r:
+            with urllib.request.urlopen(url, timeout=float(spec.get("timeoutSeconds", 1))) as r:
                 return 200 <= int(r.status) < 400
         except OSError:
             return False
 
     def _report_ready(self, pp: PodProcess, pod: dict[str, Any]) -> None:
-        ready = self._probe(pp, pod)
+        # As a kubelet does: probe every periodSeconds, and flip readiness only after
+        # failureThreshold failures (or successThreshold successes) in a row.
+        spec = pod["spec"]["containers"][0].get("readinessProbe", {})
+        now_m = time.monotonic()
+        if now_m - pp.last_probe < float(spec.get("periodSeconds", 10)):
+            return
+        pp.last_probe = now_m
+        if self._probe(pp, pod):
+            pp.successes, pp.failures = pp.successes + 1, 0
+            pp.passed = pp.passed or pp.successes >= int(spec.get("successThreshold", 1))
+        else:
+            pp.successes, pp.failures = 0, pp.failures + 1
+        if pp.proc is None or pp.proc.poll() is not None:
+            ready = False  # a dead container is unready at once
+        elif pp.failures >= int(spec.get("failureThreshold", 3)) or not pp.passed:
+            ready = False  # also: a container is unready from its start until a probe passes
+        elif pp.successes >= int(spec.get("successThreshold", 1)):
+            ready = True
+        else:
+            return
         current = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
         want = "True" if ready else "False"
         if current.get("Ready") == want and current.get("ContainersReady") == want:

@@ -29,10 +29,13 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pgherd import catalog, releases
+from pgherd.kube import Kube
+from pgherd_dev import kubeconfig
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.errors import DevError
 from pgherd_dev.olm import GROUP, NAMESPACE, CatalogServer, Olm
 from tests.conftest import require_tool, wait_for
+from tests.operator_harness import Cluster, Operator
 
 pytestmark = pytest.mark.cluster
 
@@ -261,7 +264,12 @@ def _deployment_exists(api: client.ApiClient, namespace: str) -> bool:
 # --- tests -------------------------------------------------------------------------------------
 
 
-def test_install_from_stable(api: client.ApiClient, catalogs: dict[str, CatalogServer]) -> None:
+def test_install_from_stable(
+    api: client.ApiClient,
+    catalogs: dict[str, CatalogServer],
+    control_plane: ControlPlane,
+    tmp_path: Path,
+) -> None:
     ns = _namespace(api, "olm-own")
     begin = time.monotonic()
     _subscribe(api, ns, source=catalogs["release"].name, channel="stable", targets=[ns])
@@ -282,7 +290,25 @@ def test_install_from_stable(api: client.ApiClient, catalogs: dict[str, CatalogS
     assert any(
         r.metadata.name.startswith(csv_name(CURRENT)) or "pgherd" in r.metadata.name for r in roles
     )
+    _reconcile_as_olm_installed_it(control_plane, api, ns, tmp_path)
     _uninstall(api, ns)
+
+
+def _reconcile_as_olm_installed_it(
+    cp: ControlPlane, api: client.ApiClient, ns: str, tmp: Path
+) -> None:
+    """The operator from the working tree, with exactly the ServiceAccount and RBAC the CSV
+    made OLM create, reconciles a real PostgresCluster: the CSV's permissions are enough."""
+    kc = kubeconfig.for_service_account(cp, api, ns, "pgherd-operator", tmp / "olm-sa")
+    operator = Operator(kc, cp.log_dir / "operator-olm.log", args=[f"--namespace={ns}"])
+    operator.start()
+    try:
+        cluster = Cluster(Kube(api), ns, "olm-sample")
+        cluster.create({"instances": 1})
+        cluster.wait_healthy(1, timeout=180)
+        Kube(api).delete("PostgresCluster", ns, "olm-sample")
+    finally:
+        operator.stop()
 
 
 def test_upgrade_from_previous_release(

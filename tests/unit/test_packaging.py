@@ -120,9 +120,12 @@ def test_samples_are_valid_clusters() -> None:
     for sample in manifests.samples():
         kinds.add(sample["kind"])
         meta = {**sample["metadata"], "namespace": "default"}
+        if sample["kind"] == v1alpha1.BACKUP_KIND:
+            v1alpha1.PostgresBackup.model_validate({**sample, "metadata": meta})
+            continue
         v1alpha1.PostgresCluster.model_validate({**sample, "metadata": meta})
         assert sample["spec"]["instances"] == 3
-    assert kinds == {v1alpha1.KIND}
+    assert kinds == {v1alpha1.KIND, v1alpha1.BACKUP_KIND}
 
 
 def test_committed_rbac_is_bound_to_the_service_account() -> None:
@@ -168,7 +171,9 @@ def test_csv_examples_images_and_modes(csv: dict[str, Any]) -> None:
     assert json.loads(annotations["alm-examples"]) == manifests.samples()
     owned = {c["kind"] for c in csv["spec"]["customresourcedefinitions"]["owned"]}
     assert owned == {s["kind"] for s in manifests.samples()}
-    (crd,) = csv["spec"]["customresourcedefinitions"]["owned"]
+    (crd,) = [
+        c for c in csv["spec"]["customresourcedefinitions"]["owned"] if c["kind"] == v1alpha1.KIND
+    ]
     assert "conditions" in {d["path"] for d in crd["statusDescriptors"]}
     features = {k: v for k, v in annotations.items() if k.startswith("features.operators")}
     assert len(features) == 10

@@ -163,6 +163,217 @@ class PostgresqlSpec(ApiModel):
     )
 
 
+# ---- backup (pgherd.backup) ---------------------------------------------------------
+BACKUP_KIND = "PostgresBackup"
+BACKUP_PLURAL = "postgresbackups"
+BACKUP_SINGULAR = "postgresbackup"
+BACKUP_SHORT_NAMES = ("pgb",)
+# barman's recovery window: a number of days (d), weeks (w) or months (m).
+RETENTION_PATTERN = r"^[1-9][0-9]{0,3}[dwm]$"
+# An S3 bucket name (the DNS-compatible subset every S3-compatible store accepts).
+BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
+# barman's backup ids are timestamps (YYYYMMDDTHHMMSS); the restore bootstrap also takes
+# them from the operator, so the pattern keeps shell and path syntax out.
+BACKUP_ID_PATTERN = r"^[0-9]{8}T[0-9]{6}$"
+
+
+class SecretKeyRef(ApiModel):
+    """A key of a Secret in the cluster's namespace."""
+
+    name: str = Field(
+        max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Secret name."
+    )
+    key: str = Field(max_length=253, min_length=1, description="Key within the Secret.")
+
+
+class S3Credentials(ApiModel):
+    """Where the object store's access keys are: keys of Secrets in the cluster's namespace.
+
+    They reach the instances as environment variables (AWS_ACCESS_KEY_ID and
+    AWS_SECRET_ACCESS_KEY), never through a ConfigMap or the Patroni configuration."""
+
+    access_key_id: SecretKeyRef = Field(description="Secret key holding the access key id.")
+    secret_access_key: SecretKeyRef = Field(description="Secret key holding the secret access key.")
+    session_token: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding a session token, for temporary keys."
+    )
+
+
+class ObjectStoreSpec(ApiModel):
+    """An S3-compatible object store (AWS S3, MinIO, Ceph RGW, ...)."""
+
+    endpoint_url: str | None = Field(
+        default=None,
+        alias="endpointURL",
+        max_length=1024,
+        pattern=r"^https?://",
+        description="Endpoint of an S3-compatible service, e.g. https://minio.example:9000; "
+        "AWS S3 itself when unset.",
+    )
+    bucket: str = Field(pattern=BUCKET_PATTERN, description="Bucket name; it must exist.")
+    path: str = Field(
+        default="",
+        max_length=512,
+        pattern=r"^([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)?$",
+        description="Prefix inside the bucket. A cluster's WAL and base backups go under "
+        "<path>/<serverName>/.",
+    )
+    region: str | None = Field(
+        default=None, max_length=64, description="Region of the bucket, e.g. eu-west-1."
+    )
+    credentials: S3Credentials = Field(description="Access keys, from Secrets.")
+    ca_secret: SecretKeyRef | None = Field(
+        default=None,
+        description="A Secret key holding the PEM CA bundle that signs the endpoint's "
+        "certificate, when it is not publicly trusted.",
+    )
+
+
+class BackupSpec(ApiModel):
+    """Continuous WAL archiving and base backups to an S3-compatible object store."""
+
+    object_store: ObjectStoreSpec = Field(description="Where WAL and base backups go.")
+    server_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="Folder of this cluster under objectStore.path; the cluster name when "
+        "unset. Two clusters must never share one: each archive belongs to one database "
+        "system.",
+    )
+    retention_policy: str | None = Field(
+        default=None,
+        pattern=RETENTION_PATTERN,
+        description="Recovery window, e.g. 30d, 4w or 6m: base backups and WAL no longer "
+        "needed to recover to any point inside the window are deleted from the store. The "
+        "newest backup older than the window is kept, since recovering to the window's "
+        "start needs it. Unset keeps everything.",
+    )
+    schedule: str | None = Field(
+        default=None,
+        max_length=128,
+        description="Cron schedule (5 fields, UTC) of base backups, e.g. '0 3 * * *'; each "
+        "run creates a PostgresBackup. Unset: on-demand backups only.",
+    )
+    schedule_history_limit: int = Field(
+        default=7,
+        ge=1,
+        le=1000,
+        description="Scheduled PostgresBackup objects kept; older ones are deleted (the "
+        "objects only: the retention policy decides what leaves the store).",
+    )
+    compression: Literal["none", "gzip", "bzip2"] = Field(
+        default="gzip", description="Compression of WAL files and base backups in the store."
+    )
+    target: Literal["primary", "prefer-standby"] = Field(
+        default="primary",
+        description="Instance scheduled base backups are taken from: primary (always "
+        "consistent with the newest data, adds read load on the primary) or prefer-standby "
+        "(a ready streaming replica when one exists, else the primary).",
+    )
+
+
+class RecoveryTarget(ApiModel):
+    """Where recovery stops; at the end of the archived WAL when unset. At most one field."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "[has(self.time), has(self.lsn), has(self.name)].filter(x, x).size() <= 1",
+                    "recovery target: set at most one of time, lsn and name",
+                )
+            ]
+        }
+    )
+
+    time: datetime | None = Field(
+        default=None,
+        description="Recover up to this time (RFC 3339, e.g. 2026-01-02T03:04:05Z), "
+        "transactions committed at that moment included.",
+    )
+    lsn: str | None = Field(
+        default=None,
+        pattern=r"^[0-9A-Fa-f]{1,8}/[0-9A-Fa-f]{1,8}$",
+        description="Recover up to this WAL location, e.g. 0/3000060.",
+    )
+    name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Recover up to this named restore point (pg_create_restore_point).",
+    )
+
+    @model_validator(mode="after")
+    def _one_target(self) -> RecoveryTarget:
+        if sum(x is not None for x in (self.time, self.lsn, self.name)) > 1:
+            raise ValueError("set at most one of time, lsn and name")
+        return self
+
+
+class RecoverySource(ApiModel):
+    """Where to restore from: a PostgresBackup, or an object store with a backup id."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "has(self.backup) != has(self.objectStore)",
+                    "recovery source: set exactly one of backup and objectStore",
+                ),
+                _cel(
+                    "!has(self.backupId) || has(self.objectStore)",
+                    "recovery source: backupId goes with objectStore",
+                ),
+                _cel(
+                    "!has(self.serverName) || has(self.objectStore)",
+                    "recovery source: serverName goes with objectStore",
+                ),
+            ]
+        }
+    )
+
+    backup: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_LABEL_PATTERN,
+        description="A Completed PostgresBackup in this namespace.",
+    )
+    object_store: ObjectStoreSpec | None = Field(
+        default=None, description="The source cluster's object store."
+    )
+    server_name: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=DNS_LABEL_PATTERN,
+        description="The source cluster's server name (folder) in objectStore; required "
+        "with objectStore.",
+    )
+    backup_id: str | None = Field(
+        default=None,
+        pattern=BACKUP_ID_PATTERN,
+        description="barman backup id to restore; with objectStore and no backupId the "
+        "newest backup that ends before the target (or the newest) is used.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RecoverySource:
+        if (self.backup is None) == (self.object_store is None):
+            raise ValueError("set exactly one of backup and objectStore")
+        if self.object_store is not None and self.server_name is None:
+            raise ValueError("serverName is required with objectStore")
+        return self
+
+
+class RecoverySpec(ApiModel):
+    """Create the cluster from a base backup and archived WAL instead of an empty database."""
+
+    source: RecoverySource = Field(description="Where the backup and WAL come from.")
+    target: RecoveryTarget | None = Field(
+        default=None, description="Where recovery stops; the end of the archive when unset."
+    )
+
+
 class BootstrapSpec(ApiModel):
     """What the first primary creates when the cluster is initialised. Immutable."""
 
@@ -187,6 +398,13 @@ class BootstrapSpec(ApiModel):
         default="app",
         description="Application role that owns the database; its credentials are in the "
         "<cluster>-app Secret.",
+    )
+    # pgherd.backup: point-in-time restore into this new cluster.
+    recovery: RecoverySpec | None = Field(
+        default=None,
+        description="Restore the cluster from a base backup and archived WAL (optionally to "
+        "a point in time) instead of creating an empty database. The database and owner "
+        "then come from the backup; their passwords are reset to this cluster's Secrets.",
     )
 
     @field_validator("owner")
@@ -377,6 +595,11 @@ class PostgresClusterSpec(ApiModel):
     switchover: SwitchoverSpec | None = Field(
         default=None, description="Request a planned switchover."
     )
+    # pgherd.backup: WAL archiving and base backups.
+    backup: BackupSpec | None = Field(
+        default=None,
+        description="Continuous WAL archiving and base backups to an S3-compatible store.",
+    )
 
 
 class Condition(ApiModel):
@@ -406,7 +629,9 @@ class InstanceStatus(ApiModel):
     )
     state: str | None = Field(default=None, description="Patroni state, e.g. running, streaming.")
     lag_bytes: int | None = Field(
-        default=None, description="Replication lag behind the primary in bytes; null when unknown."
+        default=None,
+        description="Replication lag behind the primary in bytes, rounded down to whole MiB "
+        "(so an idle cluster's status stays still); null when unknown.",
     )
     ready: bool = Field(default=False, description="Whether the pod is Ready.")
 
@@ -429,6 +654,41 @@ class SecretsStatus(ApiModel):
     app: str | None = Field(
         default=None,
         description="Secret of the application owner, with host, port, dbname and uri.",
+    )
+
+
+class ClusterBackupStatus(ApiModel):
+    """What the cluster's WAL archive and base backups look like (pgherd.backup)."""
+
+    last_archived_wal: str | None = Field(default=None, description="Last WAL file archived.")
+    last_archived_time: datetime | None = Field(
+        default=None, description="When the last WAL file was archived."
+    )
+    last_failed_wal: str | None = Field(
+        default=None, description="Last WAL file whose archiving failed."
+    )
+    last_failed_time: datetime | None = Field(
+        default=None, description="When archiving last failed."
+    )
+    first_recoverability_point: datetime | None = Field(
+        default=None,
+        description="Earliest time the cluster can be restored to: the end of the oldest "
+        "base backup in the store.",
+    )
+    last_successful_backup: str | None = Field(
+        default=None, description="barman id of the newest completed base backup in the store."
+    )
+    last_successful_backup_time: datetime | None = Field(
+        default=None, description="When the newest completed base backup ended."
+    )
+    last_schedule_time: datetime | None = Field(
+        default=None, description="Time of the last scheduled backup run (spec.backup.schedule)."
+    )
+    restored_from: RecoverySource | None = Field(
+        default=None,
+        description="spec.bootstrap.recovery.source resolved to an object store, server name "
+        "and backup id when the cluster was created; kept so that the cluster does not "
+        "depend on the source PostgresBackup afterwards.",
     )
 
 
@@ -469,6 +729,10 @@ class PostgresClusterStatus(ApiModel):
         description="spec.switchover.targetInstance of the last switchover request carried out; "
         "a request equal to it is not repeated. Cleared when spec.switchover is removed.",
     )
+    # pgherd.backup
+    backup: ClusterBackupStatus | None = Field(
+        default=None, description="WAL archive and base backups (when spec.backup is set)."
+    )
     kopf: FreeForm | None = Field(
         default=None, description="Bookkeeping of the operator framework (kopf)."
     )
@@ -508,3 +772,72 @@ class PostgresCluster(ApiModel):
         default_factory=PostgresClusterSpec, description="Desired state."
     )
     status: PostgresClusterStatus | None = Field(default=None, description="Observed state.")
+
+
+# ---- PostgresBackup ---------------------------------------------------------------------
+class PostgresBackupSpec(ApiModel):
+    """A base backup of a PostgresCluster to its object store. Immutable."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [_cel("self == oldSelf", "spec is immutable")]
+        }
+    )
+
+    cluster: str = Field(
+        max_length=MAX_NAME_LENGTH,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the PostgresCluster (same namespace); it needs spec.backup.",
+    )
+    method: Literal["barmanObjectStore"] = Field(
+        default="barmanObjectStore",
+        description="How the backup is taken: barman-cloud-backup, run by the chosen "
+        "instance, into the cluster's spec.backup.objectStore.",
+    )
+    target: Literal["primary", "prefer-standby"] | None = Field(
+        default=None,
+        description="Instance to take it from: primary, or prefer-standby (a ready "
+        "streaming replica when one exists, else the primary); the cluster's "
+        "spec.backup.target when unset.",
+    )
+
+
+class PostgresBackupStatus(ApiModel):
+    """Observed state of a base backup."""
+
+    phase: Literal["Pending", "Running", "Completed", "Failed"] | None = Field(
+        default=None, description="Pending, Running, Completed or Failed."
+    )
+    instance: str | None = Field(default=None, description="Pod that takes the backup.")
+    instance_uid: str | None = Field(
+        default=None, description="UID of that pod (a new pod of the same name does not resume)."
+    )
+    backup_id: str | None = Field(default=None, description="barman backup id in the store.")
+    destination: str | None = Field(
+        default=None, description="Object store URL of the backup (s3://bucket/path)."
+    )
+    server_name: str | None = Field(default=None, description="Server name (folder) in the store.")
+    begin_wal: str | None = Field(default=None, description="First WAL file the backup needs.")
+    end_wal: str | None = Field(default=None, description="Last WAL file the backup needs.")
+    begin_lsn: str | None = Field(default=None, description="WAL location at the start.")
+    end_lsn: str | None = Field(default=None, description="WAL location at the end.")
+    begin_time: datetime | None = Field(default=None, description="When the backup started.")
+    end_time: datetime | None = Field(
+        default=None, description="When it ended: the earliest time it can restore to."
+    )
+    size: int | None = Field(default=None, description="Size of the backed-up data in bytes.")
+    timeline: int | None = Field(default=None, description="Timeline of the backup.")
+    error: str | None = Field(default=None, description="Why the backup failed.")
+    kopf: FreeForm | None = Field(
+        default=None, description="Bookkeeping of the operator framework (kopf)."
+    )
+
+
+class PostgresBackup(ApiModel):
+    """An on-demand (or scheduled) base backup of a PostgresCluster."""
+
+    api_version: str = Field(default=API_VERSION, description="API version.")
+    kind: str = Field(default=BACKUP_KIND, description="Kind.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: PostgresBackupSpec = Field(description="Desired state.")
+    status: PostgresBackupStatus | None = Field(default=None, description="Observed state.")

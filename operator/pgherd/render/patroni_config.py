@@ -17,6 +17,7 @@ from typing import Any
 
 from pgherd import yaml_text
 from pgherd.api.v1alpha1 import REPLICATION_USERNAME, SUPERUSER_USERNAME, PostgresCluster
+from pgherd.backup import render as backup_render
 from pgherd.render import labels, names, operand
 from pgherd.render.ownership import Manifest, child_metadata
 
@@ -26,7 +27,7 @@ CONFIG_HASH_ANNOTATION = "pgherd.io/patroni-config-hash"
 def dynamic_config(cluster: PostgresCluster) -> dict[str, Any]:
     """Patroni's dynamic configuration as the spec wants it."""
     spec = cluster.spec
-    return {
+    config: dict[str, Any] = {
         "ttl": spec.patroni.ttl,
         "loop_wait": spec.patroni.loop_wait,
         "retry_timeout": spec.patroni.retry_timeout,
@@ -36,9 +37,13 @@ def dynamic_config(cluster: PostgresCluster) -> dict[str, Any]:
         "postgresql": {
             "use_pg_rewind": True,
             "use_slots": True,
-            "parameters": dict(spec.postgresql.parameters),
+            # pgherd.backup: archive_mode/archive_command join the user's parameters.
+            "parameters": backup_render.parameters(cluster),
         },
     }
+    if (recovery_conf := backup_render.recovery_conf(cluster)) is not None:
+        config["postgresql"]["recovery_conf"] = recovery_conf
+    return config
 
 
 def pg_hba(cluster: PostgresCluster) -> list[str]:
@@ -77,6 +82,8 @@ def patroni_config(cluster: PostgresCluster) -> dict[str, Any]:
         "bootstrap": {
             "dcs": dynamic_config(cluster),
             "initdb": [{"encoding": "UTF8"}, "data-checksums"],
+            # pgherd.backup: a restore replaces initdb with the pgherd_restore method.
+            **backup_render.bootstrap(cluster),
         },
         "postgresql": {
             "listen": f"*:{operand.POSTGRES_PORT}",

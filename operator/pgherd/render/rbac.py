@@ -16,8 +16,23 @@ from pgherd.render import names
 from pgherd.render.ownership import Manifest, child_metadata
 
 
-def _rules(cluster_name: str) -> list[Manifest]:
+def _rules(cluster_name: str, backups: bool = False) -> list[Manifest]:
+    # pgherd.backup: the instances' backup agent reads PostgresBackups assigned to its pod
+    # and writes their status (phase, result) while it runs barman-cloud-backup.
+    backup_rules: list[Manifest] = [
+        {
+            "apiGroups": ["pgherd.io"],
+            "resources": ["postgresbackups"],
+            "verbs": ["get", "list", "watch"],
+        },
+        {
+            "apiGroups": ["pgherd.io"],
+            "resources": ["postgresbackups/status"],
+            "verbs": ["get", "patch"],
+        },
+    ]
     return [
+        *(backup_rules if backups else []),
         {
             "apiGroups": [""],
             "resources": ["configmaps"],
@@ -58,7 +73,7 @@ def render_rbac(cluster: PostgresCluster) -> list[Manifest]:
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
             "metadata": child_metadata(cluster, name),
-            "rules": _rules(cluster.metadata.name),
+            "rules": _rules(cluster.metadata.name, backups=cluster.spec.backup is not None),
         },
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",

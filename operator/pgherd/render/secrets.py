@@ -51,10 +51,15 @@ def render_secret(
     values = {"username": username, "password": password}
     if kind == "app":
         values |= _app_connection(cluster, username, password)
+    metadata = child_metadata(cluster, names.secret(cluster.metadata.name, kind))
+    if cluster.spec.storage.reclaim_policy == "Retain":
+        # Retained volumes hold these roles' password hashes; the credentials must outlive
+        # the cluster with them, so that a cluster re-created on those volumes can log in.
+        del metadata["ownerReferences"]
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": child_metadata(cluster, names.secret(cluster.metadata.name, kind)),
+        "metadata": metadata,
         "type": "kubernetes.io/basic-auth",
         "data": {k: base64.b64encode(v.encode()).decode("ascii") for k, v in values.items()},
     }

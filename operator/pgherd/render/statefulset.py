@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.backup import render as backup_render
 from pgherd.render import labels, names, operand
 from pgherd.render.names import SecretKind
 from pgherd.render.ownership import Manifest, child_metadata
@@ -54,6 +55,8 @@ def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
         {"name": "PGHERD_APP_DATABASE", "value": cluster.spec.bootstrap.database},
         _secret_env("PGHERD_APP_USER", name, "app", "username"),
         _secret_env("PGHERD_APP_PASSWORD", name, "app", "password"),
+        # pgherd.backup: object store location and credentials (from the user's Secrets).
+        *backup_render.env(cluster),
     ]
 
 
@@ -112,6 +115,8 @@ def _container(cluster: PostgresCluster) -> dict[str, Any]:
             {"name": "tmp", "mountPath": operand.TMP_DIR},
             {"name": "run", "mountPath": operand.SOCKET_DIR},
             {"name": "shm", "mountPath": operand.SHM_DIR},
+            # pgherd.backup: CA bundles of the object stores, when given.
+            *backup_render.volumes(cluster)[1],
         ],
     }
 
@@ -126,6 +131,8 @@ def _volumes(cluster: PostgresCluster) -> list[dict[str, Any]]:
         {"name": "run", "emptyDir": {}},
         # The container runtime's 64Mi /dev/shm is too small for parallel query workers.
         {"name": "shm", "emptyDir": {"medium": "Memory"}},
+        # pgherd.backup: CA bundles of the object stores, when given.
+        *backup_render.volumes(cluster)[0],
     ]
 
 

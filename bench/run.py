@@ -1,0 +1,229 @@
+"""`make bench`: pgherd's speed and memory, measured on the real local control plane with the
+real operator (as its ServiceAccount) and, where it matters, real PostgreSQL and Patroni.
+
+Writes bench-results/bench.json. Not a test: it asserts nothing, it measures.
+  - create-to-children-applied latency (p50, p99) for 1 and for N clusters created at once;
+  - API writes per no-op resync, and operator RSS idle and with N clusters;
+  - failover time (primary killed to writes accepted again), default and tuned Patroni timings;
+  - switchover write outage;
+  - backup and restore time of a database of PGHERD_BENCH_BACKUP_MIB (default 1024) MiB.
+Clusters in the latency runs park their pods off every node (nodeSelector), so only the
+operator's work is timed and 600 PostgreSQL servers are not needed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from tests.operator_harness import (
+    OPERATOR_ACCOUNT,
+    OPERATOR_NAMESPACE,
+    Cluster,
+    Operator,
+    audit_writes,
+    install_crds_and_rbac,
+    operator_kubeconfig,
+    wait_for,
+)
+
+from pgherd.kube import Kube
+from pgherd_dev.controlplane import ControlPlane
+
+RESYNC = 10
+PARKED = {"scheduling": {"nodeSelector": {"pgherd.io/bench": "parked"}}}
+USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+
+def _rss_mib(pid: int) -> dict[str, float]:
+    fields = dict(
+        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+    )
+    return {k: round(int(fields[k].split()[0]) / 1024, 1) for k in ("VmRSS", "VmHWM")}
+
+
+def _ns(kube: Kube, name: str) -> str:
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, check=False)
+    return name
+
+
+def latency(kube: Kube, namespace: str, count: int) -> list[float]:
+    """Seconds from create to the last child (the PodDisruptionBudget) existing, per cluster."""
+    created: dict[str, float] = {}
+    for i in range(count):
+        name = f"c{i}"
+        Cluster(kube, namespace, name).create({"instances": 3, **PARKED})
+        created[name] = time.monotonic()
+    seen: dict[str, float] = {}
+    deadline = time.monotonic() + 600
+    while len(seen) < count and time.monotonic() < deadline:
+        now = time.monotonic()
+        for pdb in kube.list("PodDisruptionBudget", namespace):
+            seen.setdefault(pdb["metadata"]["name"], now)
+        time.sleep(0.05)
+    return [seen[n] - created[n] for n in created if n in seen]
+
+
+def noop_writes(cp: ControlPlane, periods: int = 3) -> float:
+    time.sleep(RESYNC)
+    since = time.time()
+    time.sleep(periods * RESYNC)
+    return len(audit_writes(cp, USER, since)) / periods
+
+
+class Writer(threading.Thread):
+    """Writes a row every few milliseconds to whichever instance is primary."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        super().__init__(daemon=True)
+        self.cluster, self.ok, self.stop = cluster, [], threading.Event()
+        self.ok: list[float] = []
+
+    def run(self) -> None:
+        conn = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = self._primary()
+                conn.execute("INSERT INTO beat VALUES (now())")
+                self.ok.append(time.monotonic())
+            except psycopg.Error:
+                conn = None
+                time.sleep(0.05)
+
+    def _primary(self) -> psycopg.Connection[Any]:
+        for pod in self.cluster.pods():
+            try:
+                conn = self.cluster.connect(pod["metadata"]["name"], autocommit=True)
+            except psycopg.Error:
+                continue
+            if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,):
+                return conn
+            conn.close()
+        raise psycopg.OperationalError("no primary")
+
+
+def _writing_cluster(kube: Kube, ns: str, name: str, patroni: dict[str, int] | None) -> Cluster:
+    cluster = Cluster(kube, ns, name)
+    cluster.create({"instances": 3, **({"patroni": patroni} if patroni else {})})
+    cluster.wait_healthy(3, timeout=300)
+    with cluster.connect(cluster.primary(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE beat (t timestamptz)")
+    return cluster
+
+
+def failover_seconds(
+    kube: Kube, cp: ControlPlane, ns: str, name: str, patroni: dict[str, int] | None
+) -> float:
+    cluster = _writing_cluster(kube, ns, name, patroni)
+    writer = Writer(cluster)
+    writer.start()
+    wait_for("writes", lambda: len(writer.ok) > 20, 30)
+    old = cluster.primary()
+    killed = time.monotonic()
+    cluster.kill(old, cp, hold=True)
+    wait_for("writes after failover", lambda: writer.ok[-1] > killed + 0.5, 180, 0.1)
+    writer.stop.set()
+    first = next(t for t in writer.ok if t > killed)
+    kube.delete("PostgresCluster", ns, name)
+    return round(first - killed, 2)
+
+
+def switchover_outage(kube: Kube, ns: str) -> float:
+    cluster = _writing_cluster(kube, ns, "switch", None)
+    writer = Writer(cluster)
+    writer.start()
+    wait_for("writes", lambda: len(writer.ok) > 20, 30)
+    old = cluster.primary()
+    target = next(p["metadata"]["name"] for p in cluster.pods() if p["metadata"]["name"] != old)
+    cluster.patch_spec({"switchover": {"targetInstance": target}})
+    wait_for("the switchover", lambda: cluster.primary() == target, 120)
+    time.sleep(3)
+    writer.stop.set()
+    gaps = [b - a for a, b in zip(writer.ok, writer.ok[1:], strict=False)]
+    kube.delete("PostgresCluster", ns, "switch")
+    return round(max(gaps), 2)
+
+
+def main() -> int:
+    n = int(os.environ.get("PGHERD_BENCH_CLUSTERS", "200"))
+    backup_mib = int(os.environ.get("PGHERD_BENCH_BACKUP_MIB", "1024"))
+    out = Path(os.environ.get("PGHERD_BENCH_OUT", "bench-results/bench.json"))
+    results: dict[str, Any] = {"clusters": n, "resync_seconds": RESYNC}
+    with tempfile.TemporaryDirectory(prefix="pgherd-bench-") as tmp:
+        cp = ControlPlane(Path(tmp) / "cp", die_with_parent=True)
+        results["control_plane_start_seconds"] = round(cp.up(), 1)
+        try:
+            api = cp.api_client()
+            kube = Kube(api)
+            install_crds_and_rbac(kube)
+            time.sleep(2)
+            op = Operator(
+                operator_kubeconfig(cp, api, Path(tmp) / "kc"),
+                Path(tmp) / "op.log",
+                extra_env={"PGHERD_RESYNC_SECONDS": str(RESYNC)},
+            )
+            op.start()
+            if op.proc is None:
+                raise RuntimeError("the operator did not start")
+            time.sleep(5)
+            results["operator_rss_idle_mib"] = _rss_mib(op.proc.pid)
+            one = latency(kube, _ns(kube, "bench-one"), 1) + [
+                x for i in range(9) for x in latency(kube, _ns(kube, f"bench-one-{i}"), 1)
+            ]
+            results["create_to_children_seconds_1"] = {
+                "p50": _pct(one, 0.5),
+                "p99": _pct(one, 0.99),
+            }
+            many = latency(kube, _ns(kube, "bench-many"), n)
+            results[f"create_to_children_seconds_{n}"] = {
+                "p50": _pct(many, 0.5),
+                "p99": _pct(many, 0.99),
+                "applied": len(many),
+            }
+            results["writes_per_noop_resync"] = noop_writes(cp)
+            results[f"operator_rss_with_{n}_clusters_mib"] = _rss_mib(op.proc.pid)
+            for ns in ["bench-many", "bench-one", *[f"bench-one-{i}" for i in range(9)]]:
+                kube.delete("Namespace", None, ns)
+            ns = _ns(kube, "bench-ha")
+            results["failover_seconds_default_timings"] = failover_seconds(
+                kube, cp, ns, "fo-default", None
+            )
+            results["failover_seconds_tuned_timings"] = failover_seconds(
+                kube, cp, ns, "fo-tuned", {"ttl": 20, "loopWait": 2, "retryTimeout": 5}
+            )
+            results["switchover_write_outage_seconds"] = switchover_outage(kube, ns)
+            if backup_mib > 0:
+                from tests import s3_server  # noqa: PLC0415 - only with backups measured
+                from tests.backup_bench import measure_backup_restore  # noqa: PLC0415
+
+                s3 = s3_server.start(Path(tmp) / "s3.log")
+                try:
+                    t = measure_backup_restore(kube, _ns(kube, "bench-backup"), s3, backup_mib)
+                    results["backup"] = t.__dict__
+                finally:
+                    s3.stop()
+            op.stop(signal.SIGTERM)
+        finally:
+            cp.down()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""The backup agent: a small loop beside Patroni in every instance with spec.backup set.
+
+Why an agent in the instance: barman-cloud-backup reads the data directory's files, so it
+must run where the volume is mounted, and the operator has no exec-less way to run a command
+there (Patroni has no such endpoint; a Job could not mount a ReadWriteOnce volume on another
+node). The agent talks only to the local PostgreSQL (Unix socket, superuser from the pod's
+environment) and to the Kubernetes API as the instance's ServiceAccount:
+
+- on the primary, it publishes pg_stat_archiver (and the last archive_command error) in the
+  pod annotation `pgherd.io/archiver`, and the store's backup list summary (first
+  recoverability point, newest backup) in `pgherd.io/backups`; the operator turns them into
+  the cluster's ContinuousArchiving condition and status.backup. It writes only on change;
+- it takes the base backups the operator assigned to its pod (PostgresBackup
+  status.instance/instanceUid): claims one (Pending -> Running, guarded by resourceVersion),
+  runs barman-cloud-backup, records the result (Completed with id, WAL, times and size, or
+  Failed with barman's message);
+- on the primary, it applies the retention policy (barman-cloud-backup-delete
+  --retention-policy "RECOVERY WINDOW OF ..."), after each backup and hourly: barman keeps
+  every backup needed to recover to any point of the window.
+
+When the instance restarts, backups it was running are marked Failed: they cannot resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pgherd.api.v1alpha1 import BACKUP_PLURAL, GROUP, VERSION
+from pgherd.backup.restore import parse_barman_time
+from pgherd.backup.store import ARCHIVE_PREFIX, Store
+from pgherd.backup.wal import error_file
+from pgherd.render import operand
+
+ARCHIVER_ANNOTATION = "pgherd.io/archiver"
+BACKUPS_ANNOTATION = "pgherd.io/backups"
+INTERVAL = float(os.environ.get("PGHERD_BACKUP_AGENT_INTERVAL", "3"))
+SUMMARY_EVERY = 300.0
+RETENTION_EVERY = 3600.0
+
+log = logging.getLogger("pgherd.backup.agent")
+
+
+def retention_policy(value: str) -> str:
+    """spec.backup.retentionPolicy (30d, 4w, 6m) in barman's words."""
+    unit = {"d": "DAYS", "w": "WEEKS", "m": "MONTHS"}[value[-1]]
+    return f"RECOVERY WINDOW OF {int(value[:-1])} {unit}"
+
+
+def _iso(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return str(value)
+
+
+def barman_time(value: str | None) -> str | None:
+    parsed = parse_barman_time(value)
+    if parsed is None:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return _iso(parsed)
+
+
+def store_summary(backups: list[dict[str, Any]]) -> dict[str, Any]:
+    """First recoverability point and newest backup, from barman-cloud-backup-list."""
+    done = sorted(
+        (b for b in backups if b.get("status") == "DONE"), key=lambda b: b.get("backup_id", "")
+    )
+    if not done:
+        return {"backups": 0}
+    return {
+        "backups": len(done),
+        "firstRecoverabilityPoint": barman_time(done[0].get("end_time")),
+        "lastBackup": done[-1].get("backup_id"),
+        "lastBackupTime": barman_time(done[-1].get("end_time")),
+    }
+
+
+def _tail(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return " | ".join(lines[-3:])[-1000:] if lines else "no output"
+
+
+class Agent:
+    """One instance's agent (see the module docstring)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        from kubernetes import client, config  # noqa: PLC0415 - only the agent needs it
+
+        self.env = dict(env)
+        self.namespace = env["POD_NAMESPACE"]
+        self.pod = env["POD_NAME"]
+        store = Store.from_env(env, ARCHIVE_PREFIX)
+        if store is None:
+            raise SystemExit("backup agent: no object store configured")
+        self.store = store
+        if env.get("KUBECONFIG"):
+            config.load_kube_config(
+                env["KUBECONFIG"], context=env.get("PATRONI_KUBERNETES_CONTEXT")
+            )
+        else:
+            config.load_incluster_config()
+        self.core = client.CoreV1Api()
+        self.custom = client.CustomObjectsApi()
+        self.published: dict[str, str] = {}
+        self.pod_uid: str | None = None
+        self.busy = threading.Lock()
+        self.switched = False
+        self.summary_due = 0.0
+        self.retention_due = time.monotonic() + 60.0
+
+    # ---- PostgreSQL -------------------------------------------------------------
+    def _conninfo(self) -> dict[str, Any]:
+        root = self.env.get("PGHERD_ROOT", "/")
+        socket = operand.SOCKET_DIR
+        host = str(Path(root) / socket.lstrip("/")) if root not in ("", "/") else socket
+        return {
+            "host": host,
+            "port": int(self.env.get("PGHERD_PG_PORT", operand.POSTGRES_PORT)),
+            "user": self.env.get("PATRONI_SUPERUSER_USERNAME", "postgres"),
+            "password": self.env.get("PATRONI_SUPERUSER_PASSWORD", ""),
+            "dbname": "postgres",
+            "connect_timeout": 5,
+            "application_name": "pgherd-backup-agent",
+        }
+
+    def query_archiver(self) -> tuple[bool, dict[str, Any]] | None:
+        """(is primary, pg_stat_archiver) or None while PostgreSQL is not up."""
+        import psycopg  # noqa: PLC0415
+
+        try:
+            with psycopg.connect(**self._conninfo(), autocommit=True) as conn:
+                row = conn.execute(
+                    "SELECT pg_is_in_recovery(), archived_count, last_archived_wal,"
+                    " last_archived_time, failed_count, last_failed_wal, last_failed_time"
+                    " FROM pg_stat_archiver"
+                ).fetchone()
+                if row is None:
+                    return None
+                primary = not row[0]
+                if primary and not self.switched and row[1] == 0 and row[4] == 0:
+                    # Archive at once rather than when the first segment fills: status then
+                    # tells within seconds whether the store works.
+                    conn.execute("SELECT pg_switch_wal()")
+                    self.switched = True
+        except psycopg.Error:
+            return None
+        return primary, {
+            "archivedCount": row[1],
+            "lastArchivedWal": row[2],
+            "lastArchivedTime": _iso(row[3]),
+            "failedCount": row[4],
+            "lastFailedWal": row[5],
+            "lastFailedTime": _iso(row[6]),
+        }
+
+    # ---- Kubernetes -------------------------------------------------------------
+    def publish(self, key: str, value: dict[str, Any]) -> None:
+        text = json.dumps(value, sort_keys=True)
+        if self.published.get(key) == text:
+            return
+        self.core.patch_namespaced_pod(
+            self.pod, self.namespace, {"metadata": {"annotations": {key: text}}}
+        )
+        self.published[key] = text
+
+    def _patch_status(self, name: str, status: dict[str, Any], rv: str | None = None) -> None:
+        body: dict[str, Any] = {"status": status}
+        if rv is not None:
+            body["metadata"] = {"resourceVersion": rv}
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, self.namespace, BACKUP_PLURAL, name, body
+        )
+
+    def _mine(self) -> list[dict[str, Any]]:
+        items = self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, self.namespace, BACKUP_PLURAL
+        ).get("items", [])
+        return [
+            b
+            for b in items
+            if (b.get("status") or {}).get("instance") == self.pod
+            and (b.get("status") or {}).get("instanceUid") == self.pod_uid
+        ]
+
+    # ---- the loop ----------------------------------------------------------------
+    def step(self, startup: bool) -> None:
+        if self.pod_uid is None:
+            self.pod_uid = self.core.read_namespaced_pod(self.pod, self.namespace).metadata.uid
+        mine = self._mine()
+        if startup:
+            for b in mine:
+                if b["status"].get("phase") == "Running":
+                    self._patch_status(
+                        b["metadata"]["name"],
+                        {
+                            "phase": "Failed",
+                            "error": f"instance {self.pod} restarted while taking the backup; "
+                            "create a new PostgresBackup",
+                        },
+                    )
+        observed = self.query_archiver()
+        if observed is None:
+            return
+        primary, archiver = observed
+        if primary:
+            failing = archiver["failedCount"] and (
+                not archiver["lastArchivedTime"]
+                or (archiver["lastFailedTime"] or "") > archiver["lastArchivedTime"]
+            )
+            if failing:
+                with contextlib.suppress(OSError):
+                    archiver["error"] = error_file(self.env).read_text()[:1000]
+            self.publish(ARCHIVER_ANNOTATION, archiver)
+        for b in mine:
+            if b["status"].get("phase") == "Pending" and not self.busy.locked():
+                self._claim(b)
+        now = time.monotonic()
+        if primary and not self.busy.locked():
+            if now >= self.retention_due:
+                self.retention_due = now + RETENTION_EVERY
+                self.apply_retention()
+            if now >= self.summary_due:
+                self.summary_due = now + SUMMARY_EVERY
+                self.refresh_summary()
+
+    def _claim(self, b: dict[str, Any]) -> None:
+        from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+        name = b["metadata"]["name"]
+        try:
+            self._patch_status(
+                name,
+                {"phase": "Running", "beginTime": _iso(datetime.now(UTC))},
+                rv=b["metadata"]["resourceVersion"],
+            )
+        except ApiException as e:
+            if e.status == 409:
+                return  # changed meanwhile; the next pass sees the new state
+            raise
+        self.busy.acquire()
+        threading.Thread(target=self._backup, args=(name,), daemon=True).start()
+
+    def _run(self, argv: list[str], extra: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+        env = self.store.child_env(self.env)
+        env.update(extra or {})
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+
+    def list_backups(self) -> list[dict[str, Any]] | None:
+        code, out, err = self._run(
+            [
+                "barman-cloud-backup-list",
+                *self.store.args(),
+                "--format",
+                "json",
+                *self.store.location(),
+            ]
+        )
+        if code != 0:
+            log.warning("backup list failed: %s", _tail(err))
+            return None
+        backups: list[dict[str, Any]] = json.loads(out or "{}").get("backups_list", [])
+        return backups
+
+    def _backup(self, name: str) -> None:
+        try:
+            status = self.take_backup(name)
+        except Exception as e:
+            status = {"phase": "Failed", "error": f"backup agent error: {e}"}
+        finally:
+            self.busy.release()
+        try:
+            self._patch_status(name, status)
+        except Exception:
+            log.exception("cannot record the result of backup %s", name)
+        if status.get("phase") == "Completed":
+            if self.store_is_primary():
+                self.apply_retention()
+            self.refresh_summary()
+
+    def store_is_primary(self) -> bool:
+        observed = self.query_archiver()
+        return bool(observed and observed[0])
+
+    def take_backup(self, name: str) -> dict[str, Any]:
+        conn = self._conninfo()
+        code, _, err = self._run(
+            [
+                "barman-cloud-backup",
+                *self.store.args(),
+                *self.store.compression_args(),
+                "--immediate-checkpoint",
+                "-h",
+                conn["host"],
+                "-p",
+                str(conn["port"]),
+                "-U",
+                conn["user"],
+                "-d",
+                "postgres",
+                "-n",
+                name,
+                *self.store.location(),
+            ],
+            {"PGPASSWORD": conn["password"]},
+        )
+        if code != 0:
+            return {"phase": "Failed", "error": f"barman-cloud-backup failed: {_tail(err)}"}
+        backups = self.list_backups() or []
+        found = next((b for b in backups if b.get("backup_name") == name), None)
+        if found is None:
+            return {
+                "phase": "Failed",
+                "error": "barman-cloud-backup succeeded but the backup is not in the store's list",
+            }
+        return {
+            "phase": "Completed",
+            "backupId": found.get("backup_id"),
+            "beginWal": found.get("begin_wal"),
+            "endWal": found.get("end_wal"),
+            "beginLsn": found.get("begin_xlog"),
+            "endLsn": found.get("end_xlog"),
+            "beginTime": barman_time(found.get("begin_time")),
+            "endTime": barman_time(found.get("end_time")),
+            "size": found.get("size"),
+            "timeline": found.get("timeline"),
+            "error": None,
+        }
+
+    def apply_retention(self) -> None:
+        policy = self.env.get(ARCHIVE_PREFIX + "RETENTION")
+        if not policy:
+            return
+        code, _, err = self._run(
+            [
+                "barman-cloud-backup-delete",
+                *self.store.args(),
+                "--retention-policy",
+                retention_policy(policy),
+                *self.store.location(),
+            ]
+        )
+        if code != 0:
+            log.warning("retention (%s) failed: %s", policy, _tail(err))
+
+    def refresh_summary(self) -> None:
+        backups = self.list_backups()
+        if backups is not None:
+            self.publish(BACKUPS_ANNOTATION, store_summary(backups))
+
+    def loop(self) -> None:
+        startup = True
+        while True:
+            try:
+                self.step(startup)
+                startup = False
+            except Exception:
+                log.exception("backup agent step failed")
+            time.sleep(INTERVAL)
+
+
+def spawn(env: Mapping[str, str]) -> None:
+    """Start the agent as a child of this process, which then becomes Patroni; it dies with
+    the container. Output goes to the container's log."""
+    subprocess.Popen(
+        [sys.executable, "-m", "pgherd.backup.agent"], env=dict(env), stdin=subprocess.DEVNULL
+    )
+
+
+def main() -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s backup-agent %(message)s")
+    Agent(os.environ).loop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

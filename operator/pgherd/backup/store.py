@@ -1,0 +1,100 @@
+"""An object store location as environment variables, and barman-cloud's arguments from them.
+
+The pod spec carries the location (PGHERD_BACKUP_*) and the credentials (AWS_*, from the
+user's Secrets); the same names with PGHERD_RESTORE_ describe the source of a restore. Both
+sides read this module: the renderer writes the variables, the operand turns them into
+barman-cloud command lines. Credentials stay in the environment of the child process only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pgherd.api.v1alpha1 import ObjectStoreSpec
+
+ARCHIVE_PREFIX = "PGHERD_BACKUP_"
+RESTORE_PREFIX = "PGHERD_RESTORE_"
+# Where a CA bundle Secret is mounted (per prefix), inside the pod.
+CA_DIR = {ARCHIVE_PREFIX: "/etc/pgherd/backup-ca", RESTORE_PREFIX: "/etc/pgherd/restore-ca"}
+CA_FILE_NAME = "ca.crt"
+_AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def destination_url(store: ObjectStoreSpec) -> str:
+    """s3://bucket[/path], barman's destination URL."""
+    return f"s3://{store.bucket}" + (f"/{store.path.strip('/')}" if store.path else "")
+
+
+def same_location(a: ObjectStoreSpec, a_server: str, b: ObjectStoreSpec, b_server: str) -> bool:
+    """Whether two (store, server name) pairs are the same folder of the same service."""
+    endpoint_a = (a.endpoint_url or "").rstrip("/")
+    endpoint_b = (b.endpoint_url or "").rstrip("/")
+    return (endpoint_a, destination_url(a), a_server) == (
+        endpoint_b,
+        destination_url(b),
+        b_server,
+    )
+
+
+@dataclass(frozen=True)
+class Store:
+    """One object store location as the operand sees it."""
+
+    destination: str
+    server_name: str
+    endpoint_url: str | None
+    region: str | None
+    ca_file: str | None
+    compression: str
+    credentials: dict[str, str]
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], prefix: str = ARCHIVE_PREFIX) -> Store | None:
+        """The store the pod's environment names, or None when it names none."""
+        destination = env.get(prefix + "DESTINATION", "")
+        if not destination:
+            return None
+        root = env.get("PGHERD_ROOT", "/")
+        ca = env.get(prefix + "CA_FILE") or None
+        if ca and root not in ("", "/"):
+            ca = str(Path(root) / ca.lstrip("/"))
+        # The archive's credentials are the standard AWS_* variables; a restore source has
+        # its own, prefixed, so that a restore can read one store and archive to another.
+        cred_prefix = "" if prefix == ARCHIVE_PREFIX else prefix
+        credentials = {k: env[cred_prefix + k] for k in _AWS_KEYS if env.get(cred_prefix + k)}
+        return cls(
+            destination=destination,
+            server_name=env.get(prefix + "SERVER_NAME", ""),
+            endpoint_url=env.get(prefix + "ENDPOINT_URL") or None,
+            region=env.get(prefix + "REGION") or None,
+            ca_file=ca,
+            compression=env.get(prefix + "COMPRESSION", "none"),
+            credentials=credentials,
+        )
+
+    def child_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        """Environment of a barman-cloud process for this store."""
+        env = {k: v for k, v in base.items() if k not in _AWS_KEYS}
+        env.update(self.credentials)
+        if self.region:
+            env["AWS_DEFAULT_REGION"] = self.region
+        if self.ca_file:
+            env["AWS_CA_BUNDLE"] = self.ca_file
+        # Fail fast instead of retrying for minutes: PostgreSQL retries archiving itself.
+        env.setdefault("AWS_MAX_ATTEMPTS", "2")
+        return env
+
+    def args(self) -> list[str]:
+        """The connection arguments every barman-cloud command takes."""
+        out = ["--cloud-provider", "aws-s3"]
+        if self.endpoint_url:
+            out += ["--endpoint-url", self.endpoint_url]
+        return out
+
+    def compression_args(self) -> list[str]:
+        return {"gzip": ["--gzip"], "bzip2": ["--bzip2"]}.get(self.compression, [])
+
+    def location(self) -> list[str]:
+        return [self.destination, self.server_name]

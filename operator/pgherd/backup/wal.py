@@ -1,0 +1,142 @@
+"""`pgherd wal-archive` and `pgherd wal-restore`: Patroni's archive_command and restore_command.
+
+Thin wrappers over barman-cloud-wal-archive / -restore that take the store from the pod's
+environment, so the commands in the (shared, secret-free) Patroni configuration never change.
+
+Before the first WAL file a data directory archives, wal-archive runs
+barman-cloud-check-wal-archive: it refuses to archive into a folder holding WAL of this or
+a later timeline, i.e. another database system's archive (two clusters given the same
+location, or a restored cluster pointed at its source). A marker in the data directory
+(where PostgreSQL runs archive_command) records that the check passed. The last failure's
+message is kept in a file the backup agent publishes, so that status says why.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from pgherd.backup.store import ARCHIVE_PREFIX, RESTORE_PREFIX, Store
+from pgherd.render import operand
+
+CHECKED_MARKER = "pgherd-archive-checked"
+ERROR_FILE = "pgherd-archive-error"
+
+
+def error_file(env: Mapping[str, str]) -> Path:
+    """Where the last archiving error is kept (the pod's private /tmp)."""
+    root = env.get("PGHERD_ROOT", "/")
+    tmp = (
+        Path(root) / operand.TMP_DIR.lstrip("/") if root not in ("", "/") else Path(operand.TMP_DIR)
+    )
+    return tmp / ERROR_FILE
+
+
+def timeline_of(wal_name: str) -> int:
+    """Timeline of a WAL segment (first 8 hex digits) or history file (NNNNNNNN.history)."""
+    return int(wal_name[:8], 16)
+
+
+def _run(argv: list[str], env: Mapping[str, str]) -> tuple[int, str]:
+    proc = subprocess.run(argv, env=dict(env), capture_output=True, text=True, check=False)
+    return proc.returncode, (proc.stderr or proc.stdout).strip()
+
+
+def _summary(output: str) -> str:
+    # barman prints a traceback-free last line that names the cause (NoSuchBucket,
+    # InvalidAccessKeyId, Could not connect to the endpoint URL, ...).
+    lines = [line for line in output.splitlines() if line.strip()]
+    return " | ".join(lines[-3:])[-1000:] if lines else "no output"
+
+
+def archive(wal_path: str, env: Mapping[str, str], cwd: Path) -> int:
+    store = Store.from_env(env, ARCHIVE_PREFIX)
+    if store is None:
+        print(
+            "wal-archive: no object store configured (PGHERD_BACKUP_DESTINATION)", file=sys.stderr
+        )
+        return 1
+    child = store.child_env(env)
+    marker = cwd / CHECKED_MARKER
+    errors = error_file(env)
+    if not marker.exists():
+        tl = timeline_of(Path(wal_path).name)
+        code, out = _run(
+            [
+                "barman-cloud-check-wal-archive",
+                *store.args(),
+                "--timeline",
+                str(tl),
+                *store.location(),
+            ],
+            child,
+        )
+        if code != 0:
+            # barman says "Expected empty archive" when the folder is another system's.
+            message = (
+                f"refusing to archive: {store.destination}/{store.server_name} already holds "
+                f"WAL of timeline {tl} or later from another database system (use an empty "
+                f"location: spec.backup.serverName or objectStore.path): {_summary(out)}"
+                if "empty archive" in out.lower()
+                else f"cannot check the archive {store.destination}/{store.server_name}: "
+                f"{_summary(out)}"
+            )
+            _record(errors, message)
+            print(f"wal-archive: {message}", file=sys.stderr)
+            return 1
+        marker.write_text("ok\n")
+    code, out = _run(
+        [
+            "barman-cloud-wal-archive",
+            *store.args(),
+            *store.compression_args(),
+            *store.location(),
+            wal_path,
+        ],
+        child,
+    )
+    if code != 0:
+        _record(errors, f"archiving {Path(wal_path).name} failed: {_summary(out)}")
+        print(f"wal-archive: {_summary(out)}", file=sys.stderr)
+        return 1
+    errors.unlink(missing_ok=True)
+    return 0
+
+
+def _record(path: Path, message: str) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(message)
+    except OSError:
+        pass  # the message is also on stderr, in PostgreSQL's log
+
+
+def restore(wal_name: str, target: str, env: Mapping[str, str], *, source: bool) -> int:
+    store = Store.from_env(env, RESTORE_PREFIX if source else ARCHIVE_PREFIX)
+    if store is None:
+        return 1
+    # Exit status 1 tells PostgreSQL the file is not in the archive (end of recovery).
+    code, _ = _run(
+        ["barman-cloud-wal-restore", *store.args(), *store.location(), wal_name, target],
+        store.child_env(env),
+    )
+    return 0 if code == 0 else 1
+
+
+def main_archive(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: pgherd wal-archive %p", file=sys.stderr)
+        return 2
+    return archive(argv[0], os.environ, Path.cwd())
+
+
+def main_restore(argv: list[str]) -> int:
+    source = "--source" in argv
+    args = [a for a in argv if a != "--source"]
+    if len(args) != 2:
+        print("usage: pgherd wal-restore [--source] %f %p", file=sys.stderr)
+        return 2
+    return restore(args[0], args[1], os.environ, source=source)
