@@ -78,7 +78,14 @@ def latency(kube: Kube, namespace: str, count: int) -> list[float]:
 
 
 def noop_writes(cp: ControlPlane, periods: int = 3) -> float:
-    time.sleep(RESYNC)
+    # Let the creation burst settle first: pods appear after the first reconcile, and the
+    # status that reports them is a real change, not a no-op.
+    deadline = time.monotonic() + 20 * RESYNC
+    while time.monotonic() < deadline:
+        since = time.time()
+        time.sleep(RESYNC)
+        if not audit_writes(cp, USER, since):
+            break
     since = time.time()
     time.sleep(periods * RESYNC)
     return len(audit_writes(cp, USER, since)) / periods
@@ -89,8 +96,9 @@ class Writer(threading.Thread):
 
     def __init__(self, cluster: Cluster) -> None:
         super().__init__(daemon=True)
-        self.cluster, self.ok, self.stop = cluster, [], threading.Event()
+        self.cluster, self.stop = cluster, threading.Event()
         self.ok: list[float] = []
+        self.failed: list[float] = []
 
     def run(self) -> None:
         conn = None
@@ -101,6 +109,7 @@ class Writer(threading.Thread):
                 conn.execute("INSERT INTO beat VALUES (now())")
                 self.ok.append(time.monotonic())
             except psycopg.Error:
+                self.failed.append(time.monotonic())
                 conn = None
                 time.sleep(0.05)
 
@@ -135,9 +144,13 @@ def failover_seconds(
     old = cluster.primary()
     killed = time.monotonic()
     cluster.kill(old, cp, hold=True)
-    wait_for("writes after failover", lambda: writer.ok[-1] > killed + 0.5, 180, 0.1)
+    # Writes fail once the kill lands; failover ends at the first write accepted after that.
+    broken = wait_for(
+        "writes to fail", lambda: next((t for t in writer.failed if t > killed), None), 30, 0.05
+    )
+    wait_for("writes after failover", lambda: writer.ok[-1] > broken, 300, 0.1)
     writer.stop.set()
-    first = next(t for t in writer.ok if t > killed)
+    first = next(t for t in writer.ok if t > broken)
     kube.delete("PostgresCluster", ns, name)
     return round(first - killed, 2)
 
@@ -174,7 +187,11 @@ def main() -> int:
             op = Operator(
                 operator_kubeconfig(cp, api, Path(tmp) / "kc"),
                 Path(tmp) / "op.log",
-                extra_env={"PGHERD_RESYNC_SECONDS": str(RESYNC)},
+                # Parked clusters must not turn Degraded in the middle of a measurement.
+                extra_env={
+                    "PGHERD_RESYNC_SECONDS": str(RESYNC),
+                    "PGHERD_STUCK_AFTER_SECONDS": "86400",
+                },
             )
             op.start()
             if op.proc is None:

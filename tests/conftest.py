@@ -27,6 +27,7 @@ from tests.operator_harness import (
 )
 
 _control_plane: ControlPlane | None = None
+_startup_seconds: list[float] = []
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -53,6 +54,7 @@ def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlP
     except DevError as e:
         pytest.fail(f"local control plane did not start: {e}", pytrace=False)
     _control_plane = cp
+    _startup_seconds[:] = [cp.startup_seconds or 0.0]
     yield cp
     _control_plane = None
     cp.down()
@@ -123,7 +125,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    cp = _control_plane
-    seconds = cp.startup_seconds if cp else None
+    seconds = _startup_seconds[0] if _startup_seconds else None
     if seconds is not None:
         terminalreporter.write_line(f"local control plane start-up: {seconds:.1f}s")
