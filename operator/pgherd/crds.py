@@ -77,23 +77,32 @@ def _printer_columns() -> list[Manifest]:
     ]
 
 
-def postgrescluster_crd() -> Manifest:
-    """The PostgresCluster CustomResourceDefinition."""
+def _crd(
+    *,
+    kind: str,
+    plural: str,
+    singular: str,
+    short_names: tuple[str, ...],
+    schema: Manifest,
+    subresources: Manifest,
+    columns: list[Manifest],
+) -> Manifest:
+    """The CustomResourceDefinition envelope shared by every pgherd kind."""
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{v1alpha1.PLURAL}.{v1alpha1.GROUP}",
+            "name": f"{plural}.{v1alpha1.GROUP}",
             "labels": {"app.kubernetes.io/part-of": "pgherd"},
         },
         "spec": {
             "group": v1alpha1.GROUP,
             "names": {
-                "kind": v1alpha1.KIND,
-                "listKind": f"{v1alpha1.KIND}List",
-                "plural": v1alpha1.PLURAL,
-                "singular": v1alpha1.SINGULAR,
-                "shortNames": list(v1alpha1.SHORT_NAMES),
+                "kind": kind,
+                "listKind": f"{kind}List",
+                "plural": plural,
+                "singular": singular,
+                "shortNames": list(short_names),
                 "categories": ["pgherd"],
             },
             "scope": "Namespaced",
@@ -102,20 +111,33 @@ def postgrescluster_crd() -> Manifest:
                     "name": v1alpha1.VERSION,
                     "served": True,
                     "storage": True,
-                    "schema": {"openAPIV3Schema": _root_schema()},
-                    "subresources": {
-                        "status": {},
-                        "scale": {
-                            "specReplicasPath": ".spec.instances",
-                            "statusReplicasPath": ".status.instances",
-                            "labelSelectorPath": ".status.selector",
-                        },
-                    },
-                    "additionalPrinterColumns": _printer_columns(),
+                    "schema": {"openAPIV3Schema": schema},
+                    "subresources": subresources,
+                    "additionalPrinterColumns": columns,
                 }
             ],
         },
     }
+
+
+def postgrescluster_crd() -> Manifest:
+    """The PostgresCluster CustomResourceDefinition."""
+    return _crd(
+        kind=v1alpha1.KIND,
+        plural=v1alpha1.PLURAL,
+        singular=v1alpha1.SINGULAR,
+        short_names=v1alpha1.SHORT_NAMES,
+        schema=_root_schema(),
+        subresources={
+            "status": {},
+            "scale": {
+                "specReplicasPath": ".spec.instances",
+                "statusReplicasPath": ".status.instances",
+                "labelSelectorPath": ".status.selector",
+            },
+        },
+        columns=_printer_columns(),
+    )
 
 
 def _backup_root_schema() -> Manifest:
@@ -137,43 +159,21 @@ def _backup_root_schema() -> Manifest:
 
 def postgresbackup_crd() -> Manifest:
     """The PostgresBackup CustomResourceDefinition (pgherd.backup)."""
-    columns = [
-        {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
-        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
-        {"name": "Backup", "type": "string", "jsonPath": ".status.backupId"},
-        {"name": "Instance", "type": "string", "jsonPath": ".status.instance"},
-        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
-    ]
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {
-            "name": f"{v1alpha1.BACKUP_PLURAL}.{v1alpha1.GROUP}",
-            "labels": {"app.kubernetes.io/part-of": "pgherd"},
-        },
-        "spec": {
-            "group": v1alpha1.GROUP,
-            "names": {
-                "kind": v1alpha1.BACKUP_KIND,
-                "listKind": f"{v1alpha1.BACKUP_KIND}List",
-                "plural": v1alpha1.BACKUP_PLURAL,
-                "singular": v1alpha1.BACKUP_SINGULAR,
-                "shortNames": list(v1alpha1.BACKUP_SHORT_NAMES),
-                "categories": ["pgherd"],
-            },
-            "scope": "Namespaced",
-            "versions": [
-                {
-                    "name": v1alpha1.VERSION,
-                    "served": True,
-                    "storage": True,
-                    "schema": {"openAPIV3Schema": _backup_root_schema()},
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
-                }
-            ],
-        },
-    }
+    return _crd(
+        kind=v1alpha1.BACKUP_KIND,
+        plural=v1alpha1.BACKUP_PLURAL,
+        singular=v1alpha1.BACKUP_SINGULAR,
+        short_names=v1alpha1.BACKUP_SHORT_NAMES,
+        schema=_backup_root_schema(),
+        subresources={"status": {}},
+        columns=[
+            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
+            {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+            {"name": "Backup", "type": "string", "jsonPath": ".status.backupId"},
+            {"name": "Instance", "type": "string", "jsonPath": ".status.instance"},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
 
 
 def render_crds() -> list[Manifest]:

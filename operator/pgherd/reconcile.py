@@ -365,11 +365,6 @@ def _scaling_activity(cluster: PostgresCluster, observed: Observed) -> Activity 
     have, want = len(observed.members), cluster.spec.instances
     if have == want:
         return None
-    primary = observed.primary
-    if have > want and primary is not None and primary.ordinal >= want:
-        return Activity(
-            c.SCALING, f"moving the primary off {primary.name} before scaling down to {want}"
-        )
     if observed.primary is None and cluster.status is None:
         return Activity(c.CREATING, f"creating {want} instances")
     return Activity(c.SCALING, f"scaling from {have} to {want} instances")

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 
 from pgherd_dev import processes
 from pgherd_dev.errors import DevError
@@ -36,13 +34,12 @@ def require_command(name: str) -> str:
     return path
 
 
-class LocalRegistry:
+class LocalRegistry(processes.Server):
     """An OCI registry on 127.0.0.1:<free port>, plain HTTP, stopped on exit."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.port = processes.free_port()
-        self.proc: processes.Started | None = None
 
     @property
     def host(self) -> str:
@@ -62,30 +59,18 @@ class LocalRegistry:
             f"storage:\n  filesystem:\n    rootdirectory: {self.workdir / 'data'}\n"
             f"http:\n  addr: {self.host}\n"
         )
-        self.proc = processes.start(
+        proc = processes.start(
             "docker-registry", [binary, "serve", str(config)], self.log, die_with_parent=True
         )
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2):
-                    return self
-            except (urllib.error.URLError, ConnectionError):
-                if not self.proc.alive():
-                    break
-                time.sleep(0.1)
-        self.__exit__(None, None, None)
-        raise DevError(f"docker-registry did not answer on {self.host}; see {self.log}")
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.proc is not None:
-            processes.stop([self.proc])
-            self.proc = None
+        def answers() -> bool:
+            with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2):
+                return True
+
+        self._await_ready(
+            proc, answers, 15, f"docker-registry did not answer on {self.host}; see {self.log}"
+        )
+        return self
 
 
 class Buildah:

@@ -17,7 +17,6 @@ import os
 import subprocess
 import time
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 from kubernetes import client
@@ -124,7 +123,7 @@ class Olm:
         self.procs.clear()
 
 
-class CatalogServer:
+class CatalogServer(processes.Server):
     """`opm serve` of one catalog directory on a free 127.0.0.1 port."""
 
     def __init__(self, cp: ControlPlane, catalog_dir: Path, name: str) -> None:
@@ -132,7 +131,6 @@ class CatalogServer:
         self.catalog_dir = catalog_dir
         self.name = name
         self.port = processes.free_port()
-        self.proc: processes.Started | None = None
 
     @property
     def address(self) -> str:
@@ -141,7 +139,7 @@ class CatalogServer:
     def __enter__(self) -> CatalogServer:
         opm = tool_path("opm")
         log = self.cp.log_dir / f"opm-serve-{self.name}.log"
-        self.proc = processes.start(
+        proc = processes.start(
             f"opm-serve-{self.name}",
             [
                 str(opm),
@@ -155,25 +153,13 @@ class CatalogServer:
             log,
             die_with_parent=True,
         )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if "serving registry" in log.read_text(errors="replace"):
-                return self
-            if not self.proc.alive():
-                break
-            time.sleep(0.1)
-        self.__exit__(None, None, None)
-        raise DevError(f"opm serve did not start; see {log}")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if self.proc is not None:
-            processes.stop([self.proc])
-            self.proc = None
+        self._await_ready(
+            proc,
+            lambda: "serving registry" in log.read_text(errors="replace"),
+            30,
+            f"opm serve did not start; see {log}",
+        )
+        return self
 
     def catalog_source(self, namespace: str = NAMESPACE) -> dict[str, Any]:
         """A CatalogSource reaching this server by address (no registry pod)."""

@@ -14,9 +14,10 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from pgherd_dev.errors import DevError
@@ -165,3 +166,38 @@ def tail(path: Path, lines: int = 40) -> str:
     except OSError:
         return ""
     return "\n".join(data.splitlines()[-lines:])
+
+
+class Server:
+    """A background process used as a context manager: `_serve` starts it and waits for it
+    to answer; leaving the context (or failing to start) stops it."""
+
+    proc: Started | None = None
+
+    def _await_ready(
+        self, proc: Started, ready: Callable[[], bool], timeout: float, failure: str
+    ) -> None:
+        """Poll ready() until it holds; stop the process and raise if it dies or times out."""
+        self.proc = proc
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if ready():
+                    return
+            except OSError:
+                pass
+            if not proc.alive():
+                break
+            time.sleep(0.1)
+        self.__exit__(None, None, None)
+        raise DevError(failure)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.proc is not None:
+            stop([self.proc])
+            self.proc = None
