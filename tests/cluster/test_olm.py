@@ -356,6 +356,24 @@ def test_switch_from_candidate_to_stable(
     _uninstall(api, ns)
 
 
+def _remove_other_operator_groups(api: client.ApiClient, keep: str) -> None:
+    """Earlier tests leave their OperatorGroups (uninstall keeps them, as for a user). OLM
+    refuses an AllNamespaces install while another group still lists the same API, so an
+    AllNamespaces install starts from a cluster without them."""
+    custom = client.CustomObjectsApi(api)
+
+    def others() -> list[dict[str, Any]]:
+        items = custom.list_cluster_custom_object(GROUP, "v1", "operatorgroups")["items"]
+        return [g for g in items if g["metadata"]["namespace"] not in (keep, NAMESPACE)]
+
+    for group in others():
+        meta = group["metadata"]
+        custom.delete_namespaced_custom_object(
+            GROUP, "v1", meta["namespace"], "operatorgroups", meta["name"]
+        )
+    wait_for("other OperatorGroups removed", lambda: not others(), timeout=60)
+
+
 @pytest.mark.parametrize("mode", ["SingleNamespace", "MultiNamespace", "AllNamespaces"])
 def test_install_mode(api: client.ApiClient, catalogs: dict[str, CatalogServer], mode: str) -> None:
     ns = _namespace(api, "olm-mode")
@@ -366,6 +384,7 @@ def test_install_mode(api: client.ApiClient, catalogs: dict[str, CatalogServer],
         targets = [_namespace(api, "olm-target"), _namespace(api, "olm-target")]
     else:
         targets = None
+        _remove_other_operator_groups(api, ns)
     _subscribe(api, ns, source=catalogs["release"].name, channel="stable", targets=targets)
     _wait_csv(api, ns, csv_name(CURRENT))
     pod_annotations = (
