@@ -1,11 +1,13 @@
 """Calls to Patroni's REST API on an instance: switchover, dynamic configuration, restart.
 
 The address comes from the member's own record in the DCS (api_url), so the operator
-reaches the instance the way Patroni itself advertises it.
+reaches the instance the way Patroni itself advertises it. Requests carry the cluster's
+`<cluster>-restapi` credentials; they are never logged.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import urllib.error
@@ -26,35 +28,44 @@ def _base(api_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _request(api_url: str, method: str, path: str, body: dict[str, Any] | None) -> str:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(  # noqa: S310 - the URL is Patroni's own http(s) api_url
-        _base(api_url) + path,
-        data=data,
-        method=method,
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:  # noqa: S310
-            return str(resp.read().decode(errors="replace"))
-    except urllib.error.HTTPError as e:
-        raise PatroniError(
-            f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')[:300]}"
-        ) from None
-    except (OSError, urllib.error.URLError) as e:
-        raise PatroniError(f"{method} {path}: {e}") from None
+class Client:
+    """Patroni's REST API with the cluster's credentials (its unsafe endpoints require them)."""
 
+    def __init__(self, username: str, password: str) -> None:
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        self._authorization = f"Basic {token}"
 
-def switchover(api_url: str, leader: str, candidate: str) -> str:
-    return _request(api_url, "POST", "/switchover", {"leader": leader, "candidate": candidate})
+    def __repr__(self) -> str:
+        return "patroni_api.Client(<credentials>)"
 
+    def _request(self, api_url: str, method: str, path: str, body: dict[str, Any] | None) -> str:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(  # noqa: S310 - the URL is Patroni's own http(s) api_url
+            _base(api_url) + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Authorization": self._authorization},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:  # noqa: S310
+                return str(resp.read().decode(errors="replace"))
+        except urllib.error.HTTPError as e:
+            raise PatroniError(
+                f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')[:300]}"
+            ) from None
+        except (OSError, urllib.error.URLError) as e:
+            raise PatroniError(f"{method} {path}: {e}") from None
 
-def patch_config(api_url: str, patch: dict[str, Any]) -> str:
-    return _request(api_url, "PATCH", "/config", patch)
+    def switchover(self, api_url: str, leader: str, candidate: str) -> str:
+        return self._request(
+            api_url, "POST", "/switchover", {"leader": leader, "candidate": candidate}
+        )
 
+    def patch_config(self, api_url: str, patch: dict[str, Any]) -> str:
+        return self._request(api_url, "PATCH", "/config", patch)
 
-def restart(api_url: str) -> str:
-    return _request(api_url, "POST", "/restart", {})
+    def restart(self, api_url: str) -> str:
+        return self._request(api_url, "POST", "/restart", {})
 
 
 def merge_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:

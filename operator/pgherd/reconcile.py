@@ -23,7 +23,7 @@ from pgherd.kube import Kube, Manifest
 from pgherd.observe import Member, Observed, observe
 from pgherd.render import names
 from pgherd.render.children import desired_children
-from pgherd.render.names import SECRET_KINDS, SecretKind
+from pgherd.render.names import RESTAPI_USERNAME, SECRET_KINDS, SecretKind
 from pgherd.render.patroni_config import dynamic_config
 from pgherd.status import Activity
 
@@ -77,7 +77,9 @@ def _reconcile(kube: Kube, cluster: PostgresCluster, emit: EventSink, now: datet
     # pgherd.backup: resolve spec.bootstrap.recovery; a restore that cannot go on safely
     # holds the StatefulSet back, and cluster_status below reports why.
     cluster, backup_gate = backup_controller.resolve(kube, cluster)
-    children = desired_children(cluster, passwords.resolve(existing))
+    credentials = passwords.resolve(existing)
+    children = desired_children(cluster, credentials)
+    patroni = patroni_api.Client(RESTAPI_USERNAME, credentials["restapi"])
     primary = observed.primary
     for child in children:
         if child["kind"] == "StatefulSet" and backup_gate.blocked:
@@ -95,13 +97,15 @@ def _reconcile(kube: Kube, cluster: PostgresCluster, emit: EventSink, now: datet
     if primary is not None:
         # At most one disruptive step per pass; the next pass observes its effect first.
         switch_activity, switchover_handled = _switchover_request(
-            cluster, observed, primary, emit, actions
+            patroni, cluster, observed, primary, emit=emit, actions=actions
         )
         activity = (
-            _sync_dynamic_config(cluster, observed, primary, actions)
+            _sync_dynamic_config(patroni, cluster, observed, primary, actions)
             or switch_activity
-            or _roll(kube, cluster, observed, primary, actions)
-            or _move_primary_before_scale_down(cluster, observed, primary, emit, actions)
+            or _roll(patroni, kube, cluster, observed, primary, actions=actions)
+            or _move_primary_before_scale_down(
+                patroni, cluster, observed, primary, emit=emit, actions=actions
+            )
         )
     activity = activity or _scaling_activity(cluster, observed)
 
@@ -205,7 +209,11 @@ def config_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, 
 
 
 def _sync_dynamic_config(
-    cluster: PostgresCluster, observed: Observed, primary: Member, actions: list[str]
+    patroni: patroni_api.Client,
+    cluster: PostgresCluster,
+    observed: Observed,
+    primary: Member,
+    actions: list[str],
 ) -> Activity | None:
     if observed.dcs_config is None or not primary.api_url:
         return None
@@ -213,7 +221,7 @@ def _sync_dynamic_config(
     if not patch:
         return None
     try:
-        patroni_api.patch_config(primary.api_url, patch)
+        patroni.patch_config(primary.api_url, patch)
         actions.append(f"patched Patroni configuration: {sorted(patch)}")
     except patroni_api.PatroniError as e:
         log.warning("%s: configuration patch failed: %s", cluster.metadata.name, e)
@@ -222,9 +230,11 @@ def _sync_dynamic_config(
 
 # ---- switchover -------------------------------------------------------------
 def _switchover_request(
+    patroni: patroni_api.Client,
     cluster: PostgresCluster,
     observed: Observed,
     primary: Member,
+    *,
     emit: EventSink,
     actions: list[str],
 ) -> tuple[Activity | None, str | None]:
@@ -244,6 +254,7 @@ def _switchover_request(
             c.SWITCHOVER, f"switchover to {target_name} waits for it to exist and be ready"
         ), handled
     _switch(
+        patroni,
         cluster,
         primary,
         target.name,
@@ -255,6 +266,7 @@ def _switchover_request(
 
 
 def _switch(
+    patroni: patroni_api.Client,
     cluster: PostgresCluster,
     primary: Member,
     target: str,
@@ -266,7 +278,7 @@ def _switch(
     if not primary.api_url:
         return False
     try:
-        patroni_api.switchover(primary.api_url, primary.name, target)
+        patroni.switchover(primary.api_url, primary.name, target)
     except patroni_api.PatroniError as e:
         log.warning("%s: switchover to %s failed: %s", cluster.metadata.name, target, e)
         return False
@@ -277,7 +289,13 @@ def _switch(
 
 # ---- rolling updates and restarts -------------------------------------------
 def _roll(
-    kube: Kube, cluster: PostgresCluster, observed: Observed, primary: Member, actions: list[str]
+    patroni: patroni_api.Client,
+    kube: Kube,
+    cluster: PostgresCluster,
+    observed: Observed,
+    primary: Member,
+    *,
+    actions: list[str],
 ) -> Activity | None:
     """One step of a rolling update or restart: replicas first, then a switchover, then
     the old primary. Returns the activity, or None when nothing is out of date."""
@@ -296,7 +314,7 @@ def _roll(
         m = down[0] if down else replicas[0]
         if not down and not all(x.ready for x in members):
             return Activity(reason, f"waiting for every instance to be ready before {m.name}")
-        _update(kube, cluster, m, recreate=bool(outdated), actions=actions)
+        _update(patroni, kube, cluster, m, recreate=bool(outdated), actions=actions)
         return Activity(reason, f"updating replica {m.name}")
     # Only the primary is left.
     candidates = [
@@ -307,6 +325,7 @@ def _roll(
     if candidates:
         if all(m.ready for m in members):
             _switch(
+                patroni,
                 cluster,
                 primary,
                 candidates[0].name,
@@ -316,13 +335,19 @@ def _roll(
             )
         return Activity(reason, f"switching over from {primary.name} before updating it")
     if len(members) == 1:
-        _update(kube, cluster, primary, recreate=bool(outdated), actions=actions)
+        _update(patroni, kube, cluster, primary, recreate=bool(outdated), actions=actions)
         return Activity(reason, f"updating the only instance {primary.name}")
     return Activity(reason, "waiting for an updated replica to take over as primary")
 
 
 def _update(
-    kube: Kube, cluster: PostgresCluster, m: Member, *, recreate: bool, actions: list[str]
+    patroni: patroni_api.Client,
+    kube: Kube,
+    cluster: PostgresCluster,
+    m: Member,
+    *,
+    recreate: bool,
+    actions: list[str],
 ) -> None:
     """Recreate the pod (new template) or restart PostgreSQL in it (new parameters)."""
     if recreate:
@@ -330,16 +355,18 @@ def _update(
         actions.append(f"rolled {m.name}")
     elif m.api_url:
         try:
-            patroni_api.restart(m.api_url)
+            patroni.restart(m.api_url)
             actions.append(f"restarted {m.name}")
         except patroni_api.PatroniError as e:
             log.warning("restart of %s failed: %s", m.name, e)
 
 
 def _move_primary_before_scale_down(
+    patroni: patroni_api.Client,
     cluster: PostgresCluster,
     observed: Observed,
     primary: Member,
+    *,
     emit: EventSink,
     actions: list[str],
 ) -> Activity | None:
@@ -349,6 +376,7 @@ def _move_primary_before_scale_down(
     keep = [m for m in observed.members if m.ordinal < want and m.ready]
     if keep and all(m.ready for m in observed.members):
         _switch(
+            patroni,
             cluster,
             primary,
             keep[0].name,

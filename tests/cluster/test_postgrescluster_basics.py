@@ -9,6 +9,8 @@ from __future__ import annotations
 import base64
 import json
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -160,6 +162,30 @@ def test_child_deleted_or_edited_by_hand_is_restored(basic: Cluster, kube: Kube)
         )
 
     wait_for("hand edits to be undone", restored, timeout=2 * RESYNC_SECONDS + 5)
+
+
+def test_patroni_refuses_unsafe_requests_without_credentials(basic: Cluster) -> None:
+    """Only holders of the `<cluster>-restapi` Secret may switch over or restart; the
+    operator's own switchovers and restarts (the tests below) prove it holds them."""
+    primary = basic.primary()
+    pod = next(p for p in basic.pods() if p["metadata"]["name"] == primary)
+    api_url = json.loads(pod["metadata"]["annotations"]["status"])["api_url"]
+    base = api_url.rsplit("/", 1)[0] if api_url.endswith("/patroni") else api_url.rstrip("/")
+    secret = basic.kube.get("Secret", basic.namespace, "basic-restapi")
+    assert secret is not None
+    assert base64.b64decode(secret["data"]["username"]).decode() == "pgherd"
+    for auth in (None, "Basic " + base64.b64encode(b"pgherd:wrong").decode()):
+        req = urllib.request.Request(  # noqa: S310 - the instance's own REST API on a pod IP
+            base + "/restart",
+            data=b"{}",
+            method="POST",
+            headers=({"Authorization": auth} if auth else {}),
+        )
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(req, timeout=10)  # noqa: S310
+        assert refused.value.code == 401
+    with urllib.request.urlopen(base + "/patroni", timeout=10) as resp:  # noqa: S310
+        assert json.loads(resp.read())["role"] in ("master", "primary")
 
 
 def test_planned_switchover_to_a_named_instance(basic: Cluster) -> None:

@@ -14,6 +14,7 @@ PASSWORDS: dict[SecretKind, str] = {
     "superuser": "su-Pa55word",
     "replication": "repl-Pa55word",
     "app": "app p@ss/word:1",
+    "restapi": "api-Pa55word",
 }
 
 SCENARIOS: dict[str, dict[str, Any]] = {

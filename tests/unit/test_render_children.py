@@ -69,6 +69,7 @@ def test_order_and_names() -> None:
         ("Secret", "db-superuser"),
         ("Secret", "db-replication"),
         ("Secret", "db-app"),
+        ("Secret", "db-restapi"),
         ("ConfigMap", "db-patroni"),
         ("Service", "db-headless"),
         ("Service", "db-rw"),

@@ -20,9 +20,10 @@ def decoded(secret: dict[str, Any]) -> dict[str, str]:
 
 def test_secrets_hold_the_passwords_passed_in() -> None:
     cluster = make_cluster({"bootstrap": {"database": "orders", "owner": "orders_owner"}})
-    superuser, replication, app = (decoded(s) for s in render_secrets(cluster, PASSWORDS))
+    superuser, replication, app, restapi = (decoded(s) for s in render_secrets(cluster, PASSWORDS))
     assert superuser == {"username": "postgres", "password": PASSWORDS["superuser"]}
     assert replication == {"username": "replicator", "password": PASSWORDS["replication"]}
+    assert restapi == {"username": "pgherd", "password": PASSWORDS["restapi"]}
     assert app["password"] == PASSWORDS["app"]
     assert app["username"] == app["user"] == "orders_owner"
     assert (app["host"], app["port"], app["dbname"]) == ("db-rw.prod.svc", "5432", "orders")
@@ -77,5 +78,5 @@ def test_pods_read_credentials_from_the_rendered_secrets() -> None:
         for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     ]
-    assert len(refs) == 6
+    assert len(refs) == 8  # four Secrets, username and password each
     assert all(r["key"] in keys[r["name"]] for r in refs)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-SecretKind = Literal["superuser", "replication", "app"]
-SECRET_KINDS: tuple[SecretKind, ...] = ("superuser", "replication", "app")
+SecretKind = Literal["superuser", "replication", "app", "restapi"]
+SECRET_KINDS: tuple[SecretKind, ...] = ("superuser", "replication", "app", "restapi")
+# The account the operator uses on Patroni's REST API (its unsafe endpoints need it).
+RESTAPI_USERNAME = "pgherd"
 
 # ConfigMaps Patroni's Kubernetes DCS keeps per cluster (configmap mode): <scope>-<suffix>.
 PATRONI_DCS_SUFFIXES = ("config", "leader", "failover", "sync")

@@ -6,6 +6,8 @@ keeping them in one module makes that agreement visible.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 CONTAINER = "postgres"
 COMMAND = ["pgherd", "instance"]
 
@@ -28,6 +30,14 @@ CONFIG_FILE = f"{CONFIG_DIR}/{CONFIG_KEY}"
 TMP_DIR = "/tmp"  # noqa: S108 - an emptyDir private to the pod, not a shared /tmp
 SOCKET_DIR = "/run/postgresql"
 SHM_DIR = "/dev/shm"  # noqa: S108 - a memory emptyDir mounted over it
+
+
+def rooted(root: str, path: str) -> str:
+    """A pod path as seen from the process: under root (PGHERD_ROOT, which the test
+    kubelet sets; "/" in a real pod)."""
+    return str(Path(root) / path.lstrip("/")) if root not in ("", "/") else path
+
+
 PGPASS = f"{TMP_DIR}/pgpass"
 
 # uid/gid 999 is `postgres` in Debian's postgresql packages and the official postgres image,

@@ -1,7 +1,8 @@
 """Credential Secrets of a cluster, from passwords passed in (never generated here).
 
-All three are `kubernetes.io/basic-auth` Secrets (keys `username` and `password`); the app
-Secret adds what a client needs to connect: host, port, dbname, user and a URI. Data is
+All four are `kubernetes.io/basic-auth` Secrets (keys `username` and `password`): the
+PostgreSQL superuser, replication and application roles, and the account of Patroni's REST
+API. The app Secret adds what a client needs to connect: host, port, dbname, user and a URI. Data is
 base64-encoded in `data`, not `stringData`, so that server-side apply sees a stable value.
 """
 
@@ -19,7 +20,9 @@ from pgherd.render.ownership import Manifest, child_metadata
 
 
 def username_for(cluster: PostgresCluster, kind: SecretKind) -> str:
-    """The PostgreSQL role a Secret holds the credentials of."""
+    """The PostgreSQL role (or REST API account) a Secret holds the credentials of."""
+    if kind == "restapi":
+        return names.RESTAPI_USERNAME
     if kind == "superuser":
         return SUPERUSER_USERNAME
     if kind == "replication":
@@ -66,7 +69,7 @@ def render_secret(
 
 
 def render_secrets(cluster: PostgresCluster, passwords: Mapping[SecretKind, str]) -> list[Manifest]:
-    """The superuser, replication and app Secrets; `passwords` must hold all three."""
+    """One Secret per kind in SECRET_KINDS; `passwords` must hold them all."""
     missing = [kind for kind in SECRET_KINDS if kind not in passwords]
     if missing:
         raise ValueError(f"passwords missing for {', '.join(missing)}")

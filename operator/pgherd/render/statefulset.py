@@ -52,6 +52,10 @@ def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
         _secret_env("PATRONI_SUPERUSER_PASSWORD", name, "superuser", "password"),
         _secret_env("PATRONI_REPLICATION_USERNAME", name, "replication", "username"),
         _secret_env("PATRONI_REPLICATION_PASSWORD", name, "replication", "password"),
+        # Without these Patroni's unsafe endpoints (switchover, restart, config) are open to
+        # anything that reaches the pod.
+        _secret_env("PATRONI_RESTAPI_USERNAME", name, "restapi", "username"),
+        _secret_env("PATRONI_RESTAPI_PASSWORD", name, "restapi", "password"),
         {"name": "PGHERD_APP_DATABASE", "value": cluster.spec.bootstrap.database},
         _secret_env("PGHERD_APP_USER", name, "app", "username"),
         _secret_env("PGHERD_APP_PASSWORD", name, "app", "password"),
