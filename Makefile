@@ -14,8 +14,9 @@ export PATH := $(TOOLS_BIN):$(CURDIR)/$(VENV)/bin:$(PATH)
 include hack/versions.env
 
 # Debian packages the tests and `make run` use (installed when missing and running as root).
-# buildah, docker-registry and skopeo prove the bundle image without a container engine.
-DEB_PACKAGES := postgresql-15 postgresql-client-15 buildah docker-registry skopeo
+# buildah, docker-registry and skopeo prove the bundle image without a container engine;
+# debootstrap makes the local Debian base the operator image is built on (`make base-image`).
+DEB_PACKAGES := postgresql-15 postgresql-client-15 buildah docker-registry skopeo debootstrap
 
 PYTEST_ARGS ?=
 
@@ -35,6 +36,18 @@ CONTAINER_TOOL ?= docker
 # catalog's is opm's own image of the pinned version. Give them a registry host to build.
 BASE_IMAGE ?=
 OPM_IMAGE ?= operator-framework/opm:$(OPM_VERSION)
+# Where no image registry is reachable, `make base-image` makes the operator's base itself: a
+# Debian bookworm root (debootstrap, from the mirror apt uses; cached outside the clone) imported
+# into buildah as LOCAL_BASE_IMAGE; then `make docker-build CONTAINER_TOOL=buildah
+# BASE_IMAGE=$(LOCAL_BASE_IMAGE)`. BUILDAH is the buildah command base-image imports with.
+LOCAL_BASE_IMAGE ?= localhost/pgherd-base:bookworm
+BUILDAH ?= buildah
+# buildah's isolation for RUN steps: chroot needs neither cgroups nor user namespaces.
+export BUILDAH_ISOLATION ?= chroot
+# A CA bundle (PEM) for the operator image build's pip to trust, passed as the `ca-bundle` build
+# secret (never part of the image): needed where TLS to PyPI is intercepted.
+BUILD_CA_BUNDLE ?=
+comma := ,
 # operator-sdk's scorecard test image, written into bundle/tests/scorecard/config.yaml.
 SCORECARD_IMAGE ?= operator-framework/scorecard-test:$(OPERATOR_SDK_VERSION)
 # Where `make generate` writes (a test regenerates into a temporary directory and compares).
@@ -157,9 +170,14 @@ deploy: venv ## Deploy CRDs, RBAC and the operator (image IMG) to the cluster KU
 undeploy: venv ## Remove what `make deploy` created (CRDs included)
 	$(PY) -m pgherd.manifests --print --image $(IMG) | $(KUBECTL) delete --ignore-not-found -f -
 
+.PHONY: base-image
+base-image: deps ## Make the Debian base LOCAL_BASE_IMAGE with debootstrap (cached) and import it into buildah
+	@BUILDAH="$(BUILDAH)" hack/base-image.sh $(LOCAL_BASE_IMAGE)
+
 .PHONY: docker-build
 docker-build: ## Build the operator image IMG (on BASE_IMAGE)
-	$(CONTAINER_TOOL) build -f Dockerfile $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) -t $(IMG) .
+	$(CONTAINER_TOOL) build -f Dockerfile $(if $(BASE_IMAGE),--build-arg BASE_IMAGE=$(BASE_IMAGE)) \
+	  $(if $(BUILD_CA_BUNDLE),--secret id=ca-bundle$(comma)src=$(BUILD_CA_BUNDLE)) -t $(IMG) .
 
 .PHONY: docker-push
 docker-push: ## Push the operator image IMG

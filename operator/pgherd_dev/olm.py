@@ -161,12 +161,15 @@ class CatalogServer(processes.Server):
         )
         return self
 
-    def catalog_source(self, namespace: str = NAMESPACE) -> dict[str, Any]:
-        """A CatalogSource reaching this server by address (no registry pod)."""
+    def catalog_source(self, namespace: str = NAMESPACE, name: str | None = None) -> dict[str, Any]:
+        """A CatalogSource reaching this server by address (no registry pod); named after the
+        server unless given a name. Pointing an existing CatalogSource's `spec.address` at
+        another server is how a test publishes a new catalog: OLM reconnects, drops what it
+        had cached from the old one and resolves the namespaces subscribed to it again."""
         return {
             "apiVersion": f"{GROUP}/v1alpha1",
             "kind": "CatalogSource",
-            "metadata": {"name": self.name, "namespace": namespace},
+            "metadata": {"name": name or self.name, "namespace": namespace},
             "spec": {
                 "sourceType": "grpc",
                 "address": self.address,

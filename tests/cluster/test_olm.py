@@ -9,7 +9,8 @@ Deployment Available exactly as it would on a real cluster.
 Two catalogs: `release` is the committed history (what users get); `upgrade` adds a
 test-only 0.1.1 (the committed bundle, regenerated as the next version) to `stable`
 only, so a Subscription can move N-1 -> N, and a switch from `candidate` (which still ends
-at 0.1.0) to `stable` has something to do.
+at 0.1.0) to `stable` has something to do. The upgrade test publishes N the way a cluster
+sees a new release: its CatalogSource, serving `release`, is pointed at `upgrade`.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ from pgherd_dev import kubeconfig
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.errors import DevError
 from pgherd_dev.olm import GROUP, NAMESPACE, CatalogServer, Olm
-from tests.conftest import require_tool, wait_for
-from tests.operator_harness import Cluster, Operator
+from tests.conftest import require_tool
+from tests.operator_harness import Cluster, Operator, audit_writes, wait_for
 
 pytestmark = pytest.mark.cluster
 
@@ -125,17 +126,7 @@ def catalogs(
                 GROUP, "v1alpha1", NAMESPACE, "catalogsources", server.catalog_source()
             )
         for server in servers.values():
-            wait_for(
-                f"CatalogSource {server.name} READY",
-                lambda s=server: (
-                    _get(api, "catalogsources", NAMESPACE, s.name)
-                    .get("status", {})
-                    .get("connectionState", {})
-                    .get("lastObservedState")
-                    == "READY"
-                ),
-                timeout=60,
-            )
+            _wait_catalog_ready(api, NAMESPACE, server.name, server.address)
         yield servers
     finally:
         for server in servers.values():
@@ -155,6 +146,17 @@ def _get(api: client.ApiClient, plural: str, namespace: str, name: str) -> dict[
             return {}
         raise
     return obj
+
+
+def _wait_catalog_ready(api: client.ApiClient, namespace: str, name: str, address: str) -> None:
+    """OLM connected to the catalog server at address and can read it."""
+
+    def ready() -> bool:
+        state = _get(api, "catalogsources", namespace, name).get("status", {})
+        state = state.get("connectionState", {})
+        return bool(state.get("address") == address and state.get("lastObservedState") == "READY")
+
+    wait_for(f"CatalogSource {name} READY at {address}", ready, timeout=60)
 
 
 def _create(api: client.ApiClient, plural: str, namespace: str, body: dict[str, Any]) -> None:
@@ -178,6 +180,7 @@ def _subscribe(
     channel: str,
     targets: list[str] | None,
     starting: str | None = None,
+    source_namespace: str = NAMESPACE,
 ) -> None:
     og: dict[str, Any] = {
         "apiVersion": f"{GROUP}/v1",
@@ -193,7 +196,7 @@ def _subscribe(
     spec = {
         "name": PACKAGE,
         "source": source,
-        "sourceNamespace": NAMESPACE,
+        "sourceNamespace": source_namespace,
         "channel": channel,
         "installPlanApproval": "Automatic",
     }
@@ -213,6 +216,10 @@ def _wait_csv(api: client.ApiClient, namespace: str, name: str, timeout: float =
 
     def succeeded() -> Any:
         csv = _get(api, "clusterserviceversions", namespace, name)
+        # An AllNamespaces install elsewhere copies its CSV, Succeeded, into every namespace
+        # (label olm.copiedFrom); only this namespace's own install counts.
+        if (csv.get("metadata", {}).get("labels") or {}).get("olm.copiedFrom"):
+            return "copied from another namespace"
         phase = csv.get("status", {}).get("phase")
         return phase == "Succeeded" or phase
 
@@ -311,36 +318,153 @@ def _reconcile_as_olm_installed_it(
         operator.stop()
 
 
+def _operator_identity(api: client.ApiClient, ns: str) -> tuple[str, dict[str, str]]:
+    """The uid of the operator's ServiceAccount, and who owns it and each RBAC object OLM
+    made for it: "Kind/name" -> the owning CSVs (ownerReferences; OLM's olm.owner label for
+    the cluster-scoped objects, which cannot have a namespaced owner)."""
+    rbac = client.RbacAuthorizationV1Api(api)
+    sa = client.CoreV1Api(api).read_namespaced_service_account(PACKAGE, ns)
+    found = {
+        f"ServiceAccount/{PACKAGE}": ",".join(
+            sorted(r.name for r in sa.metadata.owner_references or [])
+        )
+    }
+    listed: list[tuple[str, Any]] = [
+        ("Role", rbac.list_namespaced_role(ns).items),
+        ("RoleBinding", rbac.list_namespaced_role_binding(ns).items),
+        ("ClusterRole", rbac.list_cluster_role().items),
+        ("ClusterRoleBinding", rbac.list_cluster_role_binding().items),
+    ]
+    for kind, items in listed:
+        for obj in items:
+            labels = obj.metadata.labels or {}
+            if (
+                labels.get("olm.owner.kind") == "ClusterServiceVersion"
+                and labels.get("olm.owner.namespace") == ns
+            ):
+                found[f"{kind}/{obj.metadata.name}"] = labels["olm.owner"]
+    return sa.metadata.uid, found
+
+
+def _pod_uids(cluster: Cluster) -> dict[str, str]:
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods()}
+
+
 def test_upgrade_from_previous_release(
-    api: client.ApiClient, catalogs: dict[str, CatalogServer]
+    api: client.ApiClient,
+    catalogs: dict[str, CatalogServer],
+    control_plane: ControlPlane,
+    tmp_path: Path,
 ) -> None:
+    """Subscribed at N-1, with a PostgresCluster the operator reconciles; then N is published,
+    OLM moves to it along the graph, and the existing cluster keeps being reconciled.
+
+    Published as on a real cluster: the CatalogSource the Subscription follows starts serving
+    a newer catalog (its address moves from the release catalog, N-1 only, to the upgrade
+    catalog, N-1 and N, as a polled catalog image would change), and OLM, with Automatic
+    approval, upgrades by itself.
+    """
     ns = _namespace(api, "olm-upgrade")
+    custom = client.CustomObjectsApi(api)
+    kube = Kube(api)
+    release, upgrade = catalogs["release"], catalogs["upgrade"]
+    source = "pgherd-published"
+    custom.create_namespaced_custom_object(
+        GROUP, "v1alpha1", ns, "catalogsources", release.catalog_source(ns, source)
+    )
+    _wait_catalog_ready(api, ns, source, release.address)
+    begin = time.monotonic()
     _subscribe(
         api,
         ns,
-        source=catalogs["upgrade"].name,
+        source=source,
+        source_namespace=ns,
         channel="stable",
         targets=[ns],
         starting=csv_name(CURRENT),
     )
-    begin = time.monotonic()
-    # Automatic approval: OLM installs CURRENT, then follows the graph to NEXT by itself.
-    TIMINGS["upgrade (Subscription to N Succeeded)"] = 0.0
-    _wait_csv(api, ns, csv_name(NEXT), timeout=120)
-    TIMINGS["upgrade (Subscription to N Succeeded)"] = time.monotonic() - begin
-    wait_for(
-        "the replaced CSV removed",
-        lambda: not _get(api, "clusterserviceversions", ns, csv_name(CURRENT)),
-        timeout=60,
+    _wait_csv(api, ns, csv_name(CURRENT))
+    TIMINGS["upgrade test: install N-1 (Subscription to CSV Succeeded)"] = time.monotonic() - begin
+    sa_uid, owners = _operator_identity(api, ns)
+    assert set(owners.values()) == {csv_name(CURRENT)}, owners
+
+    # The operator from the working tree, as the ServiceAccount OLM created for N-1, kept
+    # running through the upgrade (where a real operator pod would be replaced). OLM keeps
+    # that ServiceAccount (asserted below), so its bound token stays valid, while the RBAC
+    # behind it changes hands from N-1's Roles to N's.
+    kc = kubeconfig.for_service_account(control_plane, api, ns, PACKAGE, tmp_path / "olm-sa")
+    operator = Operator(
+        kc, control_plane.log_dir / "operator-olm-upgrade.log", args=[f"--namespace={ns}"]
     )
-    image = (
-        client.AppsV1Api(api)
-        .read_namespaced_deployment(PACKAGE, ns)
-        .spec.template.spec.containers[0]
-        .image
-    )
-    assert image == f"pgherd/pgherd-operator:v{NEXT}"
+    operator.start()
+    try:
+        cluster = Cluster(kube, ns, "kept")
+        cluster.create({"instances": 1, "postgresql": {"parameters": {"work_mem": "4MB"}}})
+        cluster.wait_healthy(1, timeout=180)
+        before = cluster.obj()
+        pods = _pod_uids(cluster)
+
+        begin = time.monotonic()
+        custom.patch_namespaced_custom_object(
+            GROUP, "v1alpha1", ns, "catalogsources", source, {"spec": {"address": upgrade.address}}
+        )
+        _wait_csv(api, ns, csv_name(NEXT), timeout=120)
+        wait_for(
+            "the replaced CSV removed",
+            lambda: not _get(api, "clusterserviceversions", ns, csv_name(CURRENT)),
+            timeout=60,
+        )
+        TIMINGS["upgrade (N published to CSV N Succeeded, N-1 removed)"] = time.monotonic() - begin
+        image = (
+            client.AppsV1Api(api)
+            .read_namespaced_deployment(PACKAGE, ns)
+            .spec.template.spec.containers[0]
+            .image
+        )
+        assert image == f"pgherd/pgherd-operator:v{NEXT}"
+        wait_for("the operator Deployment Available", lambda: _deployment_available(api, ns), 60)
+        # N-1's RBAC goes with its CSV: its Role and RoleBinding by garbage collection, its
+        # ClusterRole and ClusterRoleBinding by OLM's CSV finalizer. The ServiceAccount stays
+        # (same uid), owned by N alone now, and bound to N's new Roles and ClusterRoles.
+        wait_for(
+            "only N's RBAC left",
+            lambda: set(_operator_identity(api, ns)[1].values()) == {csv_name(NEXT)},
+            timeout=60,
+        )
+        new_uid, new_owners = _operator_identity(api, ns)
+        assert new_uid == sa_uid, "OLM re-created the ServiceAccount"
+        kinds = sorted(k.split("/")[0] for k in owners)
+        assert sorted(k.split("/")[0] for k in new_owners) == kinds, new_owners
+        assert operator.running()
+
+        # The CRD, as N installed it, serves the very object, unchanged.
+        after = cluster.obj()
+        for key in ("uid", "generation"):
+            assert after["metadata"][key] == before["metadata"][key]
+        assert after["spec"] == before["spec"]
+        # A change made after the upgrade, on N's RBAC alone, is applied: a reload-only
+        # parameter, so the instance is not even restarted.
+        since = float(int(time.time()))  # the audit log's timestamps are whole seconds
+        cluster.patch_spec({"postgresql": {"parameters": {"work_mem": "8MB"}}})
+
+        def applied() -> bool:
+            with cluster.connect("kept-0") as conn:
+                return conn.execute("SHOW work_mem").fetchone() == ("8MB",)
+
+        wait_for("work_mem=8MB after the upgrade", applied, timeout=90)
+        status = cluster.wait_healthy(1, timeout=120)
+        assert status["observedGeneration"] == before["metadata"]["generation"] + 1
+        assert _pod_uids(cluster) == pods, "the PostgreSQL instance was re-created"
+        writes = audit_writes(control_plane, f"system:serviceaccount:{ns}:{PACKAGE}", since)
+        codes = {e["responseStatus"]["code"] for e in writes}
+        assert writes, "the operator wrote nothing after the upgrade"
+        assert not codes & {401, 403}, f"the operator was refused after the upgrade: {codes}"
+        kube.delete("PostgresCluster", ns, "kept")
+        wait_for("the instance pods gone", lambda: not cluster.pods(), timeout=60)
+    finally:
+        operator.stop()
     _uninstall(api, ns)
+    custom.delete_namespaced_custom_object(GROUP, "v1alpha1", ns, "catalogsources", source)
 
 
 def test_switch_from_candidate_to_stable(
@@ -401,6 +525,17 @@ def test_install_mode(api: client.ApiClient, catalogs: dict[str, CatalogServer],
             s.name == PACKAGE and s.namespace == ns for b in bindings for s in b.subjects or []
         ), f"no RoleBinding for the operator in {target}"
     _uninstall(api, ns)
+    # OLM removes an AllNamespaces install's copies of its CSV lazily; later tests must not
+    # find them in their namespaces.
+    wait_for(
+        f"copies of the CSV from {ns} removed",
+        lambda: (
+            not client.CustomObjectsApi(api).list_cluster_custom_object(
+                GROUP, "v1alpha1", "clusterserviceversions", label_selector=f"olm.copiedFrom={ns}"
+            )["items"]
+        ),
+        timeout=60,
+    )
 
 
 def test_uninstall_leaves_crds_and_clusters(
