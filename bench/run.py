@@ -6,7 +6,11 @@ Writes bench-results/bench.json. Not a test: it asserts nothing, it measures.
   - API writes per no-op resync, and operator RSS idle and with N clusters;
   - failover time (primary killed to writes accepted again), default and tuned Patroni timings;
   - switchover write outage;
-  - backup and restore time of a database of PGHERD_BENCH_BACKUP_MIB (default 1024) MiB.
+  - backup and restore time of a database of PGHERD_BENCH_BACKUP_MIB (default 1024) MiB;
+  - WAL archive lag under a steady insert load of PGHERD_BENCH_WAL_ROWS rows/s (default
+    5000) for PGHERD_BENCH_WAL_SECONDS (default 60) seconds, archiving to moto.
+PGHERD_BENCH_ONLY=latency,ha,backup,wal runs some sections only (default: all), writing
+bench-results/bench-<sections>.json instead.
 Clusters in the latency runs park their pods off every node (nodeSelector), so only the
 operator's work is timed and 600 PostgreSQL servers are not needed.
 """
@@ -20,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -77,18 +82,38 @@ def latency(kube: Kube, namespace: str, count: int) -> list[float]:
     return [seen[n] - created[n] for n in created if n in seen]
 
 
-def noop_writes(cp: ControlPlane, periods: int = 3) -> float:
-    # Let the creation burst settle first: pods appear after the first reconcile, and the
-    # status that reports them is a real change, not a no-op.
-    deadline = time.monotonic() + 20 * RESYNC
-    while time.monotonic() < deadline:
+def noop_writes(cp: ControlPlane, periods: int = 3) -> dict[str, Any]:
+    """Operator writes per resync once nothing changes, grouped by request.
+
+    After a burst of creations the clusters' statuses still move for a while (pods appear,
+    a pass over hundreds of clusters takes longer than one resync period), and those are
+    real changes. Settled means two resync periods in a row without a write; the count is
+    taken over the periods after that.
+    """
+    started = time.time()
+    quiet, deadline = 0, time.monotonic() + 40 * RESYNC
+    while quiet < 2 and time.monotonic() < deadline:
         since = time.time()
         time.sleep(RESYNC)
-        if not audit_writes(cp, USER, since):
-            break
-    since = time.time()
+        quiet = 0 if audit_writes(cp, USER, since) else quiet + 1
+    settled = time.time()
     time.sleep(periods * RESYNC)
-    return len(audit_writes(cp, USER, since)) / periods
+    writes = audit_writes(cp, USER, settled)
+    by_request = Counter(
+        " ".join(
+            filter(
+                None,
+                [e["verb"], e["objectRef"].get("resource"), e["objectRef"].get("subresource")],
+            )
+        )
+        for e in writes
+    )
+    return {
+        "per_resync": round(len(writes) / periods, 2),
+        "by_request": dict(by_request),
+        "settled": quiet >= 2,
+        "settle_seconds": round(settled - started, 1),
+    }
 
 
 class Writer(threading.Thread):
@@ -171,11 +196,74 @@ def switchover_outage(kube: Kube, ns: str) -> float:
     return round(max(gaps), 2)
 
 
+def _latency_and_memory(
+    kube: Kube, cp: ControlPlane, op: Operator, n: int, results: dict[str, Any]
+) -> None:
+    assert op.proc is not None  # noqa: S101 - main checked it
+    one = latency(kube, _ns(kube, "bench-one"), 1) + [
+        x for i in range(9) for x in latency(kube, _ns(kube, f"bench-one-{i}"), 1)
+    ]
+    results["create_to_children_seconds_1"] = {"p50": _pct(one, 0.5), "p99": _pct(one, 0.99)}
+    many = latency(kube, _ns(kube, "bench-many"), n)
+    results[f"create_to_children_seconds_{n}"] = {
+        "p50": _pct(many, 0.5),
+        "p99": _pct(many, 0.99),
+        "applied": len(many),
+    }
+    results["writes_per_noop_resync"] = noop_writes(cp)
+    results[f"operator_rss_with_{n}_clusters_mib"] = _rss_mib(op.proc.pid)
+    for ns in ["bench-many", "bench-one", *[f"bench-one-{i}" for i in range(9)]]:
+        kube.delete("Namespace", None, ns)
+
+
+def _ha(kube: Kube, cp: ControlPlane, results: dict[str, Any]) -> None:
+    ns = _ns(kube, "bench-ha")
+    results["failover_seconds_default_timings"] = failover_seconds(kube, cp, ns, "fo-default", None)
+    results["failover_seconds_tuned_timings"] = failover_seconds(
+        kube, cp, ns, "fo-tuned", {"ttl": 20, "loopWait": 2, "retryTimeout": 5}
+    )
+    results["switchover_write_outage_seconds"] = switchover_outage(kube, ns)
+
+
+def _backups(kube: Kube, tmp: Path, sections: set[str], results: dict[str, Any]) -> None:
+    from tests import s3_server  # noqa: PLC0415 - only with backups measured
+    from tests.backup_bench import (  # noqa: PLC0415
+        measure_backup_restore,
+        measure_wal_archive_lag,
+    )
+
+    backup_mib = int(os.environ.get("PGHERD_BENCH_BACKUP_MIB", "1024"))
+    wal_seconds = float(os.environ.get("PGHERD_BENCH_WAL_SECONDS", "60"))
+    wal_rows = int(os.environ.get("PGHERD_BENCH_WAL_ROWS", "5000"))
+    s3 = s3_server.start(tmp / "s3.log")
+    try:
+        if "backup" in sections and backup_mib > 0:
+            t = measure_backup_restore(kube, _ns(kube, "bench-backup"), s3, backup_mib)
+            results["backup"] = t.__dict__
+        if "wal" in sections and wal_seconds > 0:
+            results["wal_archive_lag"] = measure_wal_archive_lag(
+                kube, _ns(kube, "bench-wal"), s3, wal_seconds, wal_rows
+            )
+    finally:
+        s3.stop()
+
+
+SECTIONS = ("latency", "ha", "backup", "wal")
+
+
 def main() -> int:
     n = int(os.environ.get("PGHERD_BENCH_CLUSTERS", "200"))
-    backup_mib = int(os.environ.get("PGHERD_BENCH_BACKUP_MIB", "1024"))
-    out = Path(os.environ.get("PGHERD_BENCH_OUT", "bench-results/bench.json"))
-    results: dict[str, Any] = {"clusters": n, "resync_seconds": RESYNC}
+    only = os.environ.get("PGHERD_BENCH_ONLY", "")
+    sections = {s.strip() for s in only.split(",") if s.strip()} or set(SECTIONS)
+    if unknown := sections - set(SECTIONS):
+        print(f"PGHERD_BENCH_ONLY: unknown sections {sorted(unknown)}; known: {SECTIONS}")
+        return 2
+    # A partial run must not overwrite the full results.
+    default = "bench" + ("" if only == "" else "-" + "-".join(sorted(sections)))
+    out = Path(os.environ.get("PGHERD_BENCH_OUT", f"bench-results/{default}.json"))
+    results: dict[str, Any] = {"sections": sorted(sections), "resync_seconds": RESYNC}
+    if "latency" in sections:
+        results["clusters"] = n
     with tempfile.TemporaryDirectory(prefix="pgherd-bench-") as tmp:
         cp = ControlPlane(Path(tmp) / "cp", die_with_parent=True)
         results["control_plane_start_seconds"] = round(cp.up(), 1)
@@ -198,41 +286,12 @@ def main() -> int:
                 raise RuntimeError("the operator did not start")
             time.sleep(5)
             results["operator_rss_idle_mib"] = _rss_mib(op.proc.pid)
-            one = latency(kube, _ns(kube, "bench-one"), 1) + [
-                x for i in range(9) for x in latency(kube, _ns(kube, f"bench-one-{i}"), 1)
-            ]
-            results["create_to_children_seconds_1"] = {
-                "p50": _pct(one, 0.5),
-                "p99": _pct(one, 0.99),
-            }
-            many = latency(kube, _ns(kube, "bench-many"), n)
-            results[f"create_to_children_seconds_{n}"] = {
-                "p50": _pct(many, 0.5),
-                "p99": _pct(many, 0.99),
-                "applied": len(many),
-            }
-            results["writes_per_noop_resync"] = noop_writes(cp)
-            results[f"operator_rss_with_{n}_clusters_mib"] = _rss_mib(op.proc.pid)
-            for ns in ["bench-many", "bench-one", *[f"bench-one-{i}" for i in range(9)]]:
-                kube.delete("Namespace", None, ns)
-            ns = _ns(kube, "bench-ha")
-            results["failover_seconds_default_timings"] = failover_seconds(
-                kube, cp, ns, "fo-default", None
-            )
-            results["failover_seconds_tuned_timings"] = failover_seconds(
-                kube, cp, ns, "fo-tuned", {"ttl": 20, "loopWait": 2, "retryTimeout": 5}
-            )
-            results["switchover_write_outage_seconds"] = switchover_outage(kube, ns)
-            if backup_mib > 0:
-                from tests import s3_server  # noqa: PLC0415 - only with backups measured
-                from tests.backup_bench import measure_backup_restore  # noqa: PLC0415
-
-                s3 = s3_server.start(Path(tmp) / "s3.log")
-                try:
-                    t = measure_backup_restore(kube, _ns(kube, "bench-backup"), s3, backup_mib)
-                    results["backup"] = t.__dict__
-                finally:
-                    s3.stop()
+            if "latency" in sections:
+                _latency_and_memory(kube, cp, op, n, results)
+            if "ha" in sections:
+                _ha(kube, cp, results)
+            if sections & {"backup", "wal"}:
+                _backups(kube, Path(tmp), sections, results)
             op.stop(signal.SIGTERM)
         finally:
             cp.down()

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from pgherd.render import operand
+from pgherd.render.operand import rooted
 
 _DEFAULT_BIN_ROOT = Path("/usr/lib/postgresql")
 
@@ -33,11 +34,6 @@ def _require(env: Mapping[str, str], name: str) -> str:
     if not value:
         raise InstanceError(f"environment variable {name} is required and empty")
     return value
-
-
-def rooted(root: str, path: str) -> str:
-    """path as seen from inside the pod, mapped under root."""
-    return str(Path(root) / path.lstrip("/")) if root not in ("", "/") else path
 
 
 def patroni_environment(env: Mapping[str, str]) -> dict[str, str]:

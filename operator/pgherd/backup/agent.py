@@ -12,8 +12,12 @@ environment) and to the Kubernetes API as the instance's ServiceAccount:
   the cluster's ContinuousArchiving condition and status.backup. It writes only on change;
 - it takes the base backups the operator assigned to its pod (PostgresBackup
   status.instance/instanceUid): claims one (Pending -> Running, guarded by resourceVersion),
-  runs barman-cloud-backup, records the result (Completed with id, WAL, times and size, or
-  Failed with barman's message);
+  checks the bucket exists (pgherd.backup.bucket: pgherd never creates one), runs
+  barman-cloud-backup, records the result (Completed with id, WAL, times and size, or
+  Failed with barman's message). While it runs, it refreshes the pod annotation
+  `pgherd.io/backup-heartbeat` every HEARTBEAT_EVERY seconds: when the agent dies with its
+  node, nothing else would ever finish the backup, and the operator fails a Running backup
+  whose heartbeat went stale (controller.reconcile_backup);
 - on the primary, it applies the retention policy (barman-cloud-backup-delete
   --retention-policy "RECOVERY WINDOW OF ..."), after each backup and hourly: barman keeps
   every backup needed to recover to any point of the window.
@@ -33,17 +37,19 @@ import threading
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from pgherd.api.v1alpha1 import BACKUP_PLURAL, GROUP, VERSION
+from pgherd.backup import bucket
 from pgherd.backup.restore import parse_barman_time
 from pgherd.backup.store import ARCHIVE_PREFIX, Store
-from pgherd.backup.wal import error_file
+from pgherd.backup.wal import error_file, summary
 from pgherd.render import operand
 
 ARCHIVER_ANNOTATION = "pgherd.io/archiver"
 BACKUPS_ANNOTATION = "pgherd.io/backups"
+HEARTBEAT_ANNOTATION = "pgherd.io/backup-heartbeat"
+HEARTBEAT_EVERY = 10.0
 INTERVAL = float(os.environ.get("PGHERD_BACKUP_AGENT_INTERVAL", "3"))
 SUMMARY_EVERY = 300.0
 RETENTION_EVERY = 3600.0
@@ -89,11 +95,6 @@ def store_summary(backups: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def _tail(text: str) -> str:
-    lines = [line for line in text.splitlines() if line.strip()]
-    return " | ".join(lines[-3:])[-1000:] if lines else "no output"
-
-
 class Agent:
     """One instance's agent (see the module docstring)."""
 
@@ -124,11 +125,8 @@ class Agent:
 
     # ---- PostgreSQL -------------------------------------------------------------
     def _conninfo(self) -> dict[str, Any]:
-        root = self.env.get("PGHERD_ROOT", "/")
-        socket = operand.SOCKET_DIR
-        host = str(Path(root) / socket.lstrip("/")) if root not in ("", "/") else socket
         return {
-            "host": host,
+            "host": operand.rooted(self.env.get("PGHERD_ROOT", "/"), operand.SOCKET_DIR),
             "port": int(self.env.get("PGHERD_PG_PORT", operand.POSTGRES_PORT)),
             "user": self.env.get("PATRONI_SUPERUSER_USERNAME", "postgres"),
             "password": self.env.get("PATRONI_SUPERUSER_PASSWORD", ""),
@@ -271,22 +269,47 @@ class Agent:
             ]
         )
         if code != 0:
-            log.warning("backup list failed: %s", _tail(err))
+            log.warning("backup list failed: %s", summary(err))
             return None
         backups: list[dict[str, Any]] = json.loads(out or "{}").get("backups_list", [])
         return backups
 
+    def _heartbeat(self, name: str | None) -> None:
+        value = json.dumps({"backup": name, "time": _iso(datetime.now(UTC))}) if name else None
+        self.core.patch_namespaced_pod(
+            self.pod, self.namespace, {"metadata": {"annotations": {HEARTBEAT_ANNOTATION: value}}}
+        )
+
+    def _beat(self, name: str, stop: threading.Event) -> None:
+        """Heartbeat of a running backup until stop is set; API hiccups only skip a beat."""
+        while True:
+            try:
+                self._heartbeat(name)
+            except Exception as e:
+                log.warning("backup %s: heartbeat not written: %s", name, e)
+            if stop.wait(HEARTBEAT_EVERY):
+                return
+
     def _backup(self, name: str) -> None:
+        stop = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(name, stop), daemon=True)
+        beat.start()
         try:
             status = self.take_backup(name)
         except Exception as e:
             status = {"phase": "Failed", "error": f"backup agent error: {e}"}
-        finally:
-            self.busy.release()
         try:
             self._patch_status(name, status)
         except Exception:
             log.exception("cannot record the result of backup %s", name)
+        finally:
+            # Beats stop only once the result is recorded: a Running backup without a
+            # fresh heartbeat is one the operator fails.
+            stop.set()
+            beat.join()
+            with contextlib.suppress(Exception):
+                self._heartbeat(None)
+            self.busy.release()
         if status.get("phase") == "Completed":
             if self.store_is_primary():
                 self.apply_retention()
@@ -297,6 +320,9 @@ class Agent:
         return bool(observed and observed[0])
 
     def take_backup(self, name: str) -> dict[str, Any]:
+        problem = bucket.check(self.store)
+        if problem is not None:
+            return {"phase": "Failed", "error": problem}
         conn = self._conninfo()
         code, _, err = self._run(
             [
@@ -319,7 +345,7 @@ class Agent:
             {"PGPASSWORD": conn["password"]},
         )
         if code != 0:
-            return {"phase": "Failed", "error": f"barman-cloud-backup failed: {_tail(err)}"}
+            return {"phase": "Failed", "error": f"barman-cloud-backup failed: {summary(err)}"}
         backups = self.list_backups() or []
         found = next((b for b in backups if b.get("backup_name") == name), None)
         if found is None:
@@ -355,7 +381,9 @@ class Agent:
             ]
         )
         if code != 0:
-            log.warning("retention (%s) failed: %s", policy, _tail(err))
+            log.warning("retention (%s) failed: %s", policy, summary(err))
+        else:
+            log.info("retention (%s) applied", policy)
 
     def refresh_summary(self) -> None:
         backups = self.list_backups()

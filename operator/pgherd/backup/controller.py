@@ -3,18 +3,27 @@ schedules, and PostgresBackup assignment. Reads and writes through pgherd.kube o
 
 The operator never runs barman itself: the instance's backup agent does (see
 pgherd.backup.agent), and publishes what it sees on its pod, which this module reads.
+
+A backup must never stay Running or Pending forever because the instance taking it is
+gone: a Running backup fails when its pod was replaced, or when the agent's heartbeat (a
+pod annotation refreshed while barman runs) is older than STALE_AFTER seconds, which is
+what a lost node or a killed container that does not come back look like; a Pending one
+moves to another ready instance when its assigned pod is not ready. Every status write is
+guarded by the resourceVersion read, so it never overwrites what an agent wrote meanwhile.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from croniter import croniter
+from kubernetes.client.exceptions import ApiException
 
 from pgherd import conditions as c
 from pgherd.api.v1alpha1 import (
@@ -27,7 +36,12 @@ from pgherd.api.v1alpha1 import (
     RecoverySource,
 )
 from pgherd.backup import store as st
-from pgherd.backup.agent import ARCHIVER_ANNOTATION, BACKUPS_ANNOTATION
+from pgherd.backup.agent import (
+    ARCHIVER_ANNOTATION,
+    BACKUPS_ANNOTATION,
+    HEARTBEAT_ANNOTATION,
+    HEARTBEAT_EVERY,
+)
 from pgherd.backup.render import server_name
 from pgherd.kube import Kube, Manifest
 from pgherd.observe import Observed, member_from_pod
@@ -39,6 +53,9 @@ EventSink = Callable[[str, str, str], None]
 CLUSTER_LABEL = "pgherd.io/cluster"
 SCHEDULED_LABEL = "pgherd.io/scheduled"
 TERMINAL = ("Completed", "Failed")
+# Six missed heartbeats: long enough for API hiccups and modest clock skew between the
+# instance and the operator, short enough that a dead agent's backup fails within minutes.
+STALE_AFTER = float(os.environ.get("PGHERD_BACKUP_STALE_SECONDS", str(6 * HEARTBEAT_EVERY)))
 
 
 @dataclass(frozen=True)
@@ -229,7 +246,12 @@ def cluster_status(  # noqa: PLR0917 - mirrors status.compute's inputs
         backup = ClusterBackupStatus(restored_from=restored_from) if restored_from else None
         return new.model_copy(update={"conditions": conds, "backup": backup, "phase": phase})
 
-    reconcile_backups(kube, cluster)
+    backups = kube.list(BACKUP_KIND, cluster.metadata.namespace)
+    reconcile_backups(kube, cluster, backups)
+    if spec.schedule:
+        # Every pass, not only when the schedule fires: a finished run beyond the limit
+        # goes as soon as it finishes.
+        _prune(kube, cluster, spec.schedule_history_limit, backups)
     pods = {m.name: m for m in observed.members}
     raw_pods = kube.list(
         "Pod", cluster.metadata.namespace, labels.selector_string(cluster.metadata.name)
@@ -334,13 +356,17 @@ def _schedule(
             }
         )
         emit("Normal", "ScheduledBackup", f"created PostgresBackup {name} ({spec.schedule})")
-    _prune(kube, cluster, spec.schedule_history_limit)
     return now
 
 
-def _prune(kube: Kube, cluster: PostgresCluster, limit: int) -> None:
-    selector = f"{CLUSTER_LABEL}={cluster.metadata.name},{SCHEDULED_LABEL}=true"
-    items = kube.list(BACKUP_KIND, cluster.metadata.namespace, selector)
+def _prune(kube: Kube, cluster: PostgresCluster, limit: int, backups: list[Manifest]) -> None:
+    """Delete the oldest finished scheduled PostgresBackups beyond the history limit."""
+    want = {CLUSTER_LABEL: cluster.metadata.name, SCHEDULED_LABEL: "true"}
+    items = [
+        b
+        for b in backups
+        if all((b["metadata"].get("labels") or {}).get(k) == v for k, v in want.items())
+    ]
     done = [b for b in items if (b.get("status") or {}).get("phase") in TERMINAL]
     done.sort(key=lambda b: b["metadata"].get("creationTimestamp", ""))
     for b in done[: max(0, len(done) - limit)]:
@@ -370,34 +396,52 @@ def choose_instance(pods: list[Manifest], target: str) -> Manifest | None:
     return primaries[0] if primaries else None
 
 
-def apply_backup(kube: Kube, backup: PostgresBackup) -> None:
-    """One pass over a PostgresBackup: write what reconcile_backup decides."""
-    patch = reconcile_backup(kube, backup)
-    if patch is not None:
+def apply_backup(kube: Kube, raw: Manifest, now: datetime | None = None) -> None:
+    """One pass over a PostgresBackup (as read from the API): write what reconcile_backup
+    decides, unless the object changed since it was read."""
+    backup = PostgresBackup.model_validate(raw)
+    patch = reconcile_backup(kube, backup, now or datetime.now(UTC))
+    if patch is None:
+        return
+    body = {"metadata": {"resourceVersion": raw["metadata"]["resourceVersion"]}, "status": patch}
+    try:
         kube.patch(
-            BACKUP_KIND,
-            backup.metadata.namespace,
-            backup.metadata.name,
-            {"status": patch},
-            subresource="status",
+            BACKUP_KIND, backup.metadata.namespace, backup.metadata.name, body, subresource="status"
         )
+    except ApiException as e:
+        if e.status != 409:
+            raise
+        # An agent claimed or finished it meanwhile; the next pass sees the new state.
+        log.info("PostgresBackup %s changed meanwhile; not written", backup.metadata.name)
 
 
-def reconcile_backups(kube: Kube, cluster: PostgresCluster) -> None:
-    """Every unfinished PostgresBackup of the cluster, from the cluster's resync."""
-    for raw in kube.list(BACKUP_KIND, cluster.metadata.namespace):
+def reconcile_backups(kube: Kube, cluster: PostgresCluster, backups: list[Manifest]) -> None:
+    """Every unfinished PostgresBackup of the cluster (of `backups`, the namespace's), from
+    the cluster's resync."""
+    for raw in backups:
         if raw.get("spec", {}).get("cluster") != cluster.metadata.name:
             continue
         if (raw.get("status") or {}).get("phase") in TERMINAL:
             continue
         try:
-            apply_backup(kube, PostgresBackup.model_validate(raw))
+            apply_backup(kube, raw)
         except Exception:
             log.exception("PostgresBackup %s", raw["metadata"]["name"])
 
 
+def _silent_for(pod: Manifest, backup: PostgresBackup, now: datetime) -> float:
+    """Seconds since the agent last showed life on this backup: its heartbeat, or when it
+    claimed the backup (beginTime) before the first beat."""
+    beat = _annotation(pod, HEARTBEAT_ANNOTATION) or {}
+    seen = [backup.status.begin_time if backup.status else None]
+    if beat.get("backup") == backup.metadata.name:
+        seen.append(_time(beat.get("time")))
+    latest = max((t for t in seen if t is not None), default=None)
+    return (now - latest).total_seconds() if latest is not None else 0.0
+
+
 def reconcile_backup(  # noqa: PLR0911 - one return per outcome
-    kube: Kube, backup: PostgresBackup
+    kube: Kube, backup: PostgresBackup, now: datetime
 ) -> dict[str, Any] | None:
     """The status patch one pass decides for a PostgresBackup, or None."""
     status = backup.status
@@ -413,8 +457,17 @@ def reconcile_backup(  # noqa: PLR0911 - one return per outcome
                 f"instance {status.instance} went away (deleted or replaced) while taking the "
                 "backup; create a new PostgresBackup"
             )
-        if same:
-            return None  # the instance's agent is on it
+        if phase == "Running" and pod is not None:
+            silent = _silent_for(pod, backup, now)
+            if silent <= STALE_AFTER:
+                return None  # the instance's agent is on it
+            return _failed(
+                f"instance {status.instance} stopped reporting progress on the backup "
+                f"{silent:.0f}s ago (its node, container or backup agent is down); "
+                "create a new PostgresBackup"
+            )
+        if same and pod is not None and member_from_pod(pod).ready:
+            return None  # Pending: the instance's agent claims it on its next pass
     raw = kube.get("PostgresCluster", ns, backup.spec.cluster)
     if raw is None:
         return _failed(f"PostgresCluster {backup.spec.cluster!r} does not exist in {ns}")

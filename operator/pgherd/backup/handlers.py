@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from pgherd.api.v1alpha1 import BACKUP_PLURAL, GROUP, VERSION, PostgresBackup
+from pgherd.api.v1alpha1 import BACKUP_PLURAL, GROUP, VERSION
 from pgherd.backup import controller
 from pgherd.context import kube
 
@@ -20,4 +20,4 @@ from pgherd.context import kube
 @kopf.on.resume(GROUP, VERSION, BACKUP_PLURAL)
 @kopf.on.create(GROUP, VERSION, BACKUP_PLURAL)
 def on_backup(body: kopf.Body, **_: Any) -> None:
-    controller.apply_backup(kube(), PostgresBackup.model_validate(dict(body)))
+    controller.apply_backup(kube(), dict(body))

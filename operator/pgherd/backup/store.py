@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from pgherd.api.v1alpha1 import ObjectStoreSpec
+from pgherd.render import operand
 
 ARCHIVE_PREFIX = "PGHERD_BACKUP_"
 RESTORE_PREFIX = "PGHERD_RESTORE_"
@@ -56,10 +56,9 @@ class Store:
         destination = env.get(prefix + "DESTINATION", "")
         if not destination:
             return None
-        root = env.get("PGHERD_ROOT", "/")
         ca = env.get(prefix + "CA_FILE") or None
-        if ca and root not in ("", "/"):
-            ca = str(Path(root) / ca.lstrip("/"))
+        if ca:
+            ca = operand.rooted(env.get("PGHERD_ROOT", "/"), ca)
         # The archive's credentials are the standard AWS_* variables; a restore source has
         # its own, prefixed, so that a restore can read one store and archive to another.
         cred_prefix = "" if prefix == ARCHIVE_PREFIX else prefix

@@ -3,12 +3,14 @@
 Thin wrappers over barman-cloud-wal-archive / -restore that take the store from the pod's
 environment, so the commands in the (shared, secret-free) Patroni configuration never change.
 
-Before the first WAL file a data directory archives, wal-archive runs
-barman-cloud-check-wal-archive: it refuses to archive into a folder holding WAL of this or
-a later timeline, i.e. another database system's archive (two clusters given the same
-location, or a restored cluster pointed at its source). A marker in the data directory
-(where PostgreSQL runs archive_command) records that the check passed. The last failure's
-message is kept in a file the backup agent publishes, so that status says why.
+Before the first WAL file a data directory archives, wal-archive checks that the bucket
+exists (pgherd.backup.bucket: pgherd never creates buckets, and barman's check below would
+create a missing one), then runs barman-cloud-check-wal-archive: it refuses to archive into
+a folder holding WAL of this or a later timeline, i.e. another database system's archive
+(two clusters given the same location, or a restored cluster pointed at its source). A
+marker in the data directory (where PostgreSQL runs archive_command) records that the
+checks passed. The last failure's message is kept in a file the backup agent publishes, so
+that status says why.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from pgherd.backup import bucket
 from pgherd.backup.store import ARCHIVE_PREFIX, RESTORE_PREFIX, Store
 from pgherd.render import operand
 
@@ -28,11 +31,7 @@ ERROR_FILE = "pgherd-archive-error"
 
 def error_file(env: Mapping[str, str]) -> Path:
     """Where the last archiving error is kept (the pod's private /tmp)."""
-    root = env.get("PGHERD_ROOT", "/")
-    tmp = (
-        Path(root) / operand.TMP_DIR.lstrip("/") if root not in ("", "/") else Path(operand.TMP_DIR)
-    )
-    return tmp / ERROR_FILE
+    return Path(operand.rooted(env.get("PGHERD_ROOT", "/"), operand.TMP_DIR)) / ERROR_FILE
 
 
 def timeline_of(wal_name: str) -> int:
@@ -45,7 +44,7 @@ def _run(argv: list[str], env: Mapping[str, str]) -> tuple[int, str]:
     return proc.returncode, (proc.stderr or proc.stdout).strip()
 
 
-def _summary(output: str) -> str:
+def summary(output: str) -> str:
     # barman prints a traceback-free last line that names the cause (NoSuchBucket,
     # InvalidAccessKeyId, Could not connect to the endpoint URL, ...).
     lines = [line for line in output.splitlines() if line.strip()]
@@ -63,6 +62,11 @@ def archive(wal_path: str, env: Mapping[str, str], cwd: Path) -> int:
     marker = cwd / CHECKED_MARKER
     errors = error_file(env)
     if not marker.exists():
+        problem = bucket.check(store)
+        if problem is not None:
+            _record(errors, problem)
+            print(f"wal-archive: {problem}", file=sys.stderr)
+            return 1
         tl = timeline_of(Path(wal_path).name)
         code, out = _run(
             [
@@ -79,10 +83,10 @@ def archive(wal_path: str, env: Mapping[str, str], cwd: Path) -> int:
             message = (
                 f"refusing to archive: {store.destination}/{store.server_name} already holds "
                 f"WAL of timeline {tl} or later from another database system (use an empty "
-                f"location: spec.backup.serverName or objectStore.path): {_summary(out)}"
+                f"location: spec.backup.serverName or objectStore.path): {summary(out)}"
                 if "empty archive" in out.lower()
                 else f"cannot check the archive {store.destination}/{store.server_name}: "
-                f"{_summary(out)}"
+                f"{summary(out)}"
             )
             _record(errors, message)
             print(f"wal-archive: {message}", file=sys.stderr)
@@ -99,8 +103,8 @@ def archive(wal_path: str, env: Mapping[str, str], cwd: Path) -> int:
         child,
     )
     if code != 0:
-        _record(errors, f"archiving {Path(wal_path).name} failed: {_summary(out)}")
-        print(f"wal-archive: {_summary(out)}", file=sys.stderr)
+        _record(errors, f"archiving {Path(wal_path).name} failed: {summary(out)}")
+        print(f"wal-archive: {summary(out)}", file=sys.stderr)
         return 1
     errors.unlink(missing_ok=True)
     return 0
