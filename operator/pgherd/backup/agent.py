@@ -35,12 +35,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from pgherd.api.v1alpha1 import BACKUP_PLURAL, GROUP, VERSION
-from pgherd.backup import bucket
+from pgherd.backup import bucket, wal
 from pgherd.backup.restore import parse_barman_time
 from pgherd.backup.store import ARCHIVE_PREFIX, Store
 from pgherd.backup.wal import error_file, summary
@@ -53,6 +53,12 @@ HEARTBEAT_EVERY = 10.0
 INTERVAL = float(os.environ.get("PGHERD_BACKUP_AGENT_INTERVAL", "3"))
 SUMMARY_EVERY = 300.0
 RETENTION_EVERY = 3600.0
+# A call that hangs would stall the loop, and with it the archiver status everyone reads:
+# every API call and every store command but the base backup itself has a deadline.
+KUBE_TIMEOUT = (5.0, 30.0)
+STORE_TIMEOUT = 300.0
+# A loop pass slower than this is logged with the time each part took.
+SLOW_STEP = 5.0
 
 log = logging.getLogger("pgherd.backup.agent")
 
@@ -117,6 +123,7 @@ class Agent:
         self.core = client.CoreV1Api()
         self.custom = client.CustomObjectsApi()
         self.published: dict[str, str] = {}
+        self.parts: list[tuple[str, float]] = []
         self.pod_uid: str | None = None
         self.busy = threading.Lock()
         self.switched = False
@@ -171,7 +178,10 @@ class Agent:
         if self.published.get(key) == text:
             return
         self.core.patch_namespaced_pod(
-            self.pod, self.namespace, {"metadata": {"annotations": {key: text}}}
+            self.pod,
+            self.namespace,
+            {"metadata": {"annotations": {key: text}}},
+            _request_timeout=KUBE_TIMEOUT,
         )
         self.published[key] = text
 
@@ -180,12 +190,12 @@ class Agent:
         if rv is not None:
             body["metadata"] = {"resourceVersion": rv}
         self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.namespace, BACKUP_PLURAL, name, body
+            GROUP, VERSION, self.namespace, BACKUP_PLURAL, name, body, _request_timeout=KUBE_TIMEOUT
         )
 
     def _mine(self) -> list[dict[str, Any]]:
         items = self.custom.list_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, BACKUP_PLURAL
+            GROUP, VERSION, self.namespace, BACKUP_PLURAL, _request_timeout=KUBE_TIMEOUT
         ).get("items", [])
         return [
             b
@@ -195,10 +205,21 @@ class Agent:
         ]
 
     # ---- the loop ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def _part(self, label: str) -> Iterator[None]:
+        began = time.monotonic()
+        try:
+            yield
+        finally:
+            self.parts.append((label, time.monotonic() - began))
+
     def step(self, startup: bool) -> None:
         if self.pod_uid is None:
-            self.pod_uid = self.core.read_namespaced_pod(self.pod, self.namespace).metadata.uid
-        mine = self._mine()
+            self.pod_uid = self.core.read_namespaced_pod(
+                self.pod, self.namespace, _request_timeout=KUBE_TIMEOUT
+            ).metadata.uid
+        with self._part("list backups"):
+            mine = self._mine()
         if startup:
             for b in mine:
                 if b["status"].get("phase") == "Running":
@@ -210,7 +231,8 @@ class Agent:
                             "create a new PostgresBackup",
                         },
                     )
-        observed = self.query_archiver()
+        with self._part("query archiver"):
+            observed = self.query_archiver()
         if observed is None:
             return
         primary, archiver = observed
@@ -222,7 +244,13 @@ class Agent:
             if failing:
                 with contextlib.suppress(OSError):
                     archiver["error"] = error_file(self.env).read_text()[:1000]
-            self.publish(ARCHIVER_ANNOTATION, archiver)
+            # The newest file, not pg_stat_archiver's most recent one (see pgherd.backup.wal);
+            # the time stays the last success, which is what says archiving works.
+            archiver["lastArchivedWal"] = wal.newer(
+                archiver["lastArchivedWal"], wal.read_newest(self.env)
+            )
+            with self._part("publish archiver"):
+                self.publish(ARCHIVER_ANNOTATION, archiver)
         for b in mine:
             if b["status"].get("phase") == "Pending" and not self.busy.locked():
                 self._claim(b)
@@ -230,10 +258,12 @@ class Agent:
         if primary and not self.busy.locked():
             if now >= self.retention_due:
                 self.retention_due = now + RETENTION_EVERY
-                self.apply_retention()
+                with self._part("retention"):
+                    self.apply_retention()
             if now >= self.summary_due:
                 self.summary_due = now + SUMMARY_EVERY
-                self.refresh_summary()
+                with self._part("store summary"):
+                    self.refresh_summary()
 
     def _claim(self, b: dict[str, Any]) -> None:
         from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
@@ -252,10 +282,20 @@ class Agent:
         self.busy.acquire()
         threading.Thread(target=self._backup, args=(name,), daemon=True).start()
 
-    def _run(self, argv: list[str], extra: Mapping[str, str] | None = None) -> tuple[int, str, str]:
+    def _run(
+        self,
+        argv: list[str],
+        extra: Mapping[str, str] | None = None,
+        timeout: float | None = STORE_TIMEOUT,
+    ) -> tuple[int, str, str]:
         env = self.store.child_env(self.env)
         env.update(extra or {})
-        proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+        try:
+            proc = subprocess.run(
+                argv, env=env, capture_output=True, text=True, check=False, timeout=timeout
+            )
+        except subprocess.TimeoutExpired:
+            return 124, "", f"{argv[0]} did not finish within {timeout:.0f}s"
         return proc.returncode, proc.stdout, proc.stderr
 
     def list_backups(self) -> list[dict[str, Any]] | None:
@@ -277,7 +317,10 @@ class Agent:
     def _heartbeat(self, name: str | None) -> None:
         value = json.dumps({"backup": name, "time": _iso(datetime.now(UTC))}) if name else None
         self.core.patch_namespaced_pod(
-            self.pod, self.namespace, {"metadata": {"annotations": {HEARTBEAT_ANNOTATION: value}}}
+            self.pod,
+            self.namespace,
+            {"metadata": {"annotations": {HEARTBEAT_ANNOTATION: value}}},
+            _request_timeout=KUBE_TIMEOUT,
         )
 
     def _beat(self, name: str, stop: threading.Event) -> None:
@@ -343,6 +386,9 @@ class Agent:
                 *self.store.location(),
             ],
             {"PGPASSWORD": conn["password"]},
+            # A base backup takes as long as the database needs; a dead pod's backup is
+            # failed by the operator once the heartbeat above stops.
+            timeout=None,
         )
         if code != 0:
             return {"phase": "Failed", "error": f"barman-cloud-backup failed: {summary(err)}"}
@@ -393,11 +439,17 @@ class Agent:
     def loop(self) -> None:
         startup = True
         while True:
+            began = time.monotonic()
+            self.parts = []
             try:
                 self.step(startup)
                 startup = False
             except Exception:
                 log.exception("backup agent step failed")
+            took = time.monotonic() - began
+            if took > SLOW_STEP:
+                parts = ", ".join(f"{label} {t:.1f}s" for label, t in self.parts)
+                log.warning("slow pass: %.1fs (%s)", took, parts)
             time.sleep(INTERVAL)
 
 

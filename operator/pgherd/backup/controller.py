@@ -36,6 +36,7 @@ from pgherd.api.v1alpha1 import (
     RecoverySource,
 )
 from pgherd.backup import store as st
+from pgherd.backup import wal
 from pgherd.backup.agent import (
     ARCHIVER_ANNOTATION,
     BACKUPS_ANNOTATION,
@@ -285,7 +286,8 @@ def cluster_status(  # noqa: PLR0917 - mirrors status.compute's inputs
     summary = max(summaries, key=lambda s: s.get("lastBackupTime") or "", default={})
     archiver = archiver or {}
     backup = ClusterBackupStatus(
-        last_archived_wal=archiver.get("lastArchivedWal") or prev_backup.last_archived_wal,
+        # Never backwards: a new primary reports only what it archived itself.
+        last_archived_wal=wal.newer(prev_backup.last_archived_wal, archiver.get("lastArchivedWal")),
         last_archived_time=_time(archiver.get("lastArchivedTime"))
         or prev_backup.last_archived_time,
         last_failed_wal=archiver.get("lastFailedWal") or prev_backup.last_failed_wal,

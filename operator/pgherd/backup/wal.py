@@ -11,6 +11,11 @@ a folder holding WAL of this or a later timeline, i.e. another database system's
 marker in the data directory (where PostgreSQL runs archive_command) records that the
 checks passed. The last failure's message is kept in a file the backup agent publishes, so
 that status says why.
+
+It also keeps the name of the newest file archived (in WAL order) in a file the agent
+publishes: pg_stat_archiver only knows the most recent one, and after a failover the new
+primary archives the old timeline's leftover segments after its new ones, which would make
+"last archived WAL" go backwards.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from pgherd.render import operand
 
 CHECKED_MARKER = "pgherd-archive-checked"
 ERROR_FILE = "pgherd-archive-error"
+NEWEST_FILE = "pgherd-archive-newest"
 
 
 def error_file(env: Mapping[str, str]) -> Path:
@@ -34,13 +40,78 @@ def error_file(env: Mapping[str, str]) -> Path:
     return Path(operand.rooted(env.get("PGHERD_ROOT", "/"), operand.TMP_DIR)) / ERROR_FILE
 
 
+def newest_file(env: Mapping[str, str]) -> Path:
+    """Where the newest archived file's name is kept (the pod's private /tmp)."""
+    return Path(operand.rooted(env.get("PGHERD_ROOT", "/"), operand.TMP_DIR)) / NEWEST_FILE
+
+
+def wal_position(name: str | None) -> tuple[int, int, int, int] | None:
+    """Where a file archive_command archives sits in WAL order: (log, segment, timeline,
+    1 for a whole segment or 0 for a .partial or .backup file); None for a history file or
+    anything else, which says nothing about how far archiving got."""
+    if not name or len(name) < 24:
+        return None
+    try:
+        tli, log, seg = int(name[:8], 16), int(name[8:16], 16), int(name[16:24], 16)
+    except ValueError:
+        return None
+    return log, seg, tli, 0 if name[24:] else 1
+
+
+def newer(a: str | None, b: str | None) -> str | None:
+    """The later of two archived file names in WAL order (a when they are equal)."""
+    pa, pb = wal_position(a), wal_position(b)
+    if pa is None and pb is None:
+        return a or b
+    if pa is None or (pb is not None and pb > pa):
+        return b
+    return a
+
+
+def read_newest(env: Mapping[str, str]) -> str | None:
+    """The newest file archived from this pod since it started, if any."""
+    try:
+        return newest_file(env).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _note_archived(env: Mapping[str, str], name: str) -> None:
+    current = read_newest(env)
+    if current == name or newer(current, name) != name:
+        return
+    path = newest_file(env)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(name)
+        tmp.replace(path)  # the agent never reads half a file
+    except OSError:
+        pass  # status then falls back to pg_stat_archiver
+
+
 def timeline_of(wal_name: str) -> int:
     """Timeline of a WAL segment (first 8 hex digits) or history file (NNNNNNNN.history)."""
     return int(wal_name[:8], 16)
 
 
+# PostgreSQL waits for archive_command and restore_command without a limit: a store call
+# that hangs would stop archiving silently, while a failure is logged, reported and retried.
+COMMAND_TIMEOUT = 600.0
+
+
 def _run(argv: list[str], env: Mapping[str, str]) -> tuple[int, str]:
-    proc = subprocess.run(argv, env=dict(env), capture_output=True, text=True, check=False)
+    try:
+        proc = subprocess.run(
+            argv,
+            env=dict(env),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=COMMAND_TIMEOUT,
+        )
+    except subprocess.TimeoutExpired:
+        return 124, f"{argv[0]} did not finish within {COMMAND_TIMEOUT:.0f}s"
     return proc.returncode, (proc.stderr or proc.stdout).strip()
 
 
@@ -107,6 +178,7 @@ def archive(wal_path: str, env: Mapping[str, str], cwd: Path) -> int:
         print(f"wal-archive: {summary(out)}", file=sys.stderr)
         return 1
     errors.unlink(missing_ok=True)
+    _note_archived(env, Path(wal_path).name)
     return 0
 
 
