@@ -37,6 +37,7 @@ from tests.operator_harness import (
     audit_writes,
     install_crds_and_rbac,
     operator_kubeconfig,
+    settle_writes,
     wait_for,
 )
 
@@ -91,11 +92,7 @@ def noop_writes(cp: ControlPlane, periods: int = 3) -> dict[str, Any]:
     taken over the periods after that.
     """
     started = time.time()
-    quiet, deadline = 0, time.monotonic() + 40 * RESYNC
-    while quiet < 2 and time.monotonic() < deadline:
-        since = time.time()
-        time.sleep(RESYNC)
-        quiet = 0 if audit_writes(cp, USER, since) else quiet + 1
+    quiet = settle_writes(cp, USER, RESYNC)
     settled = time.time()
     time.sleep(periods * RESYNC)
     writes = audit_writes(cp, USER, settled)
@@ -111,7 +108,7 @@ def noop_writes(cp: ControlPlane, periods: int = 3) -> dict[str, Any]:
     return {
         "per_resync": round(len(writes) / periods, 2),
         "by_request": dict(by_request),
-        "settled": quiet >= 2,
+        "settled": quiet is not None,
         "settle_seconds": round(settled - started, 1),
     }
 

@@ -119,9 +119,29 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             report.sections.append((f"log: {name} (last lines)", processes.tail(path, 30)))
         pods = _control_plane.workdir / "pods"
         for log in sorted(pods.glob("*/*/current/container.log")) if pods.exists() else []:
-            pod = f"{log.parents[2].name}/{log.parents[1].name}"
-            report.sections.append((f"instance: {pod} (last lines)", processes.tail(log, 20)))
+            namespace, pod = log.parents[2].name, log.parents[1].name
+            report.sections.append(
+                (f"instance: {namespace}/{pod} (last lines)", processes.tail(log, 20))
+            )
+            # Patroni's loop fills the tail; the backup agent's lines and what it last
+            # published say whether archiving or its reporting stalled.
+            agent = [x for x in processes.tail(log, 2000).splitlines() if "backup-agent" in x]
+            if agent:
+                report.sections.append((f"agent: {namespace}/{pod}", "\n".join(agent[-15:])))
+            report.sections.append(
+                (f"annotations: {namespace}/{pod}", _annotations(namespace, pod))
+            )
     return report
+
+
+def _annotations(namespace: str, pod: str) -> str:
+    assert _control_plane is not None
+    try:
+        obj = client.CoreV1Api(_control_plane.api_client()).read_namespaced_pod(pod, namespace)
+    except Exception as e:  # the report must not fail on a pod that is gone
+        return f"not read: {e}"
+    notes = obj.metadata.annotations or {}
+    return "\n".join(f"{k}: {v}" for k, v in sorted(notes.items()) if k.startswith("pgherd.io/"))
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -6,6 +6,7 @@ proves the operator's permissions are enough. Helpers to drive PostgresCluster t
 from __future__ import annotations
 
 import base64
+import difflib
 import json
 import os
 import signal
@@ -184,3 +185,87 @@ def audit_writes(cp: ControlPlane, user: str, since: float) -> list[dict[str, An
         if t >= since:
             out.append(event)
     return out
+
+
+def settle_writes(
+    cp: ControlPlane, user: str, period: float, *, namespace: str | None = None, periods: int = 40
+) -> float | None:
+    """Waits until `user` made no write (in `namespace`, if given) for two periods in a row;
+    returns when that quiet began (epoch seconds), or None if it never came within `periods`.
+    """
+    quiet, began = 0, time.time()
+    for _ in range(periods):
+        since = time.time()
+        time.sleep(period)
+        writes = [
+            w
+            for w in audit_writes(cp, user, since)
+            if namespace is None or w.get("objectRef", {}).get("namespace") == namespace
+        ]
+        quiet, began = (0, time.time()) if writes else (quiet + 1, began)
+        if quiet >= 2:
+            return began
+    return None
+
+
+def pod_changes(cp: ControlPlane, namespace: str, since: float) -> list[str]:
+    """Changes to the pods of `namespace` after `since` that a status must reflect: readiness
+    (the kubelet) and Patroni's member role and state (its pod annotation)."""
+    seen: dict[tuple[str, str], Any] = {}
+    out = []
+    for line in cp.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        ref = event.get("objectRef", {})
+        body = event.get("requestObject") or {}
+        if (
+            event.get("stage") != "ResponseComplete"
+            or ref.get("resource") != "pods"
+            or ref.get("namespace") != namespace
+        ):
+            continue
+        facts = {}
+        for cond in (body.get("status") or {}).get("conditions") or []:
+            if cond.get("type") == "Ready":
+                facts["ready"] = cond.get("status")
+        member = ((body.get("metadata") or {}).get("annotations") or {}).get("status")
+        if member:
+            with_state = json.loads(member)
+            facts.update(role=with_state.get("role"), state=with_state.get("state"))
+        stamp = event["requestReceivedTimestamp"]
+        t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        for fact, value in facts.items():
+            key = (ref.get("name", ""), fact)
+            if key in seen and seen[key] != value and t >= since:
+                out.append(f"{stamp} {key[0]} {fact}: {seen[key]} -> {value}")
+            seen[key] = value
+    return out
+
+
+def write_diffs(cp: ControlPlane, writes: list[dict[str, Any]]) -> str:
+    """Each write against the one before it to the same object, as a unified diff: what the
+    operator thought had changed."""
+    events = [json.loads(line) for line in cp.audit_log.read_text().splitlines()]
+    out = []
+    for w in writes:
+        ref = w.get("objectRef", {})
+        key = (ref.get("resource"), ref.get("namespace"), ref.get("name"), ref.get("subresource"))
+        before = None
+        for e in events:
+            if e.get("auditID") == w.get("auditID"):
+                break
+            r = e.get("objectRef", {})
+            same = (r.get("resource"), r.get("namespace"), r.get("name"), r.get("subresource"))
+            if (
+                same == key
+                and e.get("user") == w.get("user")
+                and e.get("stage") == "ResponseComplete"
+            ):
+                before = e.get("requestObject")
+        a = json.dumps(before, indent=1, sort_keys=True).splitlines()
+        b = json.dumps(w.get("requestObject"), indent=1, sort_keys=True).splitlines()
+        out.append(
+            f"{w['verb']} {'/'.join(filter(None, key[:3] + key[3:]))} at "
+            f"{w['requestReceivedTimestamp']}:\n"
+            + "\n".join(difflib.unified_diff(a, b, "previous write", "this write", lineterm=""))
+        )
+    return "\n".join(out)
