@@ -426,15 +426,21 @@ def test_upgrade_from_previous_release(
         # N-1's RBAC goes with its CSV: its Role and RoleBinding by garbage collection, its
         # ClusterRole and ClusterRoleBinding by OLM's CSV finalizer. The ServiceAccount stays
         # (same uid), owned by N alone now, and bound to N's new Roles and ClusterRoles.
-        wait_for(
-            "only N's RBAC left",
-            lambda: set(_operator_identity(api, ns)[1].values()) == {csv_name(NEXT)},
-            timeout=60,
-        )
-        new_uid, new_owners = _operator_identity(api, ns)
-        assert new_uid == sa_uid, "OLM re-created the ServiceAccount"
+        # OLM removes N-1's objects and labels N's in no fixed order (a CI run saw N's Role
+        # before its bindings), so wait for the whole set: one of each kind N-1 had, all N's.
         kinds = sorted(k.split("/")[0] for k in owners)
-        assert sorted(k.split("/")[0] for k in new_owners) == kinds, new_owners
+
+        def only_next() -> bool:
+            found = _operator_identity(api, ns)[1]
+            return set(found.values()) == {csv_name(NEXT)} and (
+                sorted(k.split("/")[0] for k in found) == kinds
+            )
+
+        begin = time.monotonic()
+        wait_for("only N's RBAC left, complete", only_next, timeout=60)
+        TIMINGS["upgrade (N-1 removed to N's RBAC complete)"] = time.monotonic() - begin
+        new_uid = _operator_identity(api, ns)[0]
+        assert new_uid == sa_uid, "OLM re-created the ServiceAccount"
         assert operator.running()
 
         # The CRD, as N installed it, serves the very object, unchanged.
