@@ -170,19 +170,27 @@ class Cluster:
         return cp.workdir / "pods" / self.namespace / pod / "current" / "container.log"
 
 
-def audit_writes(cp: ControlPlane, user: str, since: float) -> list[dict[str, Any]]:
-    """Write requests made by user after the given time (epoch seconds)."""
+def _epoch(event: dict[str, Any]) -> float:
+    """When the apiserver received an audited request, in epoch seconds (whole seconds)."""
+    stamp = event["requestReceivedTimestamp"]
+    return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+
+
+def audit_writes(
+    cp: ControlPlane, user: str, since: float, namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """Write requests made by user after the given time (epoch seconds), in `namespace` if
+    given."""
     out = []
     for line in cp.audit_log.read_text().splitlines():
         event = json.loads(line)
         if (
             event.get("user", {}).get("username") != user
             or event.get("stage") != "ResponseComplete"
+            or (namespace is not None and event.get("objectRef", {}).get("namespace") != namespace)
         ):
             continue
-        stamp = event["requestReceivedTimestamp"]
-        t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-        if t >= since:
+        if _epoch(event) >= since:
             out.append(event)
     return out
 
@@ -197,11 +205,7 @@ def settle_writes(
     for _ in range(periods):
         since = time.time()
         time.sleep(period)
-        writes = [
-            w
-            for w in audit_writes(cp, user, since)
-            if namespace is None or w.get("objectRef", {}).get("namespace") == namespace
-        ]
+        writes = audit_writes(cp, user, since, namespace)
         quiet, began = (0, time.time()) if writes else (quiet + 1, began)
         if quiet >= 2:
             return began
@@ -231,12 +235,13 @@ def pod_changes(cp: ControlPlane, namespace: str, since: float) -> list[str]:
         if member:
             with_state = json.loads(member)
             facts.update(role=with_state.get("role"), state=with_state.get("state"))
-        stamp = event["requestReceivedTimestamp"]
-        t = time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+        t = _epoch(event)
         for fact, value in facts.items():
             key = (ref.get("name", ""), fact)
             if key in seen and seen[key] != value and t >= since:
-                out.append(f"{stamp} {key[0]} {fact}: {seen[key]} -> {value}")
+                out.append(
+                    f"{event['requestReceivedTimestamp']} {key[0]} {fact}: {seen[key]} -> {value}"
+                )
             seen[key] = value
     return out
 

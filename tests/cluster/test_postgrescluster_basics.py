@@ -137,24 +137,19 @@ def test_resync_that_changes_nothing_writes_nothing(
             control_plane, OPERATOR_USER, RESYNC_SECONDS, namespace=basic.namespace, periods=20
         )
         assert settled is not None, "the operator kept writing for 20 resync periods:\n" + (
-            write_diffs(control_plane, _writes(control_plane, basic, time.time() - 6))
+            write_diffs(
+                control_plane,
+                audit_writes(control_plane, OPERATOR_USER, time.time() - 6, basic.namespace),
+            )
         )
         since = time.time()
         time.sleep(4 * RESYNC_SECONDS)
-        writes = _writes(control_plane, basic, since)
+        writes = audit_writes(control_plane, OPERATOR_USER, since, basic.namespace)
         changes = pod_changes(control_plane, basic.namespace, since - RESYNC_SECONDS)
         if not changes:
             break
     assert not changes, "pods kept changing in every window:\n" + "\n".join(changes)
     assert writes == [], write_diffs(control_plane, writes)
-
-
-def _writes(control_plane: ControlPlane, basic: Cluster, since: float) -> list[dict[str, Any]]:
-    return [
-        w
-        for w in audit_writes(control_plane, OPERATOR_USER, since)
-        if w.get("objectRef", {}).get("namespace") == basic.namespace
-    ]
 
 
 def test_child_deleted_or_edited_by_hand_is_restored(basic: Cluster, kube: Kube) -> None:

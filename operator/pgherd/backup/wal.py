@@ -35,14 +35,18 @@ ERROR_FILE = "pgherd-archive-error"
 NEWEST_FILE = "pgherd-archive-newest"
 
 
+def _pod_tmp(env: Mapping[str, str]) -> Path:
+    return Path(operand.rooted(env.get("PGHERD_ROOT", "/"), operand.TMP_DIR))
+
+
 def error_file(env: Mapping[str, str]) -> Path:
     """Where the last archiving error is kept (the pod's private /tmp)."""
-    return Path(operand.rooted(env.get("PGHERD_ROOT", "/"), operand.TMP_DIR)) / ERROR_FILE
+    return _pod_tmp(env) / ERROR_FILE
 
 
 def newest_file(env: Mapping[str, str]) -> Path:
     """Where the newest archived file's name is kept (the pod's private /tmp)."""
-    return Path(operand.rooted(env.get("PGHERD_ROOT", "/"), operand.TMP_DIR)) / NEWEST_FILE
+    return _pod_tmp(env) / NEWEST_FILE
 
 
 def wal_position(name: str | None) -> tuple[int, int, int, int] | None:
