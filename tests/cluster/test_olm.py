@@ -531,6 +531,13 @@ def test_install_mode(api: client.ApiClient, catalogs: dict[str, CatalogServer],
             s.name == PACKAGE and s.namespace == ns for b in bindings for s in b.subjects or []
         ), f"no RoleBinding for the operator in {target}"
     _uninstall(api, ns)
+    if targets is None:
+        # The AllNamespaces group still lists pgherd's API for every namespace; OLM holds
+        # any later install's CSV while it does (two CI runs: the uninstall test's CSV never
+        # reached Succeeded). A user moving to another mode removes it the same way.
+        client.CustomObjectsApi(api).delete_namespaced_custom_object(
+            GROUP, "v1", ns, "operatorgroups", "pgherd"
+        )
     # OLM removes an AllNamespaces install's copies of its CSV lazily; later tests must not
     # find them in their namespaces.
     wait_for(
