@@ -17,6 +17,7 @@ from typing import Any
 
 import psycopg
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from pgherd import crds, manifests
 from pgherd.kube import Kube
@@ -58,6 +59,16 @@ class Operator(OperatorProcess):
             **(extra_env or {}),
         }
         super().__init__(kubeconfig, log, env=env, args=args or [])
+
+
+def refused(create: Any) -> str:
+    """The API server's 422 answer to a create it refuses, as text."""
+    try:
+        create()
+    except ApiException as e:
+        assert e.status == 422, e
+        return str(e.body)
+    raise AssertionError("the API server accepted it")
 
 
 def wait_for(what: str, check: Any, timeout: float = 120.0, interval: float = 0.5) -> Any:
@@ -148,6 +159,20 @@ class Cluster:
             user=user,
             password=password,
             dbname=dbname,
+            connect_timeout=3,
+            **kwargs,
+        )
+
+    def connect_superuser(self, pod: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
+        """A connection as the postgres superuser (the primary's, unless pod is given)."""
+        secret = self.kube.get("Secret", self.namespace, f"{self.name}-superuser")
+        assert secret is not None
+        return psycopg.connect(
+            host="127.0.0.1",
+            port=self.port(pod or self.primary()),
+            user="postgres",
+            password=base64.b64decode(secret["data"]["password"]).decode(),
+            dbname="postgres",
             connect_timeout=3,
             **kwargs,
         )

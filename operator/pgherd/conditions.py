@@ -6,6 +6,7 @@ reconcile observing the same world computes the same status and writes nothing.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
@@ -28,7 +29,25 @@ UP_TO_DATE = "UpToDate"
 AS_EXPECTED = "AsExpected"
 STORAGE_CLASS_NOT_FOUND = "StorageClassNotFound"
 INSTANCE_STUCK = "InstanceNeverReady"
-SWITCHOVER_TARGET_INVALID = "SwitchoverTargetInvalid"
+# Degraded: what only the operator can see is wrong (each a Problem below).
+# ruff: noqa: S105 - the SECRET_* names are reasons, not passwords
+CHILD_NAME_CONFLICT = "ChildNameConflict"
+CHILD_REJECTED = "ChildRejected"
+SECRET_NOT_FOUND = "SecretNotFound"
+SECRET_NOT_PERMITTED = "SecretNotPermitted"
+SECRET_INVALID = "SecretInvalid"
+REFERENCED_SECRET_CHANGED = "ReferencedSecretChanged"
+INVALID_SPEC = "InvalidSpec"
+INVALID_SCHEDULE = "InvalidSchedule"
+RECONCILE_FAILED = "ReconcileFailed"
+POSTGRES_NOT_RUNNING = "PostgresNotRunning"
+VERSION_MISMATCH = "VersionMismatch"
+LIBRARY_NOT_AVAILABLE = "LibraryNotAvailable"
+PARAMETERS_IGNORED = "ParametersIgnored"
+
+# A standing warning: pg_hba lets TCP clients in without a password.
+INSECURE_AUTHENTICATION = "InsecureAuthentication"
+TRUST_ALLOWED = "TrustAuthenticationAllowed"
 
 # pgherd.backup: WAL archiving and restores.
 CONTINUOUS_ARCHIVING = "ContinuousArchiving"
@@ -46,6 +65,14 @@ PHASE_DEGRADED = "Degraded"
 PHASE_UNAVAILABLE = "Unavailable"
 
 Status = Literal["True", "False", "Unknown"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something wrong that only the operator can detect: Degraded's reason and message."""
+
+    reason: str
+    message: str
 
 
 def set_condition(

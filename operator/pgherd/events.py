@@ -12,15 +12,14 @@ from datetime import UTC, datetime
 
 from kubernetes.client.exceptions import ApiException
 
-from pgherd.api.v1alpha1 import API_VERSION, KIND, PostgresCluster
+from pgherd.api.v1alpha1 import API_VERSION, KIND, ObjectMeta
 from pgherd.kube import Kube
 
 log = logging.getLogger(__name__)
 COMPONENT = "pgherd-operator"
 
 
-def post(kube: Kube, cluster: PostgresCluster, type_: str, reason: str, message: str) -> None:
-    meta = cluster.metadata
+def post(kube: Kube, meta: ObjectMeta, type_: str, reason: str, message: str) -> None:
     now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     body = {
         "apiVersion": "v1",

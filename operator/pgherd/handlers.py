@@ -17,27 +17,29 @@ from typing import Any
 import kopf
 
 from pgherd import context, events, reconcile
-from pgherd.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, PostgresCluster
+from pgherd.api.v1alpha1 import GROUP, KIND, PLURAL, VERSION, ObjectMeta
 from pgherd.backup import handlers as backup_handlers  # noqa: F401 - registers PostgresBackup's
 
 RESYNC_SECONDS = float(os.environ.get("PGHERD_RESYNC_SECONDS", "30"))
 log = logging.getLogger(__name__)
 
 
-def _reconcile(cluster: PostgresCluster) -> None:
+def _reconcile(meta: ObjectMeta) -> None:
     kube = context.kube()
 
     def emit(type_: str, reason: str, message: str) -> None:
-        events.post(kube, cluster, type_, reason, message)
+        events.post(kube, meta, type_, reason, message)
 
-    reconcile.reconcile(kube, cluster, emit)
+    # The reconcile reads and parses the stored object itself: a spec that does not parse
+    # must still get a status saying why.
+    reconcile.reconcile(kube, meta, emit)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 def on_change(body: kopf.Body, **_: Any) -> None:
-    _reconcile(PostgresCluster.model_validate(dict(body)))
+    _reconcile(ObjectMeta.model_validate(dict(body["metadata"])))
 
 
 def _in_scope(namespace: str, patterns: list[str]) -> bool:
@@ -57,7 +59,7 @@ def _resync_all() -> int:
             if not _in_scope(item["metadata"]["namespace"], patterns):
                 continue
             try:
-                _reconcile(PostgresCluster.model_validate(item))
+                _reconcile(ObjectMeta.model_validate(item["metadata"]))
             except Exception:  # one broken cluster must not stop the others' resync
                 log.exception(
                     "resync of %s/%s failed",

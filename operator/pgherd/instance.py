@@ -1,9 +1,12 @@
 """`pgherd instance`: the operand container's entrypoint.
 
 Turns the pod's environment (name, namespace, IP, ports, credentials) and the mounted
-patroni.yaml into Patroni's final configuration, then becomes Patroni. Per-pod values
-travel as PATRONI_* environment variables, which Patroni prefers over its file; secrets
-never touch the disk.
+patroni.yaml into Patroni's final configuration, then runs Patroni as its child and stays
+beside it as a small supervisor: it passes Patroni's and PostgreSQL's output through to the
+container log, forwards signals, exits with Patroni's status, and reports the instance to
+the operator (pgherd.instance_report: PostgreSQL's version and libraries, why it does not
+start, which parameters Patroni dropped). Per-pod values travel as PATRONI_* environment
+variables, which Patroni prefers over its file; secrets never touch the disk.
 
 PGHERD_ROOT (default "/") prefixes every filesystem path the pod spec names. A real pod
 never sets it; pgherd's test kubelet does, so that many pods can share one machine.
@@ -12,7 +15,10 @@ never sets it; pgherd's test kubelet does, so that many pods can share one machi
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -89,8 +95,8 @@ def final_config(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, An
     return out
 
 
-def run(env: Mapping[str, str]) -> None:
-    """Write the final configuration and exec Patroni; returns only on error."""
+def run(env: Mapping[str, str]) -> int:
+    """Write the final configuration and run Patroni; returns its exit status."""
     root = env.get("PGHERD_ROOT", "/")
     source = Path(rooted(root, env.get("PGHERD_CONFIG", operand.CONFIG_FILE)))
     try:
@@ -101,24 +107,70 @@ def run(env: Mapping[str, str]) -> None:
     Path(rooted(root, operand.SOCKET_DIR)).mkdir(parents=True, exist_ok=True)
     target = Path(rooted(root, operand.TMP_DIR)) / "patroni.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(yaml.safe_dump(final_config(config, env), sort_keys=False))
+    final = final_config(config, env)
+    target.write_text(yaml.safe_dump(final, sort_keys=False))
     target.chmod(0o600)
     if env.get("PGHERD_BACKUP_DESTINATION"):
         # pgherd.backup: the backup agent runs beside Patroni (see pgherd.backup.agent).
         from pgherd.backup import agent  # noqa: PLC0415
 
         agent.spawn(env)
-    os.execve(  # noqa: S606 - becoming Patroni is the point of this entrypoint
-        sys.executable,
+    return supervise(
         [sys.executable, "-m", "patroni", str(target)],
         {**env, **patroni_env},
+        bin_dir=str(final["postgresql"]["bin_dir"]),
     )
+
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
+
+
+def supervise(command: list[str], env: dict[str, str], *, bin_dir: str) -> int:
+    """Run Patroni, pass its output (PostgreSQL's included) to ours, report the instance;
+    returns Patroni's exit status."""
+    from pgherd import instance_report  # noqa: PLC0415
+
+    watch = instance_report.LogWatch()
+    child = subprocess.Popen(
+        command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    for sig in _FORWARDED:
+        signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+
+    def relay() -> None:
+        assert child.stdout is not None  # noqa: S101 - stdout=PIPE
+        out = sys.stderr.buffer
+        # PostgreSQL inherits the pipe: its lines (and a surviving postmaster's) pass here.
+        for raw in iter(child.stdout.readline, b""):
+            out.write(raw)
+            out.flush()
+            watch.feed(raw.decode(errors="replace"))
+
+    threading.Thread(target=relay, name="relay", daemon=True).start()
+    instance_report.start(env, watch, bin_dir)
+    return _reap_until(child)
+
+
+def _reap_until(child: subprocess.Popen[bytes]) -> int:
+    """Wait for Patroni's exit, reaping every other child meanwhile.
+
+    In a container this process is PID 1: PostgreSQL's postmaster (which Patroni starts
+    detached) and any other orphan become its children. Unreaped, a dead postmaster stays a
+    zombie that Patroni takes for a running server, and never finishes stopping it.
+    """
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return child.wait()
+        if pid == child.pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return child.returncode
 
 
 def main() -> int:
     try:
-        run(os.environ)
+        return run(os.environ)
     except InstanceError as e:
         print(f"pgherd instance: {e}", file=sys.stderr)
         return 2
-    return 1

@@ -10,10 +10,41 @@ from typing import Any
 
 from pgherd.api.v1alpha1 import PostgresCluster
 from pgherd.kube import Kube, Manifest
-from pgherd.render import labels, names
+from pgherd.render import labels, names, operand
 
 REVISION_LABEL = "controller-revision-hash"
 READY_STATES = frozenset({"running", "streaming"})
+
+
+@dataclass(frozen=True)
+class InstanceReport:
+    """What the instance's supervisor publishes about itself (pgherd.instance_report)."""
+
+    postgres_major: int | None = None
+    libraries: frozenset[str] | None = None
+    error: str | None = None
+    ignored_parameters: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_annotation(cls, raw: str | None) -> InstanceReport | None:
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        major = data.get(operand.REPORT_MAJOR)
+        libs = data.get(operand.REPORT_LIBRARIES)
+        error = data.get(operand.REPORT_ERROR)
+        ignored = data.get(operand.REPORT_IGNORED) or {}
+        return cls(
+            postgres_major=major if isinstance(major, int) else None,
+            libraries=frozenset(str(x) for x in libs) if isinstance(libs, list) else None,
+            error=str(error) if error else None,
+            ignored_parameters=tuple(sorted((str(k), str(v)) for k, v in ignored.items()))
+            if isinstance(ignored, dict)
+            else (),
+        )
 
 
 @dataclass(frozen=True)
@@ -32,6 +63,11 @@ class Member:
     lsn: int | None
     timeline: int | None
     pending_restart: bool
+    # Since when the pod has not been Ready (its Ready condition's last transition), or
+    # since it was created when it never was.
+    unready_since: datetime | None = None
+    controller_uid: str | None = None
+    report: InstanceReport | None = None
 
 
 @dataclass
@@ -59,6 +95,11 @@ class Observed:
         return next((m for m in self.members if m.role == labels.ROLE_PRIMARY), None)
 
     @property
+    def statefulset_uid(self) -> str | None:
+        uid: str | None = (self.statefulset or {}).get("metadata", {}).get("uid")
+        return uid
+
+    @property
     def update_revision(self) -> str | None:
         if not self.statefulset:
             return None
@@ -81,6 +122,10 @@ def member_from_pod(pod: Manifest) -> Member:
     except ValueError:
         patroni = {}
     conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+    ready_condition = next(
+        (c for c in status.get("conditions", []) if c.get("type") == "Ready"), None
+    )
+    controller = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")), None)
     name = meta["name"]
     lsn = patroni.get("xlog_location")
     role = (meta.get("labels") or {}).get(labels.ROLE) or patroni.get("role")
@@ -99,7 +144,16 @@ def member_from_pod(pod: Manifest) -> Member:
         lsn=int(lsn) if isinstance(lsn, int | str) and str(lsn).isdigit() else None,
         timeline=patroni.get("timeline"),
         pending_restart=bool(patroni.get("pending_restart")),
+        unready_since=_unready_since(meta, ready_condition),
+        controller_uid=controller.get("uid") if controller else None,
+        report=InstanceReport.from_annotation(annotations.get(operand.INSTANCE_ANNOTATION)),
     )
+
+
+def _unready_since(meta: Manifest, ready: dict[str, Any] | None) -> datetime | None:
+    # A pod Ready by the kubelet but not (yet) by Patroni counts from when it got Ready.
+    created = _time(meta.get("creationTimestamp"))
+    return (_time(ready.get("lastTransitionTime")) if ready else None) or created
 
 
 def observe(kube: Kube, cluster: PostgresCluster) -> Observed:

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 CRUD = ("get", "list", "watch", "create", "update", "patch", "delete")
-READ = ("get", "list", "watch")
+# Server-side apply: read by name to skip unchanged objects, PATCH, which the API server
+# authorizes as create too when the object does not exist yet.
+APPLY = ("get", "create", "patch")
 
 
 @dataclass(frozen=True)
@@ -42,15 +44,10 @@ NAMESPACED: tuple[Rule, ...] = (
     Rule(
         "pgherd.io",
         ("postgresclusters",),
-        ("get", "list", "watch", "patch", "update"),
-        "the custom resource the operator reconciles (kopf patches its annotations)",
+        ("get", "list", "watch", "patch"),
+        "the custom resource the operator reconciles (kopf watches it and patches its annotations)",
     ),
-    Rule(
-        "pgherd.io",
-        ("postgresclusters/status",),
-        ("get", "patch", "update"),
-        "status, conditions and kopf's progress bookkeeping",
-    ),
+    Rule("pgherd.io", ("postgresclusters/status",), ("patch",), "status and conditions"),
     Rule(
         "pgherd.io",
         ("postgresclusters/finalizers",),
@@ -62,60 +59,70 @@ NAMESPACED: tuple[Rule, ...] = (
     Rule(
         "pgherd.io",
         ("postgresbackups",),
-        ("get", "list", "watch", "create", "patch", "update", "delete"),
+        ("get", "list", "watch", "create", "patch", "delete"),
         "base backups: scheduled ones are created and pruned to the history limit (kopf "
-        "patches their annotations); the instances' Role is granted read access",
+        "watches them and patches their annotations); the instances' Role is granted read "
+        "access",
     ),
     Rule(
         "pgherd.io",
         ("postgresbackups/status",),
-        ("get", "patch", "update"),
+        ("get", "patch"),
         "a backup's phase, assigned instance and result (also granted to the instances, "
         "which run barman-cloud-backup)",
     ),
     Rule(
         "",
-        ("configmaps", "secrets", "services", "serviceaccounts"),
+        ("configmaps",),
         CRUD,
-        "children of each cluster: Patroni configuration, credentials, client Services, "
-        "the instance ServiceAccount",
+        "the Patroni configuration; stale DCS ConfigMaps of a deleted namesake are removed; "
+        "the instances' Role is granted Patroni's DCS verbs, which the operator must hold",
     ),
+    Rule(
+        "",
+        ("secrets",),
+        # No list or watch: Secrets are read by name only, never a namespace's all at once.
+        APPLY,
+        "the cluster's credential Secrets and its vault; Secrets the spec names (used only "
+        "when they opted in)",
+    ),
+    Rule("", ("services", "serviceaccounts"), APPLY, "client Services, the instance account"),
     Rule(
         "",
         ("pods",),
-        # update is granted to the instances' Role (Patroni writes its pod's labels and
-        # annotations), and RBAC lets one grant only what one holds.
+        # list, watch, get, update and patch are granted to the instances' Role (Patroni
+        # writes its pod's labels and annotations), and RBAC lets one grant only what one holds.
         ("get", "list", "watch", "patch", "update", "delete"),
         "reading instance state; deleting a pod for a rolling restart",
     ),
-    Rule(
-        "",
-        ("persistentvolumeclaims",),
-        ("get", "list", "watch", "patch", "delete"),
-        "expanding data volumes; removing them with reclaimPolicy Delete",
-    ),
+    Rule("", ("persistentvolumeclaims",), ("list", "patch"), "expanding data volumes"),
     # Core v1 only: kopf posts its events there. events.k8s.io is not used, and granting it
     # draws a (false) deprecated-API warning from operator-sdk's bundle validator.
-    Rule("", ("events",), ("create", "patch"), "kopf's and the operator's events (core/v1)"),
-    Rule("apps", ("statefulsets",), CRUD, "the instances' StatefulSet"),
-    Rule("policy", ("poddisruptionbudgets",), CRUD, "the cluster's PodDisruptionBudget"),
+    Rule("", ("events",), ("create",), "kopf's and the operator's events (core/v1)"),
+    Rule(
+        "apps",
+        ("statefulsets",),
+        (*APPLY, "delete"),
+        "the instances' StatefulSet (re-created without its pods when volumes grow)",
+    ),
+    Rule("policy", ("poddisruptionbudgets",), APPLY, "the cluster's PodDisruptionBudget"),
     Rule(
         "rbac.authorization.k8s.io",
         ("roles", "rolebindings"),
-        CRUD,
+        APPLY,
         "the instance pods' Role and RoleBinding (Patroni's Kubernetes DCS)",
     ),
 )
 
 CLUSTER: tuple[Rule, ...] = (
-    Rule("storage.k8s.io", ("storageclasses",), READ, "whether a StorageClass allows expansion"),
+    Rule("storage.k8s.io", ("storageclasses",), ("get",), "whether a StorageClass exists"),
     Rule(
         "apiextensions.k8s.io",
         ("customresourcedefinitions",),
-        READ,
-        "kopf discovers the resources it serves from their CRDs",
+        ("list", "watch"),
+        "kopf observes the CRDs of the resources it serves",
     ),
-    Rule("", ("namespaces",), READ, "kopf's namespace discovery"),
+    Rule("", ("namespaces",), ("list", "watch"), "kopf observes namespaces (watch patterns)"),
 )
 
 

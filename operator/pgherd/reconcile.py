@@ -8,6 +8,7 @@ ready; the next call continues.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 from collections.abc import Callable
@@ -15,13 +16,22 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+
 from pgherd import conditions as c
-from pgherd import passwords, patroni_api, status
-from pgherd.api.v1alpha1 import PostgresCluster, PostgresClusterStatus
+from pgherd import passwords, patroni_api, references, status
+from pgherd.api.v1alpha1 import (
+    LIBRARY_PARAMETERS,
+    ObjectMeta,
+    PostgresCluster,
+    PostgresClusterStatus,
+)
 from pgherd.backup import controller as backup_controller
+from pgherd.conditions import Problem
 from pgherd.kube import Kube, Manifest
-from pgherd.observe import Member, Observed, observe
-from pgherd.render import names
+from pgherd.observe import READY_STATES, Member, Observed, observe
+from pgherd.render import names, ownership
 from pgherd.render.children import desired_children
 from pgherd.render.names import RESTAPI_USERNAME, SECRET_KINDS, SecretKind
 from pgherd.render.patroni_config import dynamic_config
@@ -52,65 +62,161 @@ def _lock(key: str) -> threading.Lock:
 
 
 def reconcile(
-    kube: Kube, cluster: PostgresCluster, emit: EventSink, now: datetime | None = None
+    kube: Kube, meta: ObjectMeta, emit: EventSink, now: datetime | None = None
 ) -> Outcome:
-    key = f"{cluster.metadata.namespace}/{cluster.metadata.name}"
+    key = f"{meta.namespace}/{meta.name}"
     with _lock(key):
         # The handler's body may predate a status written by a reconcile that held the
         # lock a moment ago; start from the stored object so events fire once.
-        live = kube.get("PostgresCluster", cluster.metadata.namespace, cluster.metadata.name)
+        live = kube.get("PostgresCluster", meta.namespace, meta.name)
         if live is None:
-            return Outcome(cluster.status or PostgresClusterStatus(), False)
-        fresh = PostgresCluster.model_validate(live)
-        return _reconcile(kube, fresh, emit, now or datetime.now(UTC))
+            return Outcome(PostgresClusterStatus(), False)
+        when = now or datetime.now(UTC)
+        try:
+            fresh = PostgresCluster.model_validate(live)
+        except ValidationError as e:
+            # Stored before a validation rule existed, or by something that bypassed it: say
+            # so on the object instead of failing silently at every pass.
+            return _report_failure(kube, live, c.INVALID_SPEC, _validation_message(e), emit, when)
+        try:
+            return _reconcile(kube, fresh, emit, when)
+        except Exception as e:
+            log.exception("reconcile of %s failed", key)
+            return _report_failure(
+                kube, live, c.RECONCILE_FAILED, f"{type(e).__name__}: {e}"[:1000], emit, when
+            )
+
+
+def _validation_message(e: ValidationError) -> str:
+    parts = [
+        f"spec.{'.'.join(str(x) for x in err['loc'][1:])}: {err['msg']}"
+        if err["loc"][:1] == ("spec",)
+        else f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+        for err in e.errors(include_input=False, include_url=False)
+    ]
+    return "the spec is invalid: " + "; ".join(parts)[:2000]
+
+
+def _report_failure(  # noqa: PLR0917 - the parts of one report
+    kube: Kube, live: Manifest, reason: str, message: str, emit: EventSink, now: datetime
+) -> Outcome:
+    """Degraded with reason and message (and one Event) when no status can be computed;
+    the rest of the stored status is kept as it is."""
+    meta = live["metadata"]
+    stored = live.get("status") or {}
+    conditions = [x for x in stored.get("conditions") or [] if x.get("type") != c.DEGRADED]
+    before = next((x for x in stored.get("conditions") or [] if x.get("type") == c.DEGRADED), None)
+    unchanged = (
+        before is not None
+        and before.get("status") == "True"
+        and before.get("reason") == reason
+        and before.get("message") == message
+    )
+    since = before.get("lastTransitionTime") if before and before.get("status") == "True" else None
+    conditions.append(
+        {
+            "type": c.DEGRADED,
+            "status": "True",
+            "reason": reason,
+            "message": message,
+            "observedGeneration": meta.get("generation"),
+            "lastTransitionTime": since or now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+    )
+    if not unchanged:
+        kube.patch(
+            "PostgresCluster",
+            meta["namespace"],
+            meta["name"],
+            {"status": {"phase": c.PHASE_DEGRADED, "conditions": conditions}},
+            subresource="status",
+        )
+        if before is None or before.get("reason") != reason or before.get("status") != "True":
+            emit("Warning", reason, message)
+    status = PostgresClusterStatus.model_validate({**stored, "conditions": conditions})
+    return Outcome(status, not unchanged)
 
 
 def _reconcile(kube: Kube, cluster: PostgresCluster, emit: EventSink, now: datetime) -> Outcome:
     ns, name = cluster.metadata.namespace, cluster.metadata.name
     actions: list[str] = []
+    problems: list[Problem] = []
     observed = observe(kube, cluster)
 
-    _clear_stale_dcs(kube, cluster, observed, actions)
-    existing: dict[SecretKind, Manifest | None] = {
-        k: kube.get("Secret", ns, names.secret(name, k)) for k in SECRET_KINDS
-    }
+    # Patroni would write into a same-named ConfigMap that is not its own for this cluster.
+    problems += [
+        _conflict("ConfigMap", cm_name)
+        for cm_name, cm in observed.dcs_configmaps.items()
+        if not ownership.owns_dcs(name, cm)
+    ]
+    if not problems:
+        _clear_stale_dcs(kube, cluster, observed, actions)
     # pgherd.backup: resolve spec.bootstrap.recovery; a restore that cannot go on safely
     # holds the StatefulSet back, and cluster_status below reports why.
     cluster, backup_gate = backup_controller.resolve(kube, cluster)
-    credentials = passwords.resolve(existing)
+    refused, adopted = _check_references(kube, cluster)
+    problems += refused
+    if (bad_schedule := backup_controller.schedule_problem(cluster)) is not None:
+        problems.append(bad_schedule)
+    credentials = _credentials(
+        kube, cluster, observed, adopted=adopted, problems=problems, emit=emit
+    )
+    # Without credentials (a Secret to adopt is not usable yet) no Secret is written.
     children = desired_children(cluster, credentials)
-    patroni = patroni_api.Client(RESTAPI_USERNAME, credentials["restapi"])
-    primary = observed.primary
+    live = {_key(c): kube.get(c["kind"], ns, c["metadata"]["name"]) for c in children}
+    conflicts = {
+        key
+        for key, obj in live.items()
+        if obj is not None and not ownership.owns(cluster, key[0], obj)
+    }
+    problems += [_conflict(*key) for key in sorted(conflicts)]
+    # A pod must never start with a neighbour's object or a Secret it may not use.
+    hold_workload = backup_gate.blocked or any(p.reason in _HOLDS_WORKLOAD for p in problems)
     for child in children:
-        if child["kind"] == "StatefulSet" and backup_gate.blocked:
+        key = _key(child)
+        if key in conflicts or (child["kind"] == "StatefulSet" and hold_workload):
             continue
         if child["kind"] == "StatefulSet":
             _prepare_statefulset(kube, cluster, child, observed, actions)
-        live = existing.get(_secret_kind(child)) if child["kind"] == "Secret" else None
-        if kube.apply(child, live, check=True):
-            actions.append(f"applied {child['kind']}/{child['metadata']['name']}")
+        try:
+            if kube.apply(child, live[key], check=True):
+                actions.append(f"applied {key[0]}/{key[1]}")
+        except ApiException as e:
+            problems.append(_rejected(key, e))
 
     activity: Activity | None = None
     switchover_handled = cluster.status.switchover_handled if cluster.status else None
     if cluster.spec.switchover is None:
         switchover_handled = None
+    patroni = patroni_api.Client(RESTAPI_USERNAME, (credentials or {}).get("restapi", ""))
+    held = held_back_parameters(cluster, observed)
+    # Even with no primary (PostgreSQL cannot start), the configuration goes to Patroni
+    # through any member: reverting a bad parameter is how such a cluster gets well again.
+    config_activity = _sync_dynamic_config(patroni, cluster, observed, held, actions)
+    primary = observed.primary
     if primary is not None:
         # At most one disruptive step per pass; the next pass observes its effect first.
         switch_activity, switchover_handled = _switchover_request(
             patroni, cluster, observed, primary, emit=emit, actions=actions
         )
         activity = (
-            _sync_dynamic_config(patroni, cluster, observed, primary, actions)
+            config_activity
             or switch_activity
             or _roll(patroni, kube, cluster, observed, primary, actions=actions)
             or _move_primary_before_scale_down(
                 patroni, cluster, observed, primary, emit=emit, actions=actions
             )
         )
-    activity = activity or _scaling_activity(cluster, observed)
+    activity = activity or config_activity or _scaling_activity(cluster, observed)
 
     new_status = status.compute(
-        cluster, observed, activity, now, switchover_handled=switchover_handled
+        cluster,
+        observed,
+        activity,
+        now,
+        switchover_handled=switchover_handled,
+        problems=problems,
+        held_back=held,
     )
     # pgherd.backup: status.backup, ContinuousArchiving, a blocked restore, the schedule.
     new_status = backup_controller.cluster_status(
@@ -123,8 +229,107 @@ def _reconcile(kube: Kube, cluster: PostgresCluster, emit: EventSink, now: datet
     return Outcome(new_status, wrote, actions)
 
 
-def _secret_kind(child: Manifest) -> Any:
-    return child["metadata"]["name"].rsplit("-", 1)[1]
+# Problems that keep the StatefulSet from being applied: its pods would use what they
+# must not (a neighbour's object, a Secret that did not opt in) or could not start.
+_HOLDS_WORKLOAD = frozenset(
+    {c.CHILD_NAME_CONFLICT, c.SECRET_NOT_FOUND, c.SECRET_NOT_PERMITTED, c.SECRET_INVALID}
+)
+
+
+def _key(child: Manifest) -> tuple[str, str]:
+    return child["kind"], child["metadata"]["name"]
+
+
+def _conflict(kind: str, name: str) -> Problem:
+    return Problem(
+        c.CHILD_NAME_CONFLICT,
+        f"{kind} {name!r} exists but is not this cluster's (it lacks pgherd's labels and "
+        "owner); pgherd leaves it untouched and creates no instance while it is in the way: "
+        "rename or remove it, or give the cluster another name",
+    )
+
+
+def _rejected(key: tuple[str, str], e: ApiException) -> Problem:
+    try:
+        message = str(json.loads(e.body or "{}").get("message") or e.reason)
+    except ValueError:
+        message = str(e.reason)
+    if key[0] == "Secret":
+        message = str(e.reason)  # a Secret's error may quote its data
+    return Problem(c.CHILD_REJECTED, f"the API server refused {key[0]} {key[1]!r}: {message[:600]}")
+
+
+def _check_references(
+    kube: Kube, cluster: PostgresCluster
+) -> tuple[list[Problem], dict[SecretKind, str | None]]:
+    """Problems with the Secrets the spec names, and the passwords of those adopted at
+    bootstrap (None while the adopted Secret cannot be used)."""
+    problems: list[Problem] = []
+    adopted: dict[SecretKind, str | None] = {}
+    fetched: dict[str, Manifest | None] = {}
+    for ref in references.references(cluster):
+        if ref.secret not in fetched:
+            fetched[ref.secret] = kube.get("Secret", cluster.metadata.namespace, ref.secret)
+        problem = references.check(cluster.metadata.name, ref, fetched[ref.secret])
+        if problem is not None:
+            problems.append(problem)
+        if ref.username is not None:
+            kind: SecretKind = "superuser" if ref.field.endswith("superuserSecret") else "app"
+            adopted[kind] = (
+                None if problem else references.decoded(fetched[ref.secret] or {}, "password")
+            )
+    return problems, adopted
+
+
+def _credentials(
+    kube: Kube,
+    cluster: PostgresCluster,
+    observed: Observed,
+    *,
+    adopted: dict[SecretKind, str | None],
+    problems: list[Problem],
+    emit: EventSink,
+) -> dict[SecretKind, str] | None:
+    """Each kind's password, or None while a Secret to adopt cannot be used yet (nothing is
+    generated in its place: the cluster is created with the adopted password, or not yet)."""
+    ns, name = cluster.metadata.namespace, cluster.metadata.name
+
+    def own(secret_name: str) -> Manifest | None:
+        secret = kube.get("Secret", ns, secret_name)
+        return secret if secret is not None and ownership.owns(cluster, "Secret", secret) else None
+
+    vault = own(names.vault(name))
+    published = {k: own(names.secret(name, k)) for k in SECRET_KINDS}
+    if any(
+        password is None and passwords.kept(vault, published.get(kind), kind) is None
+        for kind, password in adopted.items()
+    ):
+        return None
+    resolved = passwords.resolve(
+        vault,
+        published,
+        {k: v for k, v in adopted.items() if v is not None},
+        # Volumes exist once the StatefulSet does: from then on the database has passwords.
+        has_data=bool(observed.members or observed.claims) or observed.statefulset is not None,
+    )
+    for kind in resolved.regenerated:
+        emit(
+            "Warning",
+            "CredentialRegenerated",
+            f"Secrets {names.secret(name, kind)} and {names.vault(name)} were both deleted: "
+            f"a new {kind} password was generated, which the database does not have yet",
+        )
+    problems += [
+        Problem(
+            c.REFERENCED_SECRET_CHANGED,
+            f"the password in the Secret named by spec.bootstrap "
+            f"({'superuserSecret' if kind == 'superuser' else 'secret'}) changed after the "
+            "cluster was created; pgherd does not change passwords yet: put the previous "
+            f"password back (it is in {names.secret(name, kind)})",
+        )
+        for kind in resolved.adopted_changed
+    ]
+    return resolved.passwords
 
 
 # ---- children -------------------------------------------------------------
@@ -147,7 +352,12 @@ def _prepare_statefulset(
         "storage"
     ]
     if have_size != want_size:
+        sts_uid = live["metadata"].get("uid")
         for claim in observed.claims:
+            if not ownership.owns_instance_object(
+                cluster.metadata.name, sts_uid, "PersistentVolumeClaim", claim
+            ):
+                continue
             kube.patch(
                 "PersistentVolumeClaim",
                 cluster.metadata.namespace,
@@ -208,21 +418,63 @@ def config_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, 
     return patch
 
 
+def held_back_parameters(cluster: PostgresCluster, observed: Observed) -> dict[str, str]:
+    """Parameters the operator does not send to Patroni, each with the reason: libraries
+    the image does not have (PostgreSQL would not start with them)."""
+    reported = [m.report.libraries for m in observed.members if m.report and m.report.libraries]
+    if not reported:
+        return {}
+    available = frozenset.intersection(*reported)
+    held: dict[str, str] = {}
+    for key, value in cluster.spec.postgresql.parameters.items():
+        if key.lower() not in LIBRARY_PARAMETERS:
+            continue
+        wanted = [lib.strip().strip("'\"") for lib in value.split(",") if lib.strip()]
+        # A library may be named by its file ("$libdir/auto_explain") as well as by its name.
+        missing = [
+            lib
+            for lib in wanted
+            if lib.removeprefix("$libdir/").removesuffix(".so") not in available
+        ]
+        if missing:
+            held[key] = (
+                f"the image has no library {', '.join(missing)}; PostgreSQL would not start. "
+                "Not applied"
+            )
+    return held
+
+
+def _config_target(observed: Observed) -> Member | None:
+    primary = observed.primary
+    if primary is not None and primary.api_url:
+        return primary
+    return next((m for m in observed.members if m.running and m.api_url), None)
+
+
 def _sync_dynamic_config(
     patroni: patroni_api.Client,
     cluster: PostgresCluster,
     observed: Observed,
-    primary: Member,
+    held: dict[str, str],
     actions: list[str],
 ) -> Activity | None:
-    if observed.dcs_config is None or not primary.api_url:
+    target = _config_target(observed)
+    if observed.dcs_config is None or target is None or target.api_url is None:
         return None
-    patch = config_patch(observed.dcs_config, dynamic_config(cluster))
+    desired = dynamic_config(cluster)
+    current_params = (observed.dcs_config.get("postgresql") or {}).get("parameters") or {}
+    params = desired["postgresql"]["parameters"]
+    for key in held:
+        # Held back: whatever runs now stays.
+        params.pop(key, None)
+        if key in current_params:
+            params[key] = current_params[key]
+    patch = config_patch(observed.dcs_config, desired)
     if not patch:
         return None
     try:
-        patroni.patch_config(primary.api_url, patch)
-        actions.append(f"patched Patroni configuration: {sorted(patch)}")
+        patroni.patch_config(target.api_url, patch)
+        actions.append(f"patched Patroni configuration through {target.name}: {sorted(patch)}")
     except patroni_api.PatroniError as e:
         log.warning("%s: configuration patch failed: %s", cluster.metadata.name, e)
     return Activity(c.RESTARTING, "applying PostgreSQL parameters")
@@ -301,7 +553,13 @@ def _roll(
     the old primary. Returns the activity, or None when nothing is out of date."""
     members = observed.members
     outdated = [m for m in members if observed.outdated(m)]
-    restart = [m for m in members if m.pending_restart and not observed.outdated(m)]
+    # A server that is not running has nothing to restart: Patroni starts it with the new
+    # configuration itself (restarting one that cannot start would only repeat the error).
+    restart = [
+        m
+        for m in members
+        if m.pending_restart and not observed.outdated(m) and m.state in READY_STATES
+    ]
     if not outdated and not restart:
         return None
     reason = c.ROLLING_UPDATE if outdated else c.RESTARTING
@@ -314,7 +572,7 @@ def _roll(
         m = down[0] if down else replicas[0]
         if not down and not all(x.ready for x in members):
             return Activity(reason, f"waiting for every instance to be ready before {m.name}")
-        _update(patroni, kube, cluster, m, recreate=bool(outdated), actions=actions)
+        _update(patroni, kube, cluster, observed, m, recreate=bool(outdated), actions=actions)
         return Activity(reason, f"updating replica {m.name}")
     # Only the primary is left.
     candidates = [
@@ -335,7 +593,7 @@ def _roll(
             )
         return Activity(reason, f"switching over from {primary.name} before updating it")
     if len(members) == 1:
-        _update(patroni, kube, cluster, primary, recreate=bool(outdated), actions=actions)
+        _update(patroni, kube, cluster, observed, primary, recreate=bool(outdated), actions=actions)
         return Activity(reason, f"updating the only instance {primary.name}")
     return Activity(reason, "waiting for an updated replica to take over as primary")
 
@@ -344,6 +602,7 @@ def _update(
     patroni: patroni_api.Client,
     kube: Kube,
     cluster: PostgresCluster,
+    observed: Observed,
     m: Member,
     *,
     recreate: bool,
@@ -351,6 +610,9 @@ def _update(
 ) -> None:
     """Recreate the pod (new template) or restart PostgreSQL in it (new parameters)."""
     if recreate:
+        if m.controller_uid is None or m.controller_uid != observed.statefulset_uid:
+            # Not a pod of this cluster's StatefulSet (a neighbour's, or an orphan).
+            return
         kube.delete("Pod", cluster.metadata.namespace, m.name)
         actions.append(f"rolled {m.name}")
     elif m.api_url:
@@ -406,13 +668,16 @@ def _dump(s: PostgresClusterStatus | None) -> dict[str, Any]:
 
 
 def _write_status(kube: Kube, cluster: PostgresCluster, new: PostgresClusterStatus) -> bool:
-    if _dump(cluster.status) == _dump(new):
+    # A merge patch from the stored status: fields that went away are removed (null), which
+    # sending the new status alone would leave in place.
+    patch = patroni_api.merge_patch(_dump(cluster.status), _dump(new))
+    if not patch:
         return False
     kube.patch(
         "PostgresCluster",
         cluster.metadata.namespace,
         cluster.metadata.name,
-        {"status": _dump(new)},
+        {"status": patch},
         subresource="status",
     )
     return True
@@ -430,13 +695,22 @@ def _emit_transitions(
         )
     elif old.current_primary and not new.current_primary:
         emit("Warning", "PrimaryLost", f"no primary (was {old.current_primary})")
-    for type_ in (c.READY, c.DEGRADED):
+    ready_before, ready_after = c.get(old.conditions, c.READY), c.get(new.conditions, c.READY)
+    # Readiness is news when it flips; while a cluster is still coming up (never ready yet)
+    # its reasons change at every step of a normal bootstrap, which is not a warning.
+    if ready_after is not None and (
+        ready_before is None or ready_before.status != ready_after.status
+    ):
+        if ready_after.status == "True":
+            emit("Normal", ready_after.reason, ready_after.message)
+        elif ready_before is not None and ready_before.status == "True":
+            emit("Warning", ready_after.reason, ready_after.message)
+    for type_ in (c.DEGRADED, c.INSECURE_AUTHENTICATION):
         before, after = c.get(old.conditions, type_), c.get(new.conditions, type_)
         if after is None or (
             before and (before.status, before.reason) == (after.status, after.reason)
         ):
             continue
-        if before is None and (after.status == "False") == (type_ == c.DEGRADED):
-            continue  # at creation, "not degraded" and "not ready yet" are not news
-        bad = (type_ == c.DEGRADED) == (after.status == "True")
-        emit("Warning" if bad else "Normal", after.reason, after.message)
+        if before is None and after.status == "False":
+            continue  # at creation, "not degraded" is not news
+        emit("Warning" if after.status == "True" else "Normal", after.reason, after.message)

@@ -45,7 +45,8 @@ def _secret(kube: Kube, namespace: str, name: str, key_id: str, secret: str) -> 
         {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": name, "namespace": namespace},
+            # Opted in to pgherd: a Secret the spec names is used only with this label.
+            "metadata": {"name": name, "namespace": namespace, "labels": {"pgherd.io/use": "true"}},
             "data": {
                 "id": base64.b64encode(key_id.encode()).decode(),
                 "secret": base64.b64encode(secret.encode()).decode(),
@@ -112,17 +113,7 @@ def wait_archived(cluster: Cluster, wal: str, timeout: float = 120) -> None:
 
 def superuser(cluster: Cluster) -> psycopg.Connection[Any]:
     """An autocommit connection to the primary as postgres (pg_switch_wal needs it)."""
-    secret = cluster.kube.get("Secret", cluster.namespace, f"{cluster.name}-superuser")
-    assert secret is not None
-    password = base64.b64decode(secret["data"]["password"]).decode()
-    return psycopg.connect(
-        host="127.0.0.1",
-        port=cluster.port(cluster.primary()),
-        user="postgres",
-        password=password,
-        dbname="postgres",
-        autocommit=True,
-    )
+    return cluster.connect_superuser(autocommit=True)
 
 
 def switch_wal(cluster: Cluster) -> str:

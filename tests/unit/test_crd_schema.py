@@ -25,6 +25,9 @@ OPTIONAL_SPEC_FIELDS = {
     # pgherd.backup: optional sections (their required fields have no default by design).
     "spec.backup",
     "spec.bootstrap.recovery",
+    # Secrets adopted at creation, by explicit reference only.
+    "spec.bootstrap.secret",
+    "spec.bootstrap.superuserSecret",
 }
 FORBIDDEN_KEYWORDS = {"$ref", "$defs", "definitions", "allOf", "oneOf", "not", "title", "const"}
 
@@ -213,6 +216,7 @@ def rules_at(root: dict[str, Any], path: str) -> list[str]:
 
 def test_cel_rules_sit_on_the_objects_holding_their_fields(root: dict[str, Any]) -> None:
     assert rules_at(root, "spec.storage") == [
+        "!isQuantity(self.size) || quantity(self.size).compareTo(quantity('0')) > 0",
         "quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0",
         "!has(oldSelf.storageClassName) || (has(self.storageClassName)"
         " && self.storageClassName == oldSelf.storageClassName)",

@@ -66,6 +66,7 @@ def test_order_and_names() -> None:
         ("ServiceAccount", "db-instance"),
         ("Role", "db-instance"),
         ("RoleBinding", "db-instance"),
+        ("Secret", "db-vault"),
         ("Secret", "db-superuser"),
         ("Secret", "db-replication"),
         ("Secret", "db-app"),

@@ -20,7 +20,10 @@ def decoded(secret: dict[str, Any]) -> dict[str, str]:
 
 def test_secrets_hold_the_passwords_passed_in() -> None:
     cluster = make_cluster({"bootstrap": {"database": "orders", "owner": "orders_owner"}})
-    superuser, replication, app, restapi = (decoded(s) for s in render_secrets(cluster, PASSWORDS))
+    vault, superuser, replication, app, restapi = (
+        decoded(s) for s in render_secrets(cluster, PASSWORDS)
+    )
+    assert vault == PASSWORDS  # the operator's own copy (pgherd.passwords)
     assert superuser == {"username": "postgres", "password": PASSWORDS["superuser"]}
     assert replication == {"username": "replicator", "password": PASSWORDS["replication"]}
     assert restapi == {"username": "pgherd", "password": PASSWORDS["restapi"]}
@@ -39,7 +42,8 @@ def test_app_uri_escapes_the_password() -> None:
 
 def test_no_password_that_was_not_passed_in() -> None:
     children = desired_children(make_cluster(), PASSWORDS)
-    secrets = [c for c in children if c["kind"] == "Secret"]
+    secrets = [c for c in children if c["kind"] == "Secret" and c["type"] != "Opaque"]
+    assert next(c["metadata"]["name"] for c in children if c["kind"] == "Secret") == "db-vault"
     for secret in secrets:
         values = decoded(secret)
         assert values["password"] in PASSWORDS.values()

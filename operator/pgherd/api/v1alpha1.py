@@ -67,6 +67,8 @@ Quantity = Annotated[
         {
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             "pattern": QUANTITY_PATTERN,
+            # Bounds the cost CEL rules on quantities are estimated at.
+            "maxLength": 64,
             "x-kubernetes-int-or-string": True,
         }
     ),
@@ -98,6 +100,11 @@ class StorageSpec(ApiModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                _cel(
+                    "!isQuantity(self.size) || quantity(self.size).compareTo(quantity('0')) > 0",
+                    "storage.size must be greater than zero",
+                    ".size",
+                ),
                 _cel(
                     "quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0",
                     "storage.size cannot be decreased",
@@ -135,32 +142,225 @@ class StorageSpec(ApiModel):
 DEFAULT_REQUESTS: dict[str, str] = {"cpu": "250m", "memory": "512Mi"}
 
 
+def _quantity_cel(expr: str) -> str:
+    # Quantities are int-or-string on the wire: string() makes both a string for quantity().
+    return f"quantity(string({expr}))"
+
+
 class ResourcesSpec(ApiModel):
     """Compute resources of the postgres container (Kubernetes ResourceRequirements)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.requests.all(k, !isQuantity(string(self.requests[k])) || "
+                    + _quantity_cel("self.requests[k]")
+                    + ".compareTo(quantity('0')) >= 0)",
+                    "resources.requests must not be negative",
+                    ".requests",
+                ),
+                _cel(
+                    "self.limits.all(k, !isQuantity(string(self.limits[k])) || "
+                    + _quantity_cel("self.limits[k]")
+                    + ".compareTo(quantity('0')) > 0)",
+                    "resources.limits must be greater than zero",
+                    ".limits",
+                ),
+                _cel(
+                    "self.requests.all(k, !(k in self.limits)"
+                    " || !isQuantity(string(self.requests[k]))"
+                    " || !isQuantity(string(self.limits[k])) || "
+                    + _quantity_cel("self.requests[k]")
+                    + ".compareTo("
+                    + _quantity_cel("self.limits[k]")
+                    + ") <= 0)",
+                    "resources: a request must not exceed its limit",
+                    ".requests",
+                ),
+            ]
+        }
+    )
+
     requests: dict[str, Quantity] = Field(
         default_factory=dict,
+        max_length=16,
         description="Minimum resources the scheduler reserves, e.g. {cpu: 500m, memory: 1Gi}.",
     )
     limits: dict[str, Quantity] = Field(
         default_factory=dict,
+        max_length=16,
         description="Maximum resources the container may use, e.g. {memory: 2Gi}.",
     )
+
+
+# Parameters pgherd or Patroni set themselves, and those that would let a spec run commands
+# as the server, read or write files the server can reach, or move where it listens. The API
+# refuses them (CEL), naming the key.
+OPERATOR_OWNED_PARAMETERS: tuple[str, ...] = (
+    # WAL archiving and recovery: shell commands or libraries run by the server.
+    "archive_mode",
+    "archive_command",
+    "archive_library",
+    "archive_cleanup_command",
+    "restore_command",
+    "recovery_end_command",
+    "primary_conninfo",
+    "primary_slot_name",
+    "promote_trigger_file",
+    # Where the server listens and where its files are.
+    "listen_addresses",
+    "port",
+    "unix_socket_directories",
+    "unix_socket_group",
+    "unix_socket_permissions",
+    "data_directory",
+    "config_file",
+    "hba_file",
+    "ident_file",
+    "external_pid_file",
+    "dynamic_library_path",
+    # TLS material and the command that unlocks it.
+    "ssl_cert_file",
+    "ssl_key_file",
+    "ssl_ca_file",
+    "ssl_crl_file",
+    "ssl_crl_dir",
+    "ssl_dh_params_file",
+    "ssl_passphrase_command",
+    "ssl_passphrase_command_supports_reload",
+    # Patroni's own: replication topology and synchronous replication.
+    "cluster_name",
+    "hot_standby",
+    "synchronous_standby_names",
+)
+# recovery_target, recovery_target_time, ...: a restore sets them (spec.bootstrap.recovery).
+OPERATOR_OWNED_PREFIXES: tuple[str, ...] = ("recovery_target",)
+# Parameters whose value names libraries the server loads; each must be one the image has
+# (checked by the operator against what the instances report).
+LIBRARY_PARAMETERS: tuple[str, ...] = (
+    "shared_preload_libraries",
+    "session_preload_libraries",
+    "local_preload_libraries",
+)
+GUC_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$"
+MAX_PARAMETERS = 256
+MAX_PARAMETER_VALUE = 4096
+# An insecure pg_hba method on a TCP rule: trust lets anyone in without a password.
+INSECURE_HBA_METHOD = r"^\s*host(ssl|nossl|gssenc|nogssenc)?\s.*\strust(\s|$)"
+
+
+def _cel_list(values: tuple[str, ...]) -> str:
+    return "[" + ", ".join(f"'{v}'" for v in values) + "]"
+
+
+def _owned_parameter_cel(key: str) -> str:
+    # PostgreSQL's parameter names are case-insensitive.
+    lower = f"{key}.lowerAscii()"
+    prefixes = " || ".join(f"{lower}.startsWith('{p}')" for p in OPERATOR_OWNED_PREFIXES)
+    return f"({lower} in {_cel_list(OPERATOR_OWNED_PARAMETERS)} || {prefixes})"
+
+
+def _parameter_rules() -> list[dict[str, JsonValue]]:
+    owned = _owned_parameter_cel("k")
+    return [
+        {
+            "rule": f"self.all(k, !{owned})",
+            "messageExpression": "'postgresql.parameters: ' + self.filter(k, "
+            + owned
+            + ")[0] + ' is managed by pgherd and cannot be set'",
+            "message": "postgresql.parameters: a parameter managed by pgherd cannot be set",
+        },
+        {
+            "rule": f"self.all(k, k.matches(r'{GUC_NAME_PATTERN}'))",
+            "messageExpression": "'postgresql.parameters: ' + self.filter(k, !k.matches(r'"
+            + GUC_NAME_PATTERN
+            + "'))[0] + ' is not a parameter name (letters, digits and _, with one "
+            "dot for an extension)'",
+            "message": "postgresql.parameters: a key is not a parameter name",
+        },
+        {
+            "rule": "self.all(k, !self[k].contains('\\n') && !self[k].contains('\\r'))",
+            "messageExpression": "'postgresql.parameters: the value of ' + self.filter(k, "
+            "self[k].contains('\\n') || self[k].contains('\\r'))[0] + "
+            "' contains a line break'",
+            "message": "postgresql.parameters: a value contains a line break",
+        },
+        _cel(
+            "self.all(k, k.lowerAscii() != 'wal_level'"
+            " || self[k].lowerAscii() in ['replica', 'logical'])",
+            "postgresql.parameters: wal_level must be replica or logical (replication and "
+            "backups need at least replica)",
+        ),
+    ]
 
 
 class PostgresqlSpec(ApiModel):
     """PostgreSQL server settings."""
 
-    parameters: dict[str, str] = Field(
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.allowInsecureAuthentication"
+                    f" || !self.pgHba.exists(l, l.matches(r'{INSECURE_HBA_METHOD}'))",
+                    "postgresql.pgHba: a host rule with method trust lets clients in without a "
+                    "password; set postgresql.allowInsecureAuthentication: true to allow it",
+                    ".pgHba",
+                ),
+            ]
+        }
+    )
+
+    parameters: Annotated[
+        dict[
+            str,
+            Annotated[str, StringConstraints(max_length=MAX_PARAMETER_VALUE)],
+        ],
+        WithJsonSchema(
+            {
+                "type": "object",
+                "maxProperties": MAX_PARAMETERS,
+                "additionalProperties": {"type": "string", "maxLength": MAX_PARAMETER_VALUE},
+                "x-kubernetes-validations": _parameter_rules(),
+            }
+        ),
+    ] = Field(
         default_factory=dict,
         description="postgresql.conf parameters, applied through Patroni's dynamic "
-        "configuration; parameters that need a restart are applied by a rolling restart.",
+        "configuration; parameters that need a restart are applied by a rolling restart. "
+        "Parameters pgherd manages (archiving and recovery commands, listen_addresses, port, "
+        "file locations, ssl_* files, Patroni's replication settings) are refused; "
+        "shared_preload_libraries and the other *_preload_libraries must name libraries the "
+        "image has. Parameters PostgreSQL cannot take are listed in status.ignoredParameters.",
     )
-    pg_hba: list[str] = Field(
+    pg_hba: list[Annotated[str, StringConstraints(max_length=1024, pattern=r"^[^\r\n]*$")]] = Field(
         default_factory=list,
+        max_length=128,
         description="Extra pg_hba.conf lines, inserted after the operator's replication and "
-        "local rules and before the final rule requiring scram-sha-256 passwords.",
+        "local rules and before the final rule requiring scram-sha-256 passwords. A host rule "
+        "with method trust needs allowInsecureAuthentication.",
     )
+    allow_insecure_authentication: bool = Field(
+        default=False,
+        description="Allow pgHba host rules with method trust (no password). The cluster then "
+        "carries the condition InsecureAuthentication=True as a standing warning.",
+    )
+
+    @field_validator("parameters")
+    @classmethod
+    def _no_line_breaks(cls, parameters: dict[str, str]) -> dict[str, str]:
+        # The API refuses these; a stored object from before that rule must not reach a file.
+        for key, value in parameters.items():
+            if "\n" in key or "\r" in key or "\n" in value or "\r" in value:
+                raise ValueError(f"parameter {key!r} contains a line break")
+        return parameters
+
+
+def is_operator_owned(parameter: str) -> bool:
+    """Whether a parameter is one pgherd or Patroni sets (see OPERATOR_OWNED_PARAMETERS)."""
+    name = parameter.lower()
+    return name in OPERATOR_OWNED_PARAMETERS or name.startswith(OPERATOR_OWNED_PREFIXES)
 
 
 # ---- backup (pgherd.backup) ---------------------------------------------------------
@@ -177,8 +377,17 @@ BUCKET_PATTERN = r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$"
 BACKUP_ID_PATTERN = r"^[0-9]{8}T[0-9]{6}$"
 
 
+class SecretReference(ApiModel):
+    """A Secret in the cluster's namespace."""
+
+    name: str = Field(
+        max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Secret name."
+    )
+
+
 class SecretKeyRef(ApiModel):
-    """A key of a Secret in the cluster's namespace."""
+    """A key of a Secret in the cluster's namespace. The Secret must opt in to pgherd: label
+    pgherd.io/use: "true" (and, optionally, annotation pgherd.io/allowed-clusters)."""
 
     name: str = Field(
         max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="Secret name."
@@ -229,8 +438,30 @@ class ObjectStoreSpec(ApiModel):
     )
 
 
+_CRON_ITEM = r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?"
+_CRON_FIELD = rf"{_CRON_ITEM}(,{_CRON_ITEM})*"
+# Five cron fields or a macro. The operator checks the values (croniter) as well, and reports
+# what the pattern lets through (a minute of 99) as Degraded.
+_CRON_MACRO = r"@(yearly|annually|monthly|weekly|daily|midnight|hourly)"
+CRON_PATTERN = rf"^({_CRON_MACRO}|{_CRON_FIELD}( +{_CRON_FIELD}){{4}})$"
+
+
 class BackupSpec(ApiModel):
     """Continuous WAL archiving and base backups to an S3-compatible object store."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    f"!has(self.schedule) || self.schedule.matches(r'{CRON_PATTERN}')",
+                    "backup.schedule must be a cron schedule: five fields (minute hour "
+                    "day-of-month month day-of-week, UTC) such as '0 3 * * *', or @hourly, "
+                    "@daily, @weekly, @monthly, @yearly",
+                    ".schedule",
+                ),
+            ]
+        }
+    )
 
     object_store: ObjectStoreSpec = Field(description="Where WAL and base backups go.")
     server_name: str | None = Field(
@@ -398,6 +629,19 @@ class BootstrapSpec(ApiModel):
         default="app",
         description="Application role that owns the database; its credentials are in the "
         "<cluster>-app Secret.",
+    )
+    secret: SecretReference | None = Field(
+        default=None,
+        description="A kubernetes.io/basic-auth Secret (keys username, equal to owner, and "
+        "password) holding the owner's credentials, instead of a generated password. It must "
+        'opt in to pgherd: label pgherd.io/use: "true" (and, optionally, annotation '
+        "pgherd.io/allowed-clusters naming the clusters that may use it).",
+    )
+    superuser_secret: SecretReference | None = Field(
+        default=None,
+        description="A kubernetes.io/basic-auth Secret (keys username, equal to postgres, and "
+        "password) holding the superuser's credentials, instead of a generated password. It "
+        "must opt in to pgherd like bootstrap.secret.",
     )
     # pgherd.backup: point-in-time restore into this new cluster.
     recovery: RecoverySpec | None = Field(
@@ -692,6 +936,14 @@ class ClusterBackupStatus(ApiModel):
     )
 
 
+class IgnoredParameter(ApiModel):
+    """A spec.postgresql.parameters entry the server does not run with, and why."""
+
+    name: str = Field(description="Parameter name.")
+    value: str | None = Field(default=None, description="The value asked for.")
+    reason: str = Field(description="Why it is not in effect.")
+
+
 class PostgresClusterStatus(ApiModel):
     """Observed state of the cluster; written by the operator only."""
 
@@ -728,6 +980,16 @@ class PostgresClusterStatus(ApiModel):
         default=None,
         description="spec.switchover.targetInstance of the last switchover request carried out; "
         "a request equal to it is not repeated. Cleared when spec.switchover is removed.",
+    )
+    ignored_parameters: list[IgnoredParameter] | None = Field(
+        default=None,
+        description="spec.postgresql.parameters the instances do not run with: rejected by "
+        "Patroni's validation for this PostgreSQL version, or held back by the operator (a "
+        "library the image does not have). Also reported as Degraded.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    postgres_version: int | None = Field(
+        default=None, description="PostgreSQL major version the instances run."
     )
     # pgherd.backup
     backup: ClusterBackupStatus | None = Field(

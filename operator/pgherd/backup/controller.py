@@ -44,6 +44,7 @@ from pgherd.backup.agent import (
     HEARTBEAT_EVERY,
 )
 from pgherd.backup.render import server_name
+from pgherd.conditions import Problem
 from pgherd.kube import Kube, Manifest
 from pgherd.observe import Observed, member_from_pod
 from pgherd.render import labels
@@ -320,6 +321,23 @@ def next_run(schedule: str, after: datetime) -> datetime:
     return nxt if nxt.tzinfo else nxt.replace(tzinfo=UTC)
 
 
+def schedule_problem(cluster: PostgresCluster) -> Problem | None:
+    """Why spec.backup.schedule cannot run, when the API's pattern let it through (a minute
+    of 99, a day of month 0)."""
+    spec = cluster.spec.backup
+    if spec is None or not spec.schedule:
+        return None
+    try:
+        next_run(spec.schedule, datetime.now(UTC))
+    except (ValueError, KeyError) as e:
+        return Problem(
+            c.INVALID_SCHEDULE,
+            f"spec.backup.schedule {spec.schedule!r} is not a valid cron schedule ({e}); no "
+            "scheduled backup runs until it is fixed",
+        )
+    return None
+
+
 def _schedule(
     kube: Kube,
     cluster: PostgresCluster,
@@ -368,6 +386,8 @@ def _prune(kube: Kube, cluster: PostgresCluster, limit: int, backups: list[Manif
         b
         for b in backups
         if all((b["metadata"].get("labels") or {}).get(k) == v for k, v in want.items())
+        # The labels alone could be anyone's: only this cluster's own backups are pruned.
+        and (b.get("spec") or {}).get("cluster") == cluster.metadata.name
     ]
     done = [b for b in items if (b.get("status") or {}).get("phase") in TERMINAL]
     done.sort(key=lambda b: b["metadata"].get("creationTimestamp", ""))

@@ -38,6 +38,11 @@ def secret(cluster: str, kind: SecretKind) -> str:
     return f"{cluster}-{kind}"
 
 
+def vault(cluster: str) -> str:
+    """The operator's own copy of the cluster's passwords (pgherd.passwords)."""
+    return f"{cluster}-vault"
+
+
 def service_rw(cluster: str) -> str:
     return f"{cluster}-rw"
 

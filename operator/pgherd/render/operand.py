@@ -44,3 +44,11 @@ PGPASS = f"{TMP_DIR}/pgpass"
 # which the operand image builds on; files on the data volume stay owned consistently.
 POSTGRES_UID = 999
 POSTGRES_GID = 999
+
+# What an instance publishes about itself (the `pgherd instance` supervisor writes it on its
+# own pod; the operator reads it): JSON with the keys below.
+INSTANCE_ANNOTATION = "pgherd.io/instance"
+REPORT_MAJOR = "postgresMajor"  # int: the major version of the image's PostgreSQL
+REPORT_LIBRARIES = "libraries"  # list[str]: loadable libraries in the image ($libdir)
+REPORT_ERROR = "error"  # str | None: why PostgreSQL does not run, in its own words
+REPORT_IGNORED = "ignoredParameters"  # dict[str, str]: parameter -> why Patroni drops it

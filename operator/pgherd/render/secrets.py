@@ -54,11 +54,7 @@ def render_secret(
     values = {"username": username, "password": password}
     if kind == "app":
         values |= _app_connection(cluster, username, password)
-    metadata = child_metadata(cluster, names.secret(cluster.metadata.name, kind))
-    if cluster.spec.storage.reclaim_policy == "Retain":
-        # Retained volumes hold these roles' password hashes; the credentials must outlive
-        # the cluster with them, so that a cluster re-created on those volumes can log in.
-        del metadata["ownerReferences"]
+    metadata = _credential_metadata(cluster, names.secret(cluster.metadata.name, kind))
     return {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -68,12 +64,39 @@ def render_secret(
     }
 
 
+def _credential_metadata(cluster: PostgresCluster, name: str) -> dict[str, object]:
+    metadata = child_metadata(cluster, name)
+    if cluster.spec.storage.reclaim_policy == "Retain":
+        # Retained volumes hold these roles' password hashes; the credentials must outlive
+        # the cluster with them, so that a cluster re-created on those volumes can log in.
+        del metadata["ownerReferences"]
+    return metadata
+
+
+def render_vault(cluster: PostgresCluster, passwords: Mapping[SecretKind, str]) -> Manifest:
+    """Secret `<cluster>-vault`: the operator's own copy of every password (pgherd.passwords),
+    which the published Secrets are rendered from. Not for clients."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": _credential_metadata(cluster, names.vault(cluster.metadata.name)),
+        "type": "Opaque",
+        "data": {
+            kind: base64.b64encode(passwords[kind].encode()).decode("ascii")
+            for kind in SECRET_KINDS
+        },
+    }
+
+
 def render_secrets(cluster: PostgresCluster, passwords: Mapping[SecretKind, str]) -> list[Manifest]:
-    """One Secret per kind in SECRET_KINDS; `passwords` must hold them all."""
+    """The vault, then one Secret per kind in SECRET_KINDS; `passwords` must hold them all."""
     missing = [kind for kind in SECRET_KINDS if kind not in passwords]
     if missing:
         raise ValueError(f"passwords missing for {', '.join(missing)}")
     return [
-        render_secret(cluster, kind, username_for(cluster, kind), passwords[kind])
-        for kind in SECRET_KINDS
+        render_vault(cluster, passwords),
+        *(
+            render_secret(cluster, kind, username_for(cluster, kind), passwords[kind])
+            for kind in SECRET_KINDS
+        ),
     ]
