@@ -81,6 +81,9 @@ $(VENV_STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@# The developer tooling and the generators are not part of the package: put the source
+	@# root on the virtualenv's path for them.
+	@$(PY) -c 'import site, sys; open(site.getsitepackages()[0] + "/pgherd-source.pth", "w").write(sys.argv[1] + "\n")' "$(CURDIR)/operator"
 	@touch $@
 
 .PHONY: lock
@@ -119,10 +122,11 @@ bench: venv deps tools ## Measure latency, writes, memory, failover, backup; JSO
 	PYTHONPATH=$(CURDIR) $(PY) -m bench.run
 
 .PHONY: lint
-lint: venv ## ruff, and mypy --strict on operator/
+lint: venv ## ruff, mypy --strict on operator/, and the import contracts (.importlinter)
 	$(VENV)/bin/ruff check operator tests bench
 	$(VENV)/bin/ruff format --check operator tests bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 .PHONY: fmt
 fmt: venv ## Format the code

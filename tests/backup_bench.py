@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pgherd.kube import Kube
+from pgherd.controller.client import Client as Kube
 from tests import s3_server
 from tests.cluster.test_backup import (
     BUCKET,

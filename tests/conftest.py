@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from pgherd.kube import Kube
+from pgherd.controller.client import Client as Kube
 from pgherd_dev import processes
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.errors import DevError

@@ -17,10 +17,10 @@ from typing import Any
 
 import psycopg
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
 from pgherd import crds, manifests
-from pgherd.kube import Kube
+from pgherd.controller.client import ApiError
+from pgherd.controller.client import Client as Kube
 from pgherd_dev import kubeconfig
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.kubelet import HOLD_ANNOTATION, PORTS_ANNOTATION
@@ -34,7 +34,7 @@ RESYNC_SECONDS = 3
 def install_crds_and_rbac(kube: Kube) -> None:
     """The CRDs and the operator's namespace, ServiceAccount and RBAC, as manifests/ has them."""
     for obj in [*crds.render_crds(), manifests.namespace(), *manifests.rbac()]:
-        kube.apply(obj, check=False)
+        kube.apply(obj)
 
 
 def operator_kubeconfig(cp: ControlPlane, api: client.ApiClient, path: Path) -> Path:
@@ -65,9 +65,9 @@ def refused(create: Any) -> str:
     """The API server's 422 answer to a create it refuses, as text."""
     try:
         create()
-    except ApiException as e:
+    except ApiError as e:
         assert e.status == 422, e
-        return str(e.body)
+        return e.message
     raise AssertionError("the API server accepted it")
 
 
@@ -195,10 +195,40 @@ class Cluster:
         return cp.workdir / "pods" / self.namespace / pod / "current" / "container.log"
 
 
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
+
+
 def _epoch(event: dict[str, Any]) -> float:
-    """When the apiserver received an audited request, in epoch seconds (whole seconds)."""
-    stamp = event["requestReceivedTimestamp"]
-    return time.mktime(time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    """When the apiserver received an audited request, in epoch seconds."""
+    stamp = event["requestReceivedTimestamp"].rstrip("Z")
+    whole, _, fraction = stamp.partition(".")
+    seconds = time.mktime(time.strptime(whole, "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    return seconds + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+def audit_requests(
+    cp: ControlPlane,
+    user: str,
+    since: float,
+    namespace: str | None = None,
+    *,
+    verbs: frozenset[str] = WRITE_VERBS,
+) -> list[dict[str, Any]]:
+    """Requests (of verbs) made by user after the given time (epoch seconds), in `namespace`
+    if given."""
+    out = []
+    for line in cp.audit_log.read_text().splitlines():
+        event = json.loads(line)
+        if (
+            event.get("user", {}).get("username") != user
+            or event.get("stage") != "ResponseComplete"
+            or event.get("verb") not in verbs
+            or (namespace is not None and event.get("objectRef", {}).get("namespace") != namespace)
+        ):
+            continue
+        if _epoch(event) >= since:
+            out.append(event)
+    return out
 
 
 def audit_writes(
@@ -206,18 +236,7 @@ def audit_writes(
 ) -> list[dict[str, Any]]:
     """Write requests made by user after the given time (epoch seconds), in `namespace` if
     given."""
-    out = []
-    for line in cp.audit_log.read_text().splitlines():
-        event = json.loads(line)
-        if (
-            event.get("user", {}).get("username") != user
-            or event.get("stage") != "ResponseComplete"
-            or (namespace is not None and event.get("objectRef", {}).get("namespace") != namespace)
-        ):
-            continue
-        if _epoch(event) >= since:
-            out.append(event)
-    return out
+    return audit_requests(cp, user, since, namespace)
 
 
 def settle_writes(

@@ -20,8 +20,9 @@ from typing import Any
 import jinja2
 import yaml
 
-from pgherd import crds, manifests, releases, yaml_text
+from pgherd import crds, manifests, releases
 from pgherd.api import v1alpha1
+from pgherd.render import yaml_text
 
 Manifest = dict[str, Any]
 

@@ -21,7 +21,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pgherd import releases, yaml_text
+from pgherd import releases
+from pgherd.render import yaml_text
 
 Manifest = dict[str, Any]
 

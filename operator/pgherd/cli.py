@@ -6,15 +6,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-# pgherd.backup: commands PostgreSQL and Patroni run in the operand (archive_command,
-# restore_command, the restore bootstrap method); they parse their own arguments.
+# Commands PostgreSQL and Patroni run in the operand (archive_command, restore_command, the
+# restore bootstrap method); they parse their own arguments.
 BACKUP_COMMANDS = ("wal-archive", "wal-restore", "restore-bootstrap")
 
 
 def main(argv: list[str] | None = None) -> int:
     raw = sys.argv[1:] if argv is None else argv
     if raw and raw[0] in BACKUP_COMMANDS:
-        from pgherd.backup import commands  # noqa: PLC0415
+        from pgherd.operand import commands  # noqa: PLC0415
 
         return commands.main(raw[0], raw[1:])
     parser = argparse.ArgumentParser(prog="pgherd", description=__doc__.splitlines()[0])
@@ -37,12 +37,22 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     # Imported per command: the operand image must not need kopf, nor the operator Patroni.
     if args.command == "instance":
-        from pgherd import instance  # noqa: PLC0415
+        from pgherd.operand import instance  # noqa: PLC0415
 
         return instance.main()
-    from pgherd import runner  # noqa: PLC0415
+    import os  # noqa: PLC0415
 
-    return runner.main(namespaces=args.namespace, health_port=args.health_port)
+    from pgherd.controller import runner  # noqa: PLC0415
+    from pgherd.settings import Settings, SettingsError  # noqa: PLC0415
+
+    try:
+        settings = Settings.from_env(
+            os.environ, namespaces=args.namespace, health_port=args.health_port
+        )
+    except SettingsError as e:
+        print(f"pgherd operator: {e}", file=sys.stderr)
+        return 2
+    return runner.main(settings)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pgherd import yaml_text
 from pgherd.api import v1alpha1
 from pgherd.crd_schema import model_default, structural_schema
+from pgherd.render import yaml_text
 
 Manifest = dict[str, Any]
 

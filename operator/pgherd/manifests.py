@@ -18,8 +18,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pgherd import crds, permissions, yaml_text
+from pgherd import crds, permissions
 from pgherd.api import v1alpha1
+from pgherd.render import yaml_text
 
 Manifest = dict[str, Any]
 

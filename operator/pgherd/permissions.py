@@ -17,9 +17,11 @@ from dataclasses import dataclass
 from typing import Any
 
 CRUD = ("get", "list", "watch", "create", "update", "patch", "delete")
-# Server-side apply: read by name to skip unchanged objects, PATCH, which the API server
-# authorizes as create too when the object does not exist yet.
-APPLY = ("get", "create", "patch")
+# A kind the controller caches: listed and watched by label, read by name (metadata only)
+# when a child the caches miss may be held by a neighbour's object. Children are written
+# with server-side apply, a PATCH that the API server authorizes as create too when the
+# object does not exist yet.
+CACHED = ("get", "list", "watch")
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,8 @@ NAMESPACED: tuple[Rule, ...] = (
     Rule(
         "pgherd.io",
         ("postgresclusters",),
-        ("get", "list", "watch", "patch"),
-        "the custom resource the operator reconciles (kopf watches it and patches its annotations)",
+        ("list", "watch"),
+        "the custom resource the operator reconciles (kopf watches it)",
     ),
     Rule("pgherd.io", ("postgresclusters/status",), ("patch",), "status and conditions"),
     Rule(
@@ -55,14 +57,12 @@ NAMESPACED: tuple[Rule, ...] = (
         "OwnerReferences with blockOwnerDeletion on clusters where the OwnerReferences"
         "PermissionEnforcement admission plugin runs",
     ),
-    # pgherd.backup
     Rule(
         "pgherd.io",
         ("postgresbackups",),
-        ("get", "list", "watch", "create", "patch", "delete"),
-        "base backups: scheduled ones are created and pruned to the history limit (kopf "
-        "watches them and patches their annotations); the instances' Role is granted read "
-        "access",
+        ("get", "list", "watch", "create", "delete"),
+        "base backups: kopf watches them; scheduled ones are created and pruned to the "
+        "history limit; the instances' Role is granted read access",
     ),
     Rule(
         "pgherd.io",
@@ -75,47 +75,68 @@ NAMESPACED: tuple[Rule, ...] = (
         "",
         ("configmaps",),
         CRUD,
-        "the Patroni configuration; stale DCS ConfigMaps of a deleted namesake are removed; "
-        "the instances' Role is granted Patroni's DCS verbs, which the operator must hold",
+        "the Patroni configuration, and Patroni's DCS ConfigMaps (watched; stale ones of a "
+        "deleted namesake removed); the instances' Role is granted Patroni's DCS verbs",
     ),
     Rule(
         "",
         ("secrets",),
-        # No list or watch: Secrets are read by name only, never a namespace's all at once.
-        APPLY,
+        # list and watch only with a label selector (pgherd.controller.runner.WATCHED): the
+        # cluster's own Secrets and those that opted in, never a namespace's every Secret.
+        (*CACHED, "create", "patch"),
         "the cluster's credential Secrets and its vault; Secrets the spec names (used only "
         "when they opted in)",
     ),
-    Rule("", ("services", "serviceaccounts"), APPLY, "client Services, the instance account"),
+    Rule(
+        "",
+        ("services", "serviceaccounts"),
+        (*CACHED, "create", "patch"),
+        "client Services, the instance account",
+    ),
     Rule(
         "",
         ("pods",),
         # list, watch, get, update and patch are granted to the instances' Role (Patroni
         # writes its pod's labels and annotations), and RBAC lets one grant only what one holds.
         ("get", "list", "watch", "patch", "update", "delete"),
-        "reading instance state; deleting a pod for a rolling restart",
+        "instance state (watched); deleting a pod for a rolling update",
     ),
-    Rule("", ("persistentvolumeclaims",), ("list", "patch"), "expanding data volumes"),
+    Rule(
+        "",
+        ("persistentvolumeclaims",),
+        ("list", "watch", "patch"),
+        "data volumes (watched); expanding them",
+    ),
     # Core v1 only: kopf posts its events there. events.k8s.io is not used, and granting it
     # draws a (false) deprecated-API warning from operator-sdk's bundle validator.
     Rule("", ("events",), ("create",), "kopf's and the operator's events (core/v1)"),
     Rule(
         "apps",
         ("statefulsets",),
-        (*APPLY, "delete"),
+        (*CACHED, "create", "patch", "delete"),
         "the instances' StatefulSet (re-created without its pods when volumes grow)",
     ),
-    Rule("policy", ("poddisruptionbudgets",), APPLY, "the cluster's PodDisruptionBudget"),
+    Rule(
+        "policy",
+        ("poddisruptionbudgets",),
+        (*CACHED, "create", "patch"),
+        "the cluster's PodDisruptionBudget",
+    ),
     Rule(
         "rbac.authorization.k8s.io",
         ("roles", "rolebindings"),
-        APPLY,
+        (*CACHED, "create", "patch"),
         "the instance pods' Role and RoleBinding (Patroni's Kubernetes DCS)",
     ),
 )
 
 CLUSTER: tuple[Rule, ...] = (
-    Rule("storage.k8s.io", ("storageclasses",), ("get",), "whether a StorageClass exists"),
+    Rule(
+        "storage.k8s.io",
+        ("storageclasses",),
+        ("list", "watch"),
+        "whether a cluster's StorageClass exists (watched)",
+    ),
     Rule(
         "apiextensions.k8s.io",
         ("customresourcedefinitions",),

@@ -97,6 +97,11 @@ class ControlPlane:
             "  verbs: [create, update, patch, delete, deletecollection]\n"
             "- level: Request\n"
             "  verbs: [create, update, patch, delete, deletecollection]\n"
+            # The operator's reads too (who, what, not the body): tests and the bench count
+            # them, since a reconcile in steady state must make none.
+            "- level: Metadata\n"
+            "  userGroups: ['system:serviceaccounts:pgherd-system']\n"
+            "  verbs: [get, list]\n"
             "- level: None\n"
         )
         return path

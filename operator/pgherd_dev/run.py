@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from pgherd import crds, manifests
-from pgherd.kube import Kube
+from pgherd.controller.client import Client as Kube
 from pgherd_dev import kubeconfig, processes, svcproxy
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.errors import DevError
@@ -59,7 +59,7 @@ def run(cp: ControlPlane, repo: Path) -> int:
     api = cp.api_client()
     kube = Kube(api)
     for obj in [*crds.render_crds(), manifests.namespace(), *manifests.rbac()]:
-        kube.apply(obj, check=False)
+        kube.apply(obj)
     kc = kubeconfig.for_service_account(
         cp, api, manifests.NAMESPACE, manifests.NAME, cp.workdir / "operator.kubeconfig"
     )

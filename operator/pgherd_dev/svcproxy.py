@@ -14,7 +14,7 @@ import json
 import logging
 from typing import Any
 
-from pgherd.kube import Kube
+from pgherd.controller.client import Client as Kube
 from pgherd_dev.kubelet import PORTS_ANNOTATION
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgherd.backup.wal import timeline_of
-from pgherd.kube import Kube
+from pgherd.controller.client import Client as Kube
+from pgherd.operand.wal import timeline_of
 from pgherd_dev.controlplane import ControlPlane
 from tests import s3_server
 from tests.operator_harness import Cluster, Operator, wait_for

@@ -30,7 +30,7 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pgherd import catalog, releases
-from pgherd.kube import Kube
+from pgherd.controller.client import Client as Kube
 from pgherd_dev import kubeconfig
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.errors import DevError

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgherd.kube import Kube
+from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
 from tests.operator_harness import (
     OPERATOR_ACCOUNT,
@@ -40,7 +40,7 @@ OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 @pytest.fixture(scope="module")
 def basic(operator: Operator, kube: Kube) -> Iterator[Cluster]:
     ns = "basics"
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, check=False)
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     cluster = Cluster(kube, ns, "basic")
     cluster.create({"instances": 3, "postgresql": {"parameters": {"work_mem": "4MB"}}})
     cluster.wait_healthy(3)
@@ -108,7 +108,7 @@ def test_services_follow_the_primary(basic: Cluster, kube: Kube) -> None:
     pods = {p["status"]["podIP"]: p["metadata"]["name"] for p in basic.pods()}
 
     def endpoints(service: str) -> set[str]:
-        slices = kube._call(  # EndpointSlices are read only here, by the test
+        slices = kube.request(  # EndpointSlices are read only here, by the test
             "GET",
             f"/apis/discovery.k8s.io/v1/namespaces/{basic.namespace}/endpointslices",
             query=[("labelSelector", f"kubernetes.io/service-name={service}")],

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from pgherd.kube import Kube
+from pgherd.controller.client import Client as Kube
 from tests.operator_harness import Cluster, Operator, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]

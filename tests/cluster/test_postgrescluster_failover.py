@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from pgherd.kube import Kube
+from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
 from tests.operator_harness import Cluster, Operator, wait_for
 

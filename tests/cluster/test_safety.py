@@ -17,9 +17,9 @@ from typing import Any, ClassVar
 import psycopg
 import pytest
 from kubernetes import client as k8s
-from kubernetes.client.exceptions import ApiException
 
-from pgherd.kube import Kube
+from pgherd.controller.client import ApiError
+from pgherd.controller.client import Client as Kube
 from pgherd_dev import kubeconfig
 from pgherd_dev.controlplane import ControlPlane
 from tests.operator_harness import Cluster, Operator, refused, wait_for
@@ -261,7 +261,7 @@ def test_a_tenant_cannot_exfiltrate_a_secret_through_the_operator(
     url, seen = endpoint
     _secret(kube, namespace, "team-secret", {"token": "the-team's-token"})
     tenant = _tenant(control_plane, api, namespace, tmp_path)
-    with pytest.raises(ApiException) as refused:
+    with pytest.raises(ApiError) as refused:
         tenant.get("Secret", namespace, "team-secret")
     assert refused.value.status == 403
     ref = {"name": "team-secret", "key": "token"}
@@ -385,7 +385,7 @@ def test_what_only_the_operator_sees_is_degraded_with_one_event_and_others_are_s
 @pytest.fixture(scope="module")
 def safe(operator: Operator, kube: Kube) -> Iterator[Cluster]:
     ns = f"t-safety-{int(time.time())}"
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}, check=False)
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     cluster = Cluster(kube, ns, "safe")
     cluster.create(
         {
@@ -424,7 +424,11 @@ def test_bootstrap_is_not_a_warning_and_trust_is(safe: Cluster, kube: Kube) -> N
         for e in kube.list("Event", safe.namespace)
         if e["involvedObject"]["name"] == "safe" and e["type"] == "Warning"
     ]
-    assert [e["reason"] for e in warnings] == ["TrustAuthenticationAllowed"]
+    reasons = [e["reason"] for e in warnings]
+    # Readiness changing while the cluster comes up is not a warning (the tests' 20 s limit
+    # for "never ready" may be reached on a busy machine: that one is a real warning).
+    assert not {"NoPrimary", "InstancesNotReady"} & set(reasons), reasons
+    assert reasons.count("TrustAuthenticationAllowed") == 1
     cond = safe.condition("InsecureAuthentication")
     assert cond["status"] == "True" and "192.0.2.0/24" in cond["message"]
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pgherd.backup import agent, wal
+from pgherd import contract
+from pgherd.operand import agent, wal
 
 
 def test_a_hung_store_command_ends_with_a_failure_naming_it(
@@ -74,25 +75,27 @@ def test_store_summary_counts_only_finished_backups() -> None:
 def test_newer_follows_wal_order_not_archive_order() -> None:
     # After a failover the new primary archives its new timeline's segments and then the
     # old timeline's leftovers: the newest is the furthest in WAL, whatever came last.
-    assert wal.newer("00000002000000000000000E", "000000010000000000000002") == (
+    assert contract.newer("00000002000000000000000E", "000000010000000000000002") == (
         "00000002000000000000000E"
     )
-    assert wal.newer("00000001000000000000000D", "00000002000000000000000D") == (
+    assert contract.newer("00000001000000000000000D", "00000002000000000000000D") == (
         "00000002000000000000000D"
     )
     # A segment that only crossed a log boundary is still later.
-    assert wal.newer("0000000100000000000000FF", "000000010000000100000000") == (
+    assert contract.newer("0000000100000000000000FF", "000000010000000100000000") == (
         "000000010000000100000000"
     )
     # A .partial or .backup file is no further than its whole segment; history files and
     # nothing say nothing.
-    assert wal.newer("00000001000000000000000D", "00000001000000000000000D.partial") == (
+    assert contract.newer("00000001000000000000000D", "00000001000000000000000D.partial") == (
         "00000001000000000000000D"
     )
-    assert wal.newer("00000001000000000000000C", "00000002.history") == "00000001000000000000000C"
-    assert wal.newer(None, "00000002.history") == "00000002.history"
-    assert wal.newer(None, None) is None
-    assert wal.newer("00000001000000000000000C", None) == "00000001000000000000000C"
+    assert (
+        contract.newer("00000001000000000000000C", "00000002.history") == "00000001000000000000000C"
+    )
+    assert contract.newer(None, "00000002.history") == "00000002.history"
+    assert contract.newer(None, None) is None
+    assert contract.newer("00000001000000000000000C", None) == "00000001000000000000000C"
 
 
 def test_the_newest_archived_file_is_kept_in_wal_order(tmp_path: Path) -> None:

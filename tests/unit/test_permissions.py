@@ -1,9 +1,10 @@
 """Least privilege: the operator's RBAC (pgherd.permissions) is exactly what its code uses.
 
-What the code uses is read from the code itself: every call on the operator's API client
-(found in the source, with the kind it names), the kinds the renderers produce (applied with
-server-side apply), the rules the operator grants the instances' Role (RBAC lets one grant
-only what one holds), and what kopf itself calls (from kopf's documentation of its RBAC).
+What the code uses is read from the code itself: the deletes, patches and creates the plan
+makes (found in the source, with the kind each names), the kinds the informers watch and the
+observer probes, the kinds the renderers produce (server-side applied), the rules the
+operator grants the instances' Role (RBAC lets one grant only what one holds), and what kopf
+itself calls (from kopf's documentation of its RBAC).
 A grant nothing uses fails, and so does a call nothing grants.
 """
 
@@ -14,24 +15,25 @@ from pathlib import Path
 
 from pgherd import permissions
 from pgherd.api import v1alpha1
-from pgherd.kube import KINDS
+from pgherd.controller.client import KINDS
+from pgherd.controller.runner import WATCHED
+from pgherd.controller.snapshot import expected_children
 from pgherd.render.children import desired_children
 from pgherd.render.rbac import render_rbac
 from tests.unit.clusters import PASSWORDS, make_cluster
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "pgherd"
-CLIENT_VERBS = {"get": "get", "list": "list", "patch": "patch", "delete": "delete"}
 # Names the source uses for kinds, besides string literals.
 KIND_CONSTANTS = {"KIND": v1alpha1.KIND, "BACKUP_KIND": v1alpha1.BACKUP_KIND}
-# kopf's own calls: it lists and watches the resources it serves (and patches them to store
-# its progress), and observes namespaces (namespace patterns) and CRDs at run time.
+# What each planned action (pgherd.controller.actions) is, as an API verb.
+ACTION_VERBS = {"Delete": "delete", "Patch": "patch", "Create": "create"}
+# kopf's own calls: it lists and watches the resources it serves, posts Events, and observes
+# namespaces (namespace patterns) and CRDs at run time.
 KOPF = {
     ("pgherd.io", "postgresclusters", "list"),
     ("pgherd.io", "postgresclusters", "watch"),
-    ("pgherd.io", "postgresclusters", "patch"),
     ("pgherd.io", "postgresbackups", "list"),
     ("pgherd.io", "postgresbackups", "watch"),
-    ("pgherd.io", "postgresbackups", "patch"),
     ("", "events", "create"),
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
@@ -43,8 +45,6 @@ IMPLIED = {
     # ownerReferences with blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
     ("pgherd.io", "postgresclusters/finalizers", "update"),
 }
-
-
 # Every feature on: a cluster with backups renders every kind and every instance rule.
 WITH_BACKUP = {
     "backup": {
@@ -65,50 +65,53 @@ def _resource(kind: str, subresource: str = "") -> tuple[str, str]:
     return group, where.plural + (f"/{subresource}" if subresource else "")
 
 
-def _kind_of(node: ast.expr) -> str | None:
+def _kind_of(node: ast.expr | None) -> str | None:
     if isinstance(node, ast.Constant) and isinstance(node.value, str):
         return node.value
     if isinstance(node, ast.Name):
         return KIND_CONSTANTS.get(node.id)
-    return None  # a kind computed at run time: a rendered child (counted below)
+    return None
+
+
+def planned_writes() -> set[tuple[str, str, str]]:
+    """(group, resource, verb) of every Delete, Patch and Create the controller plans, read
+    from the source (the kind= and subresource= its action constructors name)."""
+    used: set[tuple[str, str, str]] = set()
+    for path in (PACKAGE / "controller").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)):
+                continue
+            verb = ACTION_VERBS.get(node.func.id)
+            if verb is None:
+                continue
+            words = {k.arg: k.value for k in node.keywords}
+            if verb == "create":
+                used.add((*_resource(v1alpha1.BACKUP_KIND), "create"))  # scheduled backups
+                continue
+            kind = _kind_of(words.get("kind"))
+            assert kind is not None, f"{path.name}:{node.lineno}: a {node.func.id} without kind"
+            sub = words.get("subresource")
+            sub_name = sub.value if isinstance(sub, ast.Constant) else ""
+            used.add((*_resource(kind, str(sub_name)), verb))
+    return used
 
 
 def client_calls() -> set[tuple[str, str, str]]:
-    """(group, resource, verb) of every call on a `kube` client in the operator's code."""
+    """What the controller calls besides planned actions: informers list and watch every
+    kind they cache; the observer probes (metadata) every child name the caches miss;
+    rendered children are server-side applied (a PATCH, which the API server authorizes as
+    create when the object is new); status is patched; Events are posted."""
     used: set[tuple[str, str, str]] = set()
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-                continue
-            receiver = node.func.value
-            name = receiver.id if isinstance(receiver, ast.Name) else getattr(receiver, "attr", "")
-            if name != "kube" or node.func.attr not in (*CLIENT_VERBS, "create"):
-                continue
-            if node.func.attr == "create":
-                continue  # bodies built at run time: Events and PostgresBackups, below
-            kind = _kind_of(node.args[0]) if node.args else None
-            if kind is None:
-                continue
-            sub = next(
-                (k.value.value for k in node.keywords
-                 if k.arg == "subresource" and isinstance(k.value, ast.Constant)),
-                "",
-            )  # fmt: skip
-            used.add((*_resource(kind, str(sub)), CLIENT_VERBS[node.func.attr]))
-    # kube.create bodies: Events (events.post) and scheduled PostgresBackups.
-    used |= {("", "events", "create"), ("pgherd.io", "postgresbackups", "create")}
-    return used
-
-
-def rendered_children() -> set[tuple[str, str, str]]:
-    """Children are read by name and server-side applied: a PATCH, which the API server also
-    authorizes as create when the object does not exist yet."""
-    used = set()
-    cluster = make_cluster(WITH_BACKUP)
-    for child in desired_children(cluster, PASSWORDS):
-        group, resource = _resource(child["kind"])
-        used |= {(group, resource, verb) for verb in ("get", "patch", "create")}
-    return used
+    for kind, _selector in (*WATCHED, ("StorageClass", "")):
+        used |= {(*_resource(kind), "list"), (*_resource(kind), "watch")}
+    for kind, _name in expected_children("db"):
+        used.add((*_resource(kind), "get"))
+    used.add((*_resource("Secret"), "get"))  # referenced Secrets that did not opt in
+    for child in desired_children(make_cluster(WITH_BACKUP), PASSWORDS):
+        used |= {(*_resource(child["kind"]), "patch"), (*_resource(child["kind"]), "create")}
+    used.add((*_resource(v1alpha1.KIND, "status"), "patch"))
+    used.add((*_resource("Event"), "create"))
+    return used | planned_writes()
 
 
 def granted_to_instances() -> set[tuple[str, str, str]]:
@@ -133,7 +136,7 @@ def granted() -> set[tuple[str, str, str]]:
 
 
 def used() -> set[tuple[str, str, str]]:
-    return client_calls() | rendered_children() | granted_to_instances() | KOPF | IMPLIED
+    return client_calls() | granted_to_instances() | KOPF | IMPLIED
 
 
 def test_nothing_is_granted_that_the_code_does_not_use() -> None:
@@ -144,14 +147,16 @@ def test_everything_the_code_calls_is_granted() -> None:
     assert sorted(used() - granted()) == []
 
 
-def test_secrets_are_never_listed_or_watched() -> None:
-    # A Secret cache of the whole namespace would hold every tenant's credentials in memory.
-    assert not {v for g, r, v in granted() if (g, r) == ("", "secrets")} & {"list", "watch"}
+def test_secrets_are_only_watched_by_label() -> None:
+    # A Secret cache of the whole namespace would hold every tenant's credentials in memory:
+    # the controller watches only its own Secrets and those that opted in.
+    selectors = [selector for kind, selector in WATCHED if kind == "Secret"]
+    assert selectors == ["pgherd.io/cluster", "pgherd.io/use=true"]
 
 
-def test_the_scan_finds_calls() -> None:
-    # Guards the scanner itself: these calls exist in the code today.
-    calls = client_calls()
-    assert ("", "pods", "delete") in calls
-    assert ("pgherd.io", "postgresclusters/status", "patch") in calls
-    assert ("", "secrets", "get") in calls
+def test_the_scan_finds_the_planned_writes() -> None:
+    # Guards the scanner itself: these actions exist in the plan today.
+    writes = planned_writes()
+    assert ("", "pods", "delete") in writes  # a rolling update
+    assert ("", "persistentvolumeclaims", "patch") in writes  # storage growth
+    assert ("pgherd.io", "postgresbackups/status", "patch") in writes  # backup placement

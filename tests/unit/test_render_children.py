@@ -6,8 +6,7 @@ import copy
 
 import pytest
 
-from pgherd import yaml_text
-from pgherd.render import desired_children, labels
+from pgherd.render import desired_children, labels, yaml_text
 from pgherd.render.ownership import owner_reference
 from tests.unit.clusters import PASSWORDS, SCENARIOS, UID, make_cluster
 

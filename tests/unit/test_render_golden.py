@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pgherd import yaml_text
-from pgherd.render import desired_children
+from pgherd.render import desired_children, yaml_text
 from tests.unit.clusters import PASSWORDS, SCENARIOS, make_cluster
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"

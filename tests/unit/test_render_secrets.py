@@ -8,8 +8,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from pgherd import yaml_text
-from pgherd.render import desired_children
+from pgherd.render import desired_children, yaml_text
 from pgherd.render.secrets import render_secret, render_secrets
 from tests.unit.clusters import PASSWORDS, make_cluster
 

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 
-from pgherd import conditions as c
-from pgherd import passwords, references, status
-from pgherd.conditions import Problem
-from pgherd.observe import InstanceReport, Member, Observed
-from pgherd.reconcile import held_back_parameters
-from pgherd.render import operand, ownership
+from pgherd import contract
+from pgherd.controller import conditions as c
+from pgherd.controller import credentials as passwords
+from pgherd.controller import references, status
+from pgherd.controller.conditions import Problem
+from pgherd.controller.plan import Plan, held_back_parameters
+from pgherd.controller.snapshot import InstanceReport, Member, Snapshot
+from pgherd.render import ownership
 from pgherd.render.children import desired_children
 from tests.unit.clusters import PASSWORDS, UID, make_cluster
 
@@ -250,7 +252,6 @@ def _member(
         state=state,
         api_url="http://127.0.0.1:8008/patroni",
         lsn=100,
-        timeline=1,
         pending_restart=False,
         unready_since=unready_since,
         report=report,
@@ -275,17 +276,29 @@ def test_libraries_the_image_lacks_are_held_back(
     parameters: dict[str, str], held: list[str]
 ) -> None:
     cluster = make_cluster({"postgresql": {"parameters": parameters}})
-    observed = Observed(members=[_member(report=InstanceReport(15, LIBS))])
+    observed = _snapshot(cluster, [_member(report=InstanceReport(15, LIBS))])
     assert sorted(held_back_parameters(cluster, observed)) == held
 
 
 def test_nothing_is_held_back_before_an_instance_reports_its_libraries() -> None:
     cluster = make_cluster({"postgresql": {"parameters": {"shared_preload_libraries": "x"}}})
-    assert held_back_parameters(cluster, Observed(members=[_member()])) == {}
+    assert held_back_parameters(cluster, _snapshot(cluster, [_member()])) == {}
 
 
-def _degraded(cluster: Any, observed: Observed, **kw: Any) -> tuple[str, str, str]:
-    st = status.compute(cluster, observed, None, NOW, stuck_after=timedelta(seconds=300), **kw)
+def _snapshot(cluster: Any, members: list[Member]) -> Snapshot:
+    raw = {"metadata": {"name": "db", "namespace": "prod"}, "spec": {}}
+    return Snapshot("prod", "db", NOW, raw=raw, cluster=cluster, members=tuple(members))
+
+
+def _degraded(
+    cluster: Any, members: list[Member], problems: tuple[Problem, ...] = ()
+) -> tuple[str, str, str]:
+    st = status.compute(
+        _snapshot(cluster, members),
+        Plan(problems=problems),
+        stuck_after=timedelta(seconds=300),
+    )
+    assert st is not None
     cond = c.get(st.conditions, c.DEGRADED)
     assert cond is not None
     return cond.status, cond.reason, cond.message
@@ -304,7 +317,7 @@ def test_never_ready_counts_from_when_the_instance_became_unready(
     created: datetime, unready_since: datetime, stuck: bool
 ) -> None:
     member = _member(ready=False, state="starting", created=created, unready_since=unready_since)
-    _, reason, _ = _degraded(make_cluster(), Observed(members=[member]))
+    _, reason, _ = _degraded(make_cluster(), [member])
     assert (reason == c.INSTANCE_STUCK) is stuck
 
 
@@ -330,15 +343,14 @@ def test_what_the_instances_report_is_degraded(
     members: list[Member], reason: str, words: str
 ) -> None:
     cluster = make_cluster({"postgresql": {"parameters": {"work_mem": "lots"}}})
-    _, got, message = _degraded(cluster, Observed(members=members))
+    _, got, message = _degraded(cluster, members)
     assert got == reason
     assert words in message
 
 
 def test_every_problem_is_in_the_message_and_the_first_is_the_reason() -> None:
-    problems = [Problem(c.CHILD_NAME_CONFLICT, "Service 'db-rw' ..."), Problem("B", "second")]
-    st, reason, message = _degraded(make_cluster(), Observed(members=[_member()]),
-                                    problems=problems)  # fmt: skip
+    problems = (Problem(c.CHILD_NAME_CONFLICT, "Service 'db-rw' ..."), Problem("B", "second"))
+    st, reason, message = _degraded(make_cluster(), [_member()], problems)
     assert (st, reason) == ("True", c.CHILD_NAME_CONFLICT)
     assert "Service 'db-rw'" in message and "second" in message
 
@@ -346,10 +358,10 @@ def test_every_problem_is_in_the_message_and_the_first_is_the_reason() -> None:
 def test_instance_report_parses_what_the_instance_publishes() -> None:
     raw = json.dumps(
         {
-            operand.REPORT_MAJOR: 15,
-            operand.REPORT_LIBRARIES: ["plpgsql"],
-            operand.REPORT_ERROR: "FATAL: x",
-            operand.REPORT_IGNORED: {"a": "b"},
+            contract.REPORT_MAJOR: 15,
+            contract.REPORT_LIBRARIES: ["plpgsql"],
+            contract.REPORT_ERROR: "FATAL: x",
+            contract.REPORT_IGNORED: {"a": "b"},
         }
     )
     assert InstanceReport.from_annotation(raw) == InstanceReport(

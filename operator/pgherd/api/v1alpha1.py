@@ -34,6 +34,9 @@ SHORT_NAMES = ("pgc",)
 
 DEFAULT_POSTGRES_VERSION = 15
 DEFAULT_IMAGE = f"pgherd/postgres:{DEFAULT_POSTGRES_VERSION}-0.1.0"
+# What the API server stored as spec.image before the field became optional: the default of
+# its time, which must not pin an old image forever. Such a value means "unset".
+LEGACY_DEFAULT_IMAGES = frozenset({"pgherd/postgres:15-0.1.0"})
 MAX_INSTANCES = 9
 # The StatefulSet's controller-revision-hash label (name + 11 characters) must fit in 63.
 MAX_NAME_LENGTH = 52
@@ -798,13 +801,18 @@ class PostgresClusterSpec(ApiModel):
         default=DEFAULT_POSTGRES_VERSION,
         ge=13,
         le=19,
-        description="PostgreSQL major version; it can be raised but never lowered. Must match "
-        "the image.",
+        description="PostgreSQL major version; it can be raised but never lowered. It selects "
+        "the operand image (the operator's image for that major) unless spec.image is set; an "
+        "image running another major is reported as Degraded (VersionMismatch).",
     )
-    image: str = Field(
-        default=DEFAULT_IMAGE,
+    image: str | None = Field(
+        default=None,
         min_length=1,
-        description="Operand image: PostgreSQL of postgresVersion with Patroni and pgherd.",
+        max_length=1024,
+        description="Operand image (PostgreSQL of postgresVersion with Patroni and pgherd). "
+        "When unset, the operator's image for postgresVersion is used: the one OLM (or the "
+        "operator's RELATED_IMAGE_POSTGRES[_<major>] settings) names, mirrored and pinned by "
+        "digest where the catalog is.",
     )
     storage: StorageSpec = Field(
         default_factory=StorageSpec, description="Persistent storage of each instance."

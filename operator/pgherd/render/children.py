@@ -20,19 +20,25 @@ from pgherd.render.statefulset import render_statefulset
 
 
 def desired_children(
-    cluster: PostgresCluster, passwords: Mapping[SecretKind, str] | None = None
+    cluster: PostgresCluster,
+    passwords: Mapping[SecretKind, str] | None = None,
+    *,
+    image: str | None = None,
+    replicas: int | None = None,
 ) -> list[Manifest]:
     """The desired child objects of `cluster`.
 
     Secrets are included only when `passwords` (superuser, replication and app) are given:
-    passwords are never made up here; the operator reads them from the existing Secrets or
-    generates them once.
+    passwords are never made up here; the operator keeps them in the cluster's vault or
+    generates them once. image: the operand image the operator chose for the cluster's
+    PostgreSQL version (spec.image, else the default); replicas: the StatefulSet's size when
+    it must differ from spec.instances for now (scaling down waits for the primary to move).
     """
     children = render_rbac(cluster)
     if passwords is not None:
         children += render_secrets(cluster, passwords)
     children.append(render_patroni_configmap(cluster))
     children += render_services(cluster)
-    children.append(render_statefulset(cluster))
+    children.append(render_statefulset(cluster, image=image, replicas=replicas))
     children.append(render_pdb(cluster))
     return children

@@ -15,10 +15,10 @@ import hashlib
 import json
 from typing import Any
 
-from pgherd import yaml_text
+from pgherd import contract
 from pgherd.api.v1alpha1 import REPLICATION_USERNAME, SUPERUSER_USERNAME, PostgresCluster
-from pgherd.backup import render as backup_render
-from pgherd.render import labels, names, operand
+from pgherd.render import backup as backup_render
+from pgherd.render import labels, names, yaml_text
 from pgherd.render.ownership import Manifest, child_metadata
 
 CONFIG_HASH_ANNOTATION = "pgherd.io/patroni-config-hash"
@@ -78,7 +78,7 @@ def patroni_config(cluster: PostgresCluster) -> dict[str, Any]:
             # Bypassing needs read access to Endpoints in `default`, outside the cluster's Role.
             "bypass_api_service": False,
         },
-        "restapi": {"listen": f"0.0.0.0:{operand.PATRONI_PORT}"},
+        "restapi": {"listen": f"0.0.0.0:{contract.PATRONI_PORT}"},
         "bootstrap": {
             "dcs": dynamic_config(cluster),
             "initdb": [{"encoding": "UTF8"}, "data-checksums"],
@@ -86,14 +86,14 @@ def patroni_config(cluster: PostgresCluster) -> dict[str, Any]:
             **backup_render.bootstrap(cluster),
         },
         "postgresql": {
-            "listen": f"*:{operand.POSTGRES_PORT}",
+            "listen": f"*:{contract.POSTGRES_PORT}",
             "use_unix_socket": True,
-            "pgpass": operand.PGPASS,
+            "pgpass": contract.PGPASS,
             "authentication": {
                 "superuser": {"username": SUPERUSER_USERNAME},
                 "replication": {"username": REPLICATION_USERNAME},
             },
-            "parameters": {"unix_socket_directories": operand.SOCKET_DIR},
+            "parameters": {"unix_socket_directories": contract.SOCKET_DIR},
             "pg_hba": pg_hba(cluster),
             "basebackup": [{"checkpoint": "fast"}],
         },
@@ -108,7 +108,7 @@ def render_patroni_configmap(cluster: PostgresCluster) -> Manifest:
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": child_metadata(cluster, names.patroni_configmap(cluster.metadata.name)),
-        "data": {operand.CONFIG_KEY: yaml_text.dump(patroni_config(cluster))},
+        "data": {contract.CONFIG_KEY: yaml_text.dump(patroni_config(cluster))},
     }
 
 

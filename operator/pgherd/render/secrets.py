@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from urllib.parse import quote
 
 from pgherd.api.v1alpha1 import REPLICATION_USERNAME, SUPERUSER_USERNAME, PostgresCluster
+from pgherd.contract import POSTGRES_PORT
 from pgherd.render import names
 from pgherd.render.names import SECRET_KINDS, SecretKind
-from pgherd.render.operand import POSTGRES_PORT
 from pgherd.render.ownership import Manifest, child_metadata
 
 

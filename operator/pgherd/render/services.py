@@ -9,20 +9,21 @@ from __future__ import annotations
 
 from typing import Any
 
+from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
-from pgherd.render import labels, names, operand
+from pgherd.render import labels, names
 from pgherd.render.ownership import Manifest, child_metadata
 
 _POSTGRES_PORT = {
-    "name": operand.POSTGRES_PORT_NAME,
-    "port": operand.POSTGRES_PORT,
-    "targetPort": operand.POSTGRES_PORT_NAME,
+    "name": contract.POSTGRES_PORT_NAME,
+    "port": contract.POSTGRES_PORT,
+    "targetPort": contract.POSTGRES_PORT_NAME,
     "protocol": "TCP",
 }
 _PATRONI_PORT = {
-    "name": operand.PATRONI_PORT_NAME,
-    "port": operand.PATRONI_PORT,
-    "targetPort": operand.PATRONI_PORT_NAME,
+    "name": contract.PATRONI_PORT_NAME,
+    "port": contract.PATRONI_PORT,
+    "targetPort": contract.PATRONI_PORT_NAME,
     "protocol": "TCP",
 }
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from pgherd.api.v1alpha1 import PostgresCluster
-from pgherd.backup import render as backup_render
-from pgherd.render import labels, names, operand
+from pgherd import contract
+from pgherd.api.v1alpha1 import DEFAULT_IMAGE, PostgresCluster
+from pgherd.render import backup as backup_render
+from pgherd.render import labels, names
 from pgherd.render.names import SecretKind
 from pgherd.render.ownership import Manifest, child_metadata
 from pgherd.render.patroni_config import (
@@ -44,10 +45,10 @@ def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
         _field_env("POD_NAMESPACE", "metadata.namespace"),
         _field_env("POD_IP", "status.podIP"),
         {"name": "PGHERD_CLUSTER", "value": name},
-        {"name": "PGHERD_PG_PORT", "value": str(operand.POSTGRES_PORT)},
-        {"name": "PGHERD_API_PORT", "value": str(operand.PATRONI_PORT)},
-        {"name": "PGDATA", "value": operand.PGDATA},
-        {"name": "PGHERD_CONFIG", "value": operand.CONFIG_FILE},
+        {"name": "PGHERD_PG_PORT", "value": str(contract.POSTGRES_PORT)},
+        {"name": "PGHERD_API_PORT", "value": str(contract.PATRONI_PORT)},
+        {"name": "PGDATA", "value": contract.PGDATA},
+        {"name": "PGHERD_CONFIG", "value": contract.CONFIG_FILE},
         _secret_env("PATRONI_SUPERUSER_USERNAME", name, "superuser", "username"),
         _secret_env("PATRONI_SUPERUSER_PASSWORD", name, "superuser", "password"),
         _secret_env("PATRONI_REPLICATION_USERNAME", name, "replication", "username"),
@@ -66,7 +67,7 @@ def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
 
 def _http_probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": operand.PATRONI_PORT_NAME},
+        "httpGet": {"path": path, "port": contract.PATRONI_PORT_NAME},
         "periodSeconds": period,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
@@ -83,22 +84,22 @@ def _resources(cluster: PostgresCluster) -> dict[str, Any]:
     return out
 
 
-def _container(cluster: PostgresCluster) -> dict[str, Any]:
+def _container(cluster: PostgresCluster, image: str) -> dict[str, Any]:
     return {
-        "name": operand.CONTAINER,
-        "image": cluster.spec.image,
+        "name": contract.CONTAINER,
+        "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "command": list(operand.COMMAND),
+        "command": list(contract.COMMAND),
         "env": _env(cluster),
         "ports": [
             {
-                "name": operand.POSTGRES_PORT_NAME,
-                "containerPort": operand.POSTGRES_PORT,
+                "name": contract.POSTGRES_PORT_NAME,
+                "containerPort": contract.POSTGRES_PORT,
                 "protocol": "TCP",
             },
             {
-                "name": operand.PATRONI_PORT_NAME,
-                "containerPort": operand.PATRONI_PORT,
+                "name": contract.PATRONI_PORT_NAME,
+                "containerPort": contract.PATRONI_PORT,
                 "protocol": "TCP",
             },
         ],
@@ -114,11 +115,11 @@ def _container(cluster: PostgresCluster) -> dict[str, Any]:
             "runAsNonRoot": True,
         },
         "volumeMounts": [
-            {"name": operand.DATA_VOLUME, "mountPath": operand.DATA_MOUNT},
-            {"name": "config", "mountPath": operand.CONFIG_DIR, "readOnly": True},
-            {"name": "tmp", "mountPath": operand.TMP_DIR},
-            {"name": "run", "mountPath": operand.SOCKET_DIR},
-            {"name": "shm", "mountPath": operand.SHM_DIR},
+            {"name": contract.DATA_VOLUME, "mountPath": contract.DATA_MOUNT},
+            {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
+            {"name": "tmp", "mountPath": contract.TMP_DIR},
+            {"name": "run", "mountPath": contract.SOCKET_DIR},
+            {"name": "shm", "mountPath": contract.SHM_DIR},
             # pgherd.backup: CA bundles of the object stores, when given.
             *backup_render.volumes(cluster)[1],
         ],
@@ -144,15 +145,15 @@ def _pod_security_context() -> dict[str, Any]:
     # Meets the `restricted` Pod Security Standard.
     return {
         "runAsNonRoot": True,
-        "runAsUser": operand.POSTGRES_UID,
-        "runAsGroup": operand.POSTGRES_GID,
-        "fsGroup": operand.POSTGRES_GID,
+        "runAsUser": contract.POSTGRES_UID,
+        "runAsGroup": contract.POSTGRES_GID,
+        "fsGroup": contract.POSTGRES_GID,
         "fsGroupChangePolicy": "OnRootMismatch",
         "seccompProfile": {"type": "RuntimeDefault"},
     }
 
 
-def _pod_template(cluster: PostgresCluster) -> dict[str, Any]:
+def _pod_template(cluster: PostgresCluster, image: str) -> dict[str, Any]:
     name = cluster.metadata.name
     return {
         "metadata": {
@@ -169,7 +170,7 @@ def _pod_template(cluster: PostgresCluster) -> dict[str, Any]:
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
             "securityContext": _pod_security_context(),
-            "containers": [_container(cluster)],
+            "containers": [_container(cluster, image)],
             "volumes": _volumes(cluster),
             **pod_scheduling(cluster),
         },
@@ -184,7 +185,7 @@ def _volume_claim_template(cluster: PostgresCluster) -> dict[str, Any]:
     }
     if storage.storage_class_name is not None:
         spec["storageClassName"] = storage.storage_class_name
-    metadata = {"name": operand.DATA_VOLUME, "labels": labels.common_labels(cluster.metadata.name)}
+    metadata = {"name": contract.DATA_VOLUME, "labels": labels.common_labels(cluster.metadata.name)}
     return {"metadata": metadata, "spec": spec}
 
 
@@ -194,20 +195,24 @@ def _pvc_retention(cluster: PostgresCluster) -> dict[str, str]:
     return {"whenDeleted": when_deleted, "whenScaled": "Retain"}
 
 
-def render_statefulset(cluster: PostgresCluster) -> Manifest:
-    """StatefulSet `<cluster>` running the instances."""
+def render_statefulset(
+    cluster: PostgresCluster, *, image: str | None = None, replicas: int | None = None
+) -> Manifest:
+    """StatefulSet `<cluster>` running the instances (of `image`, by default spec.image or the
+    built-in default; `replicas` pods, by default spec.instances)."""
     name = cluster.metadata.name
+    image = image or cluster.spec.image or DEFAULT_IMAGE
     return {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
         "metadata": child_metadata(cluster, names.statefulset(name)),
         "spec": {
             "serviceName": names.service_headless(name),
-            "replicas": cluster.spec.instances,
+            "replicas": cluster.spec.instances if replicas is None else replicas,
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "OnDelete"},
             "selector": {"matchLabels": labels.selector_labels(name)},
-            "template": _pod_template(cluster),
+            "template": _pod_template(cluster, image),
             "volumeClaimTemplates": [_volume_claim_template(cluster)],
             "persistentVolumeClaimRetentionPolicy": _pvc_retention(cluster),
         },

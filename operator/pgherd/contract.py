@@ -1,0 +1,117 @@
+"""The names both sides of the pod protocol use: what the operator renders and reads, and
+what the operand (`pgherd instance`, its agent and WAL commands) provides and publishes.
+
+Ports, paths, the user and the command of the instance container; the environment variables
+that carry an object store's location; the pod annotations the instance writes and the
+operator reads. The operator (pgherd.render, pgherd.controller) and the operand
+(pgherd.operand) import this module and never each other.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pgherd.api.v1alpha1 import ObjectStoreSpec
+
+CONTAINER = "postgres"
+COMMAND = ["pgherd", "instance"]
+
+POSTGRES_PORT = 5432
+POSTGRES_PORT_NAME = "postgresql"
+PATRONI_PORT = 8008
+PATRONI_PORT_NAME = "patroni"
+
+# The data volume is mounted one level above PGDATA: a fresh filesystem's root holds
+# lost+found, and initdb refuses a non-empty directory.
+DATA_VOLUME = "pgdata"
+DATA_MOUNT = "/var/lib/postgresql/data"
+PGDATA = f"{DATA_MOUNT}/pgdata"
+
+CONFIG_DIR = "/etc/pgherd"
+CONFIG_KEY = "patroni.yaml"
+CONFIG_FILE = f"{CONFIG_DIR}/{CONFIG_KEY}"
+
+# Writable scratch space: the root filesystem is read-only.
+TMP_DIR = "/tmp"  # noqa: S108 - an emptyDir private to the pod, not a shared /tmp
+SOCKET_DIR = "/run/postgresql"
+SHM_DIR = "/dev/shm"  # noqa: S108 - a memory emptyDir mounted over it
+
+
+def rooted(root: str, path: str) -> str:
+    """A pod path as seen from the process: under root (PGHERD_ROOT, which the test
+    kubelet sets; "/" in a real pod)."""
+    return str(Path(root) / path.lstrip("/")) if root not in ("", "/") else path
+
+
+PGPASS = f"{TMP_DIR}/pgpass"
+
+# uid/gid 999 is `postgres` in Debian's postgresql packages and the official postgres image,
+# which the operand image builds on; files on the data volume stay owned consistently.
+POSTGRES_UID = 999
+POSTGRES_GID = 999
+
+# What an instance publishes about itself (the `pgherd instance` supervisor writes it on its
+# own pod; the operator reads it): JSON with the keys below.
+INSTANCE_ANNOTATION = "pgherd.io/instance"
+REPORT_MAJOR = "postgresMajor"  # int: the major version of the image's PostgreSQL
+REPORT_LIBRARIES = "libraries"  # list[str]: loadable libraries in the image ($libdir)
+REPORT_ERROR = "error"  # str | None: why PostgreSQL does not run, in its own words
+REPORT_IGNORED = "ignoredParameters"  # dict[str, str]: parameter -> why Patroni drops it
+
+# The backup agent's annotations on its pod (pgherd.operand.agent): pg_stat_archiver and the
+# last archive error, the store's backup summary, and a heartbeat while a backup runs.
+ARCHIVER_ANNOTATION = "pgherd.io/archiver"
+BACKUPS_ANNOTATION = "pgherd.io/backups"
+HEARTBEAT_ANNOTATION = "pgherd.io/backup-heartbeat"
+HEARTBEAT_EVERY = 10.0
+
+# An object store location as environment variables: the archive's (PGHERD_BACKUP_*, with the
+# standard AWS_* credentials) and a restore source's (PGHERD_RESTORE_*, credentials prefixed
+# the same way), written by pgherd.render.backup and read by pgherd.operand.store.
+ARCHIVE_PREFIX = "PGHERD_BACKUP_"
+RESTORE_PREFIX = "PGHERD_RESTORE_"
+# Where a CA bundle Secret is mounted (per prefix), inside the pod.
+CA_DIR = {ARCHIVE_PREFIX: "/etc/pgherd/backup-ca", RESTORE_PREFIX: "/etc/pgherd/restore-ca"}
+CA_FILE_NAME = "ca.crt"
+AWS_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def destination_url(store: ObjectStoreSpec) -> str:
+    """s3://bucket[/path], barman's destination URL."""
+    return f"s3://{store.bucket}" + (f"/{store.path.strip('/')}" if store.path else "")
+
+
+def same_location(a: ObjectStoreSpec, a_server: str, b: ObjectStoreSpec, b_server: str) -> bool:
+    """Whether two (store, server name) pairs are the same folder of the same service."""
+    endpoint_a = (a.endpoint_url or "").rstrip("/")
+    endpoint_b = (b.endpoint_url or "").rstrip("/")
+    return (endpoint_a, destination_url(a), a_server) == (
+        endpoint_b,
+        destination_url(b),
+        b_server,
+    )
+
+
+# WAL file names, as both sides order them: the agent reports the newest file it archived,
+# and the operator never moves status.backup.lastArchivedWal backwards.
+def wal_position(name: str | None) -> tuple[int, int, int, int] | None:
+    """Where a file archive_command archives sits in WAL order: (log, segment, timeline,
+    1 for a whole segment or 0 for a .partial or .backup file); None for a history file or
+    anything else, which says nothing about how far archiving got."""
+    if not name or len(name) < 24:
+        return None
+    try:
+        tli, log, seg = int(name[:8], 16), int(name[8:16], 16), int(name[16:24], 16)
+    except ValueError:
+        return None
+    return log, seg, tli, 0 if name[24:] else 1
+
+
+def newer(a: str | None, b: str | None) -> str | None:
+    """The later of two archived file names in WAL order (a when they are equal)."""
+    pa, pb = wal_position(a), wal_position(b)
+    if pa is None and pb is None:
+        return a or b
+    if pa is None or (pb is not None and pb > pa):
+        return b
+    return a

@@ -1,0 +1,165 @@
+"""Act: the only writer. Carries out a plan's actions, in order, and reports what failed.
+
+Every action is logged with the reason it was planned; disruptive ones (a pod deleted for a
+rolling update, a restart, a switchover) are also posted as Events, so `kubectl describe`
+says why. What the API server refuses becomes a problem for Degraded (naming the object and
+the server's words); what raced with someone else (an object that changed since it was
+cached) is retried by the next pass. What act writes goes into the caches at once, so the
+next pass does not repeat it before the watch reports it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from pgherd.controller import conditions as c
+from pgherd.controller import events, patroni
+from pgherd.controller.actions import (
+    Action,
+    Apply,
+    Create,
+    Delete,
+    Event,
+    Patch,
+    PatroniConfig,
+    Restart,
+    Switchover,
+)
+from pgherd.controller.cache import Cache
+from pgherd.controller.client import ApiError, Client, Conflict, Manifest
+from pgherd.controller.conditions import Problem
+from pgherd.controller.snapshot import Snapshot
+from pgherd.render.names import RESTAPI_USERNAME
+
+log = logging.getLogger(__name__)
+# What disruptive actions are announced as.
+ANNOUNCE = {Delete: "RollingUpdate", Restart: "Restart", Switchover: "Switchover"}
+
+
+@dataclass
+class Outcome:
+    """What act did: what the API refused (problems) and whether to come back soon."""
+
+    failures: list[Problem] = field(default_factory=list)
+    retry: bool = False
+    done: list[str] = field(default_factory=list)
+
+
+class Actor:
+    """Writes through the client and Patroni's REST API, and keeps the caches current."""
+
+    def __init__(self, client: Client, cache: Cache, *, patroni_timeout: float) -> None:
+        self.client = client
+        self.cache = cache
+        self.patroni_timeout = patroni_timeout
+
+    def act(
+        self, snapshot: Snapshot, actions: Sequence[Action], patroni_password: str | None
+    ) -> Outcome:
+        outcome = Outcome()
+        rest = patroni.Client(
+            RESTAPI_USERNAME, patroni_password or "", timeout=self.patroni_timeout
+        )
+        for action in actions:
+            try:
+                self._one(snapshot, action, rest)
+            except Conflict as e:
+                # Changed since it was cached (or already there): the next pass sees it.
+                log.info("%s/%s: %s: %s", snapshot.namespace, snapshot.name, action.describe(), e)
+                outcome.retry = True
+                continue
+            except ApiError as e:
+                outcome.failures.append(self._refused(action, e))
+                if e.status in (0, 429, 500, 503, 504):
+                    outcome.retry = True
+                continue
+            except patroni.PatroniError as e:
+                log.warning(
+                    "%s/%s: %s failed: %s", snapshot.namespace, snapshot.name, action.describe(), e
+                )
+                outcome.retry = True
+                continue
+            outcome.done.append(f"{action.describe()} ({action.reason})")
+            if action.disruptive or isinstance(action, Switchover):
+                self.announce(snapshot, action)
+        if outcome.done:
+            log.info("%s/%s: %s", snapshot.namespace, snapshot.name, "; ".join(outcome.done))
+        return outcome
+
+    def _one(self, snapshot: Snapshot, action: Action, rest: patroni.Client) -> None:
+        ns = snapshot.namespace
+        if isinstance(action, Apply):
+            body = action.manifest
+            if action.resource_version is not None:
+                body = {
+                    **body,
+                    "metadata": {**body["metadata"], "resourceVersion": action.resource_version},
+                }
+            self._cached(self.client.apply(body))
+        elif isinstance(action, Create):
+            self._cached(self.client.create(action.manifest))
+        elif isinstance(action, Patch):
+            self._cached(
+                self.client.patch(
+                    action.kind, ns, action.name, action.body, subresource=action.subresource
+                )
+            )
+        elif isinstance(action, Delete):
+            self.client.delete(
+                action.kind, ns, action.name, propagation=action.propagation, uid=action.uid
+            )
+        elif isinstance(action, PatroniConfig):
+            rest.patch_config(action.api_url, dict(action.patch))
+        elif isinstance(action, Switchover):
+            rest.switchover(action.api_url, action.primary, action.candidate)
+        elif isinstance(action, Restart):
+            rest.restart(action.api_url)
+        elif isinstance(action, Event):
+            self.post(snapshot, action)
+        else:
+            raise TypeError(f"unknown action {action!r}")
+
+    def _cached(self, obj: Manifest) -> None:
+        if obj.get("metadata", {}).get("name"):
+            self.cache.write_through(obj)
+
+    @staticmethod
+    def _refused(action: Action, e: ApiError) -> Problem:
+        if isinstance(action, Apply | Patch | Delete):
+            what = f"{action.kind} {action.name!r} ({type(action).__name__.lower()})"
+        else:
+            what = action.describe()
+        # A Secret's error may quote its data: only the reason then.
+        detail = e.reason if "Secret" in what else e.message
+        return Problem(c.CHILD_REJECTED, f"the API server refused {what}: {detail[:600]}")
+
+    def announce(self, snapshot: Snapshot, action: Action) -> None:
+        if isinstance(action, Switchover) and not action.announce:
+            return
+        reason = ANNOUNCE.get(type(action), type(action).__name__)
+        self.post(snapshot, Event(reason, message=f"{action.describe()}: {action.reason}"))
+
+    def post(self, snapshot: Snapshot, event: Event) -> None:
+        uid = (snapshot.raw or {}).get("metadata", {}).get("uid")
+        events.post(
+            self.client,
+            events.render_event(
+                snapshot.namespace,
+                snapshot.name,
+                uid=uid,
+                type_=event.type,
+                reason=event.reason,
+                message=event.message,
+                now=snapshot.now,
+            ),
+        )
+
+    def write_status(self, snapshot: Snapshot, patch: Manifest) -> None:
+        """Patch the cluster's status (a merge patch computed from the stored one)."""
+        result = self.client.patch(
+            "PostgresCluster", snapshot.namespace, snapshot.name, {"status": patch},
+            subresource="status",
+        )  # fmt: skip
+        self._cached(result)

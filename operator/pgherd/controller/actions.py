@@ -1,0 +1,147 @@
+"""What a plan asks act to do: each action is one write, and carries the reason it was
+planned (the operator logs it; disruptive ones also become Events).
+
+Plans are pure, so actions are plain immutable values: a table-driven test states the actions
+it expects for a snapshot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Manifest = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One write and why."""
+
+    reason: str
+
+    @property
+    def disruptive(self) -> bool:
+        """Takes an instance (or the primary role) away for a moment."""
+        return False
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+@dataclass(frozen=True)
+class Apply(Action):
+    """Server-side apply of a rendered object. resource_version: the cached object's, so
+    that an object replaced meanwhile (by a neighbour, say) is never overwritten."""
+
+    manifest: Manifest = field(default_factory=dict)
+    resource_version: str | None = None
+
+    @property
+    def kind(self) -> str:
+        return str(self.manifest["kind"])
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["metadata"]["name"])
+
+    def describe(self) -> str:
+        return f"apply {self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Create(Action):
+    """Create an object that is the operator's to make (a scheduled PostgresBackup)."""
+
+    manifest: Manifest = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"create {self.manifest['kind']}/{self.manifest['metadata']['name']}"
+
+
+@dataclass(frozen=True)
+class Patch(Action):
+    """A merge patch (of a subresource when given); a metadata.resourceVersion in body makes
+    it conditional."""
+
+    kind: str = ""
+    name: str = ""
+    body: Manifest = field(default_factory=dict)
+    subresource: str = ""
+
+    def describe(self) -> str:
+        sub = f"/{self.subresource}" if self.subresource else ""
+        return f"patch {self.kind}/{self.name}{sub}"
+
+
+@dataclass(frozen=True)
+class Delete(Action):
+    """Delete exactly the object seen (uid), with the given propagation."""
+
+    kind: str = ""
+    name: str = ""
+    uid: str | None = None
+    propagation: str = "Background"
+    takes_instance: bool = False
+
+    @property
+    def disruptive(self) -> bool:
+        return self.takes_instance
+
+    def describe(self) -> str:
+        return f"delete {self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class PatroniConfig(Action):
+    """PATCH Patroni's dynamic configuration through a member's REST API."""
+
+    member: str = ""
+    api_url: str = ""
+    patch: Mapping[str, Any] = field(default_factory=dict)
+
+    def describe(self) -> str:
+        return f"patch Patroni configuration through {self.member}: {sorted(self.patch)}"
+
+
+@dataclass(frozen=True)
+class Switchover(Action):
+    """A planned switchover from the primary to a candidate (announce: post an Event)."""
+
+    primary: str = ""
+    api_url: str = ""
+    candidate: str = ""
+    announce: bool = True
+
+    @property
+    def disruptive(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return f"switchover {self.primary} -> {self.candidate}"
+
+
+@dataclass(frozen=True)
+class Restart(Action):
+    """Restart PostgreSQL in one member through Patroni (pending parameters)."""
+
+    member: str = ""
+    api_url: str = ""
+
+    @property
+    def disruptive(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        return f"restart {self.member}"
+
+
+@dataclass(frozen=True)
+class Event(Action):
+    """A Kubernetes Event on the cluster (reason is the Event's reason)."""
+
+    type: str = "Normal"
+    message: str = ""
+
+    def describe(self) -> str:
+        return f"event {self.type} {self.reason}"

@@ -1,0 +1,126 @@
+"""Observe: the only reader. Builds one cluster's immutable Snapshot from the watch-fed caches.
+
+In steady state it makes no API call. Only when a child the cluster should have is missing
+from the caches does it probe that name (metadata only, never a Secret's data): an object the
+caches cannot see (no pgherd labels) may hold it, and must then never be touched; one that is
+the cluster's but not cached yet is left for the next pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import datetime
+
+from pydantic import ValidationError
+
+from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, PostgresCluster
+from pgherd.controller import references
+from pgherd.controller.backups import recovery_source_store
+from pgherd.controller.cache import Cache
+from pgherd.controller.client import Manifest
+from pgherd.controller.snapshot import (
+    CHILD_KINDS,
+    ChildKey,
+    Snapshot,
+    expected_children,
+    member_from_pod,
+)
+from pgherd.render import labels, names, ownership
+
+Probe = Callable[[str, str, str], Manifest | None]  # (kind, namespace, name): metadata or None
+
+
+def _parse(raw: Manifest) -> tuple[PostgresCluster | None, str | None]:
+    try:
+        return PostgresCluster.model_validate(raw), None
+    except ValidationError as e:
+        parts = [
+            f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}"
+            for err in e.errors(include_input=False, include_url=False)
+        ]
+        return None, ("the spec is invalid: " + "; ".join(parts))[:2000]
+
+
+def observe(cache: Cache, probe: Probe, namespace: str, name: str, now: datetime) -> Snapshot:
+    """The snapshot of cluster namespace/name; probe reads the metadata of a name the caches
+    cannot see."""
+    raw = cache.get(KIND, namespace, name)
+    backups = tuple(
+        b for b in cache.all(BACKUP_KIND, namespace) if (b.get("spec") or {}).get("cluster") == name
+    )
+    if raw is None:
+        return Snapshot(namespace, name, now, backups=backups)
+    cluster, invalid = _parse(raw)
+    children: dict[ChildKey, Manifest] = {}
+    for kind in CHILD_KINDS:
+        for obj in cache.of_cluster(kind, namespace, name):
+            children[(kind, obj["metadata"]["name"])] = obj
+    pods = cache.of_cluster("Pod", namespace, name)
+    claims = cache.of_cluster("PersistentVolumeClaim", namespace, name)
+    selector = labels.selector_labels(name)
+
+    def selected(obj: Manifest) -> bool:
+        have = obj["metadata"].get("labels") or {}
+        return all(have.get(k) == v for k, v in selector.items())
+
+    probed = {
+        key: found
+        for key in expected_children(name)
+        if key not in children and (found := probe(key[0], namespace, key[1])) is not None
+    }
+    dcs = set(names.patroni_dcs_configmaps(name))
+
+    def ours(key: ChildKey, obj: Manifest) -> bool:
+        if key[0] == "ConfigMap" and key[1] in dcs:
+            return ownership.owns_dcs(name, obj)
+        return cluster is not None and ownership.owns(cluster, key[0], obj)
+
+    usable = {
+        s["metadata"]["name"]: s
+        for s in cache.all("Secret", namespace)
+        if ((s["metadata"].get("labels") or {}).get(references.USE_LABEL)) == "true"
+    }
+    snapshot = Snapshot(
+        namespace,
+        name,
+        now,
+        raw=raw,
+        cluster=cluster,
+        invalid=invalid,
+        children=children,
+        foreign=frozenset(k for k, obj in probed.items() if not ours(k, obj)),
+        unsynced=frozenset(k for k, obj in probed.items() if ours(k, obj)),
+        members=tuple(
+            sorted((member_from_pod(p) for p in pods if selected(p)), key=lambda m: m.ordinal)
+        ),
+        claims=tuple(c for c in claims if selected(c)),
+        usable_secrets=usable,
+        backups=backups,
+    )
+    if cluster is None:
+        return snapshot
+    wanted_class = cluster.spec.storage.storage_class_name
+    missing_class = (
+        wanted_class
+        if wanted_class and cache.get("StorageClass", "", wanted_class) is None
+        else None
+    )
+    recovery_backup = recovery_cluster = None
+    recovery = cluster.spec.bootstrap.recovery
+    if recovery is not None and recovery.source.backup is not None:
+        recovery_backup = cache.get(BACKUP_KIND, namespace, recovery.source.backup)
+        source = ((recovery_backup or {}).get("spec") or {}).get("cluster")
+        recovery_cluster = cache.get(KIND, namespace, source) if source else None
+    store = recovery_source_store(cluster, recovery_cluster)
+    wanted = {r.secret for r in references.references(cluster, restore_store=store)}
+    unusable = frozenset(
+        s for s in wanted if s not in usable and probe("Secret", namespace, s) is not None
+    )
+    return dataclasses.replace(
+        snapshot,
+        storage_class_missing=missing_class,
+        unusable_secrets=unusable,
+        recovery_backup=recovery_backup,
+        recovery_cluster=recovery_cluster,
+    )

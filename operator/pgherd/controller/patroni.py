@@ -1,0 +1,68 @@
+"""Calls to Patroni's REST API on an instance: switchover, dynamic configuration, restart.
+
+The address comes from the member's own record in the DCS (api_url), so the operator
+reaches the instance the way Patroni itself advertises it. Requests carry the cluster's
+`<cluster>-restapi` credentials; they are never logged.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import urllib.error
+import urllib.request
+from typing import Any
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+
+class PatroniError(Exception):
+    """Patroni refused or could not be reached; the message carries its answer."""
+
+
+def _base(api_url: str) -> str:
+    parts = urlsplit(api_url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+class Client:
+    """Patroni's REST API with the cluster's credentials (its unsafe endpoints require them)."""
+
+    def __init__(self, username: str, password: str, *, timeout: float) -> None:
+        token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
+        self._authorization = f"Basic {token}"
+        self._timeout = timeout
+
+    def __repr__(self) -> str:
+        return "patroni.Client(<credentials>)"
+
+    def _request(self, api_url: str, method: str, path: str, body: dict[str, Any] | None) -> str:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(  # noqa: S310 - the URL is Patroni's own http(s) api_url
+            _base(api_url) + path,
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json", "Authorization": self._authorization},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self._timeout) as resp:  # noqa: S310
+                return str(resp.read().decode(errors="replace"))
+        except urllib.error.HTTPError as e:
+            raise PatroniError(
+                f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')[:300]}"
+            ) from None
+        except (OSError, urllib.error.URLError) as e:
+            raise PatroniError(f"{method} {path}: {e}") from None
+
+    def switchover(self, api_url: str, leader: str, candidate: str) -> str:
+        return self._request(
+            api_url, "POST", "/switchover", {"leader": leader, "candidate": candidate}
+        )
+
+    def patch_config(self, api_url: str, patch: dict[str, Any]) -> str:
+        return self._request(api_url, "PATCH", "/config", patch)
+
+    def restart(self, api_url: str) -> str:
+        return self._request(api_url, "POST", "/restart", {})

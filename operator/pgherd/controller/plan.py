@@ -1,0 +1,613 @@
+"""Plan: what one pass over a cluster should do, as a pure function of its snapshot.
+
+plan(snapshot, settings) returns the actions (each with its reason), what is wrong that only
+the operator can see (problems, for Degraded), and what the cluster is doing (activity, for
+Progressing). Same snapshot, same plan; nothing here reads or writes the API.
+
+Rules it keeps:
+- only the cluster's own objects are changed or deleted (pgherd.render.ownership); a
+  neighbour's object with a child's name is a ChildNameConflict, and no instance starts
+  while one is in the way, nor with a Secret that did not opt in (pgherd.controller.
+  references) or an image the operator does not have;
+- an object is applied only when the live one differs (pgherd.controller.diff);
+- at most one disruptive action (deleting a pod, a switchover, a restart) per pass, and only
+  while every other instance is ready: rolling updates take replicas first, then switch over,
+  then the old primary; scaling down first moves the primary below the new size;
+- Patroni's configuration goes through the primary, or any member when no primary runs, so a
+  parameter that keeps PostgreSQL from starting can be reverted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from pgherd.api.v1alpha1 import (
+    LEGACY_DEFAULT_IMAGES,
+    LIBRARY_PARAMETERS,
+    PostgresCluster,
+    RecoverySource,
+)
+from pgherd.controller import backups, credentials, references
+from pgherd.controller import conditions as c
+from pgherd.controller.actions import (
+    Action,
+    Apply,
+    Delete,
+    Event,
+    Patch,
+    PatroniConfig,
+    Restart,
+    Switchover,
+)
+from pgherd.controller.conditions import Activity, Problem
+from pgherd.controller.diff import contains, merge_patch, stamped
+from pgherd.controller.snapshot import READY_STATES, Member, Snapshot
+from pgherd.render import names, ownership
+from pgherd.render.children import desired_children
+from pgherd.render.names import SecretKind
+from pgherd.render.patroni_config import dynamic_config
+from pgherd.settings import Settings
+
+Manifest = dict[str, Any]
+Generator = Callable[[], str]
+
+# Problems that keep the StatefulSet from being applied: its pods would use what they must
+# not (a neighbour's object, a Secret that did not opt in) or could not run at all.
+HOLDS_WORKLOAD = frozenset(
+    {
+        c.CHILD_NAME_CONFLICT,
+        c.SECRET_NOT_FOUND,
+        c.SECRET_NOT_PERMITTED,
+        c.SECRET_INVALID,
+        c.NO_IMAGE,
+    }
+)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One pass's decisions (see the module docstring)."""
+
+    actions: tuple[Action, ...] = ()
+    problems: tuple[Problem, ...] = ()
+    activity: Activity | None = None
+    held_back: Mapping[str, str] = field(default_factory=dict)
+    switchover_handled: str | None = None
+    restored_from: RecoverySource | None = None
+    last_schedule_time: datetime | None = None
+    # The cluster with its recovery source resolved (what was rendered), for status.
+    cluster: PostgresCluster | None = None
+    # Patroni's REST API password, for act's calls (never shown).
+    patroni_password: str | None = field(default=None, repr=False)
+
+    @property
+    def disruptive(self) -> list[Action]:
+        return [a for a in self.actions if a.disruptive]
+
+
+# ---- the whole pass ---------------------------------------------------------------------
+def plan(
+    snapshot: Snapshot, settings: Settings, new_password: Generator = credentials.generate
+) -> Plan:
+    """The actions for one pass over the cluster, and why."""
+    stale_after = timedelta(seconds=settings.backup_stale_seconds)
+    if snapshot.raw is None or snapshot.cluster is None:
+        # Gone, or its spec does not parse: nothing of it is touched; its backups are told.
+        invalid = (Problem(c.INVALID_SPEC, snapshot.invalid),) if snapshot.invalid else ()
+        return Plan(tuple(backups.plan_backups(snapshot, stale_after)), invalid)
+    cluster = snapshot.cluster
+    actions: list[Action] = []
+    problems: list[Problem] = list(dcs_conflicts(snapshot))
+    if not problems:
+        actions += clear_stale_dcs(cluster, snapshot)
+    resolved, gate = backups.resolve(cluster, snapshot)
+    refused, adopted = check_references(resolved, snapshot)
+    problems += refused
+    if (bad := backups.schedule_problem(cluster, snapshot.now)) is not None:
+        problems.append(bad)
+    image, no_image = choose_image(cluster, settings)
+    if no_image is not None:
+        problems.append(no_image)
+    passwords, credential_actions, credential_problems = plan_credentials(
+        cluster, snapshot, adopted, new_password
+    )
+    actions += credential_actions
+    problems += credential_problems
+    children, conflicts = plan_children(
+        resolved,
+        snapshot,
+        passwords=passwords,
+        image=image,
+        hold_workload=gate.blocked or any(p.reason in HOLDS_WORKLOAD for p in problems),
+    )
+    actions += children
+    problems += conflicts
+    if gate.problem is not None:
+        problems.append(gate.problem)
+
+    held = held_back_parameters(cluster, snapshot)
+    config = plan_patroni_config(cluster, snapshot, held)
+    actions += config
+    config_activity = Activity(c.RESTARTING, "applying PostgreSQL parameters") if config else None
+    switchover_handled = cluster.status.switchover_handled if cluster.status else None
+    if cluster.spec.switchover is None:
+        switchover_handled = None
+    activity: Activity | None = None
+    primary = snapshot.primary
+    if primary is not None and passwords is not None:
+        # One disruptive step per pass; the next pass observes its effect first.
+        switch_actions, switch_activity, switchover_handled = plan_switchover_request(
+            cluster, snapshot, primary
+        )
+        steps: list[tuple[list[Action], Activity | None]] = [
+            ([], config_activity),
+            (switch_actions, switch_activity),
+            plan_roll(snapshot, primary),
+            plan_scale_down(cluster, snapshot, primary),
+        ]
+        for step_actions, step_activity in steps:
+            if step_activity is not None:
+                actions += step_actions
+                activity = step_activity
+                break
+    activity = activity or config_activity or scaling_activity(cluster, snapshot)
+
+    actions += backups.plan_backups(snapshot, stale_after)
+    schedule_actions, last_schedule = backups.plan_schedule(
+        cluster, snapshot, has_primary=primary is not None
+    )
+    actions += schedule_actions
+    actions += backups.plan_prune(cluster, snapshot)
+    restored_from = (
+        cluster.status.backup.restored_from if cluster.status and cluster.status.backup else None
+    ) or gate.resolved
+    return Plan(
+        tuple(actions),
+        tuple(problems),
+        activity,
+        held,
+        switchover_handled,
+        restored_from,
+        last_schedule,
+        resolved,
+        (passwords or {}).get("restapi"),
+    )
+
+
+# ---- ownership and children -------------------------------------------------------------
+def _key(child: Manifest) -> tuple[str, str]:
+    return str(child["kind"]), str(child["metadata"]["name"])
+
+
+def _conflict(kind: str, name: str) -> Problem:
+    return Problem(
+        c.CHILD_NAME_CONFLICT,
+        f"{kind} {name!r} exists but is not this cluster's (it lacks pgherd's labels and "
+        "owner); pgherd leaves it untouched and creates no instance while it is in the way: "
+        "rename or remove it, or give the cluster another name",
+    )
+
+
+def dcs_conflicts(snapshot: Snapshot) -> list[Problem]:
+    """Patroni would write into a same-named ConfigMap that is not its own for this cluster."""
+    out = []
+    for cm_name in names.patroni_dcs_configmaps(snapshot.name):
+        cm = snapshot.child("ConfigMap", cm_name)
+        foreign = ("ConfigMap", cm_name) in snapshot.foreign
+        if foreign or (cm is not None and not ownership.owns_dcs(snapshot.name, cm)):
+            out.append(_conflict("ConfigMap", cm_name))
+    return out
+
+
+def clear_stale_dcs(cluster: PostgresCluster, snapshot: Snapshot) -> list[Action]:
+    """Remove Patroni's DCS ConfigMaps left by a deleted cluster of the same name.
+
+    Patroni creates them without an owner, and the operator must never write them while
+    Patroni runs (a write changes their resourceVersion and breaks Patroni's compare-and-swap
+    updates of the leader and sync keys). So they outlive a deleted cluster, and a new
+    cluster of that name, before any instance exists, deletes them: otherwise Patroni would
+    find the old system's initialize key and refuse to bootstrap.
+    """
+    if cluster.status is not None or snapshot.members or snapshot.statefulset is not None:
+        return []
+    return [
+        Delete(
+            "left by a deleted cluster of the same name",
+            kind="ConfigMap",
+            name=cm_name,
+            uid=cm["metadata"].get("uid"),
+        )
+        for cm_name, cm in sorted(snapshot.dcs_configmaps.items())
+    ]
+
+
+def plan_children(
+    cluster: PostgresCluster,
+    snapshot: Snapshot,
+    *,
+    passwords: Mapping[SecretKind, str] | None,
+    image: str | None,
+    hold_workload: bool,
+) -> tuple[list[Action], list[Problem]]:
+    """Apply every rendered child that differs from its live one; none of a neighbour's."""
+    actions: list[Action] = []
+    problems: list[Problem] = []
+    primary = snapshot.primary
+    live_sts = snapshot.statefulset
+    replicas = None
+    # Scaling down removes the highest ordinals: never the primary's (it moves first).
+    if live_sts is not None and primary is not None and primary.ordinal >= cluster.spec.instances:
+        replicas = int(live_sts["spec"]["replicas"])
+    rendered = desired_children(cluster, passwords, image=image, replicas=replicas)
+
+    def neighbours(kind: str, name: str) -> bool:
+        live = snapshot.child(kind, name)
+        foreign = live is not None and not ownership.owns(cluster, kind, live)
+        return foreign or (kind, name) in snapshot.foreign
+
+    conflicted = [(c["kind"], c["metadata"]["name"]) for c in rendered if neighbours(*_key(c))]
+    problems += [_conflict(kind, name) for kind, name in conflicted]
+    for desired in rendered:
+        kind, name = _key(desired)
+        live = snapshot.child(kind, name)
+        if (kind, name) in snapshot.unsynced or (kind, name) in conflicted:
+            continue  # not cached yet (the next pass compares it), or a neighbour's
+        if kind == "StatefulSet":
+            # No pod may start with a neighbour's object or a Secret it may not use.
+            if hold_workload or conflicted or image is None:
+                continue
+            if live is not None and (grow := plan_storage_growth(cluster, snapshot, desired)):
+                actions += grow
+                continue
+        want = stamped(desired)
+        if live is not None and contains(live, want):
+            continue
+        version = live["metadata"].get("resourceVersion") if live is not None else None
+        actions.append(
+            Apply(
+                "changed" if live is not None else "missing",
+                manifest=want,
+                resource_version=version,
+            )
+        )
+    return actions, problems
+
+
+def plan_storage_growth(
+    cluster: PostgresCluster, snapshot: Snapshot, desired: Manifest
+) -> list[Action]:
+    """volumeClaimTemplates are immutable: grow the claims, then re-create the StatefulSet
+    without its pods (orphan), which the new one adopts again."""
+    live = snapshot.statefulset
+    assert live is not None  # noqa: S101 - callers check
+
+    def size(sts: Manifest) -> str:
+        return str(
+            sts["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"]
+        )
+
+    have, want = size(live), size(desired)
+    if have == want:
+        return []
+    why = f"storage {have} -> {want}"
+    grow: list[Action] = [
+        Patch(
+            why,
+            kind="PersistentVolumeClaim",
+            name=claim["metadata"]["name"],
+            body={"spec": {"resources": {"requests": {"storage": want}}}},
+        )
+        for claim in snapshot.claims
+        if ownership.owns_instance_object(
+            cluster.metadata.name, snapshot.statefulset_uid, "PersistentVolumeClaim", claim
+        )
+    ]
+    return [
+        *grow,
+        Delete(
+            f"{why}: re-created with the new size, its pods kept",
+            kind="StatefulSet",
+            name=live["metadata"]["name"],
+            uid=snapshot.statefulset_uid,
+            propagation="Orphan",
+        ),
+    ]
+
+
+def choose_image(cluster: PostgresCluster, settings: Settings) -> tuple[str | None, Problem | None]:
+    """The operand image: spec.image, else the operator's image for spec.postgresVersion."""
+    explicit = cluster.spec.image
+    if explicit and explicit not in LEGACY_DEFAULT_IMAGES:
+        return explicit, None
+    major = cluster.spec.postgres_version
+    image = settings.image_for(major)
+    if image is None:
+        return None, Problem(
+            c.NO_IMAGE,
+            f"the operator has no image for PostgreSQL {major}: set spec.image, or give the "
+            f"operator RELATED_IMAGE_POSTGRES_{major}. No instance is created until then.",
+        )
+    return image, None
+
+
+# ---- Secrets ----------------------------------------------------------------------------
+def check_references(
+    cluster: PostgresCluster, snapshot: Snapshot
+) -> tuple[list[Problem], dict[SecretKind, str | None]]:
+    """Problems with the Secrets the spec names, and the passwords of those adopted at
+    bootstrap (None while the adopted Secret cannot be used)."""
+    problems: list[Problem] = []
+    adopted: dict[SecretKind, str | None] = {}
+    for ref in references.references(cluster):
+        secret = snapshot.usable_secrets.get(ref.secret)
+        problem = references.check(
+            cluster.metadata.name, ref, secret, exists=ref.secret in snapshot.unusable_secrets
+        )
+        if problem is not None:
+            problems.append(problem)
+        if ref.username is not None:
+            kind: SecretKind = "superuser" if ref.field.endswith("superuserSecret") else "app"
+            adopted[kind] = None if problem else references.decoded(secret or {}, "password")
+    return problems, adopted
+
+
+def plan_credentials(
+    cluster: PostgresCluster,
+    snapshot: Snapshot,
+    adopted: dict[SecretKind, str | None],
+    new_password: Generator,
+) -> tuple[dict[SecretKind, str] | None, list[Action], list[Problem]]:
+    """Each kind's password (None while a Secret to adopt cannot be used yet: nothing is
+    generated in its place), with the Events and problems resolving them found."""
+    name = cluster.metadata.name
+
+    def own(secret_name: str) -> Manifest | None:
+        secret = snapshot.child("Secret", secret_name)
+        return secret if secret is not None and ownership.owns(cluster, "Secret", secret) else None
+
+    vault = own(names.vault(name))
+    published = {k: own(names.secret(name, k)) for k in names.SECRET_KINDS}
+    if any(
+        password is None and credentials.kept(vault, published.get(kind), kind) is None
+        for kind, password in adopted.items()
+    ):
+        return None, [], []
+    resolved = credentials.resolve(
+        vault,
+        published,
+        {k: v for k, v in adopted.items() if v is not None},
+        # Volumes exist once the StatefulSet does: from then on the database has passwords.
+        has_data=bool(snapshot.members or snapshot.claims) or snapshot.statefulset is not None,
+        generator=new_password,
+    )
+    events: list[Action] = [
+        Event(
+            "CredentialRegenerated",
+            type="Warning",
+            message=f"Secrets {names.secret(name, kind)} and {names.vault(name)} were both "
+            f"deleted: a new {kind} password was generated, which the database does not have",
+        )
+        for kind in resolved.regenerated
+    ]
+    problems = [
+        Problem(
+            c.REFERENCED_SECRET_CHANGED,
+            "the password in the Secret named by spec.bootstrap "
+            f"({'superuserSecret' if kind == 'superuser' else 'secret'}) changed after the "
+            "cluster was created; pgherd does not change passwords yet: put the previous "
+            f"password back (it is in {names.secret(name, kind)})",
+        )
+        for kind in resolved.adopted_changed
+    ]
+    return resolved.passwords, events, problems
+
+
+# ---- Patroni's dynamic configuration ------------------------------------------------------
+def config_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    """Patch for the keys pgherd manages; postgresql.parameters is owned as a whole."""
+    patch: dict[str, Any] = {}
+    for key, want in desired.items():
+        if key == "postgresql":
+            have_pg = current.get("postgresql") or {}
+            pg_patch: dict[str, Any] = {}
+            for pg_key, pg_want in want.items():
+                if pg_key == "parameters":
+                    params = merge_patch(have_pg.get("parameters") or {}, pg_want)
+                    if params:
+                        pg_patch["parameters"] = params
+                elif have_pg.get(pg_key) != pg_want:
+                    pg_patch[pg_key] = pg_want
+            if pg_patch:
+                patch["postgresql"] = pg_patch
+        elif current.get(key) != want:
+            patch[key] = want
+    return patch
+
+
+def held_back_parameters(cluster: PostgresCluster, snapshot: Snapshot) -> dict[str, str]:
+    """Parameters not sent to Patroni, each with the reason: libraries the image does not
+    have (PostgreSQL would not start with them)."""
+    reported = [m.report.libraries for m in snapshot.members if m.report and m.report.libraries]
+    if not reported:
+        return {}
+    available = frozenset.intersection(*reported)
+    held: dict[str, str] = {}
+    for key, value in cluster.spec.postgresql.parameters.items():
+        if key.lower() not in LIBRARY_PARAMETERS:
+            continue
+        wanted = [lib.strip().strip("'\"") for lib in value.split(",") if lib.strip()]
+        # A library may be named by its file ("$libdir/auto_explain") as well as by its name.
+        missing = [
+            lib
+            for lib in wanted
+            if lib.removeprefix("$libdir/").removesuffix(".so") not in available
+        ]
+        if missing:
+            held[key] = (
+                f"the image has no library {', '.join(missing)}; PostgreSQL would not start. "
+                "Not applied"
+            )
+    return held
+
+
+def config_target(snapshot: Snapshot) -> Member | None:
+    """Where to send configuration: the primary, or any running member without one."""
+    primary = snapshot.primary
+    if primary is not None and primary.api_url:
+        return primary
+    return next((m for m in snapshot.members if m.running and m.api_url), None)
+
+
+def plan_patroni_config(
+    cluster: PostgresCluster, snapshot: Snapshot, held: Mapping[str, str]
+) -> list[Action]:
+    current = snapshot.dcs_config
+    target = config_target(snapshot)
+    if current is None or target is None or target.api_url is None:
+        return []
+    desired = dynamic_config(cluster)
+    current_params = (current.get("postgresql") or {}).get("parameters") or {}
+    params = dict(desired["postgresql"]["parameters"])
+    for key in held:
+        # Held back: whatever runs now stays.
+        params.pop(key, None)
+        if key in current_params:
+            params[key] = current_params[key]
+    desired = {**desired, "postgresql": {**desired["postgresql"], "parameters": params}}
+    patch = config_patch(current, desired)
+    if not patch:
+        return []
+    return [
+        PatroniConfig(
+            "the spec's configuration differs from Patroni's",
+            member=target.name,
+            api_url=target.api_url,
+            patch=patch,
+        )
+    ]
+
+
+# ---- switchover, rolling updates, scaling -----------------------------------------------
+def _switchover(primary: Member, candidate: str, why: str, *, announce: bool = True) -> Action:
+    return Switchover(
+        why,
+        primary=primary.name,
+        api_url=primary.api_url or "",
+        candidate=candidate,
+        announce=announce,
+    )
+
+
+def plan_switchover_request(
+    cluster: PostgresCluster, snapshot: Snapshot, primary: Member
+) -> tuple[list[Action], Activity | None, str | None]:
+    """Carry out spec.switchover once: (actions, activity, the handled target)."""
+    request = cluster.spec.switchover
+    handled = cluster.status.switchover_handled if cluster.status else None
+    if request is None:
+        return [], None, None
+    target_name = request.target_instance
+    if handled == target_name:
+        return [], None, handled
+    if target_name == primary.name:
+        return [], None, target_name
+    target = snapshot.member(target_name)
+    if target is None or not target.ready or not primary.api_url:
+        return (
+            [],
+            Activity(
+                c.SWITCHOVER, f"switchover to {target_name} waits for it to exist and be ready"
+            ),
+            handled,
+        )
+    return (
+        [_switchover(primary, target.name, "requested in spec.switchover")],
+        Activity(c.SWITCHOVER, f"switching over from {primary.name} to {target.name}"),
+        handled,
+    )
+
+
+def _update(snapshot: Snapshot, m: Member, *, recreate: bool, why: str) -> list[Action]:
+    """Recreate the pod (new template) or restart PostgreSQL in it (new parameters)."""
+    if recreate:
+        if m.controller_uid is None or m.controller_uid != snapshot.statefulset_uid:
+            return []  # not a pod of this cluster's StatefulSet
+        return [Delete(why, kind="Pod", name=m.name, uid=m.uid, takes_instance=True)]
+    if not m.api_url:
+        return []
+    return [Restart(why, member=m.name, api_url=m.api_url)]
+
+
+def plan_roll(snapshot: Snapshot, primary: Member) -> tuple[list[Action], Activity | None]:
+    """One step of a rolling update or restart: replicas first, then a switchover, then the
+    old primary; nothing when nothing is out of date."""
+    members = snapshot.members
+    outdated = [m for m in members if snapshot.outdated(m)]
+    # A server that is not running has nothing to restart: Patroni starts it with the new
+    # configuration itself (restarting one that cannot start would only repeat the error).
+    restart = [
+        m
+        for m in members
+        if m.pending_restart and not snapshot.outdated(m) and m.state in READY_STATES
+    ]
+    if not outdated and not restart:
+        return [], None
+    reason = c.ROLLING_UPDATE if outdated else c.RESTARTING
+    why = "rolling update: the pod template changed" if outdated else "parameters need a restart"
+    todo = outdated or restart
+    replicas = [m for m in todo if m.name != primary.name]
+    if replicas:
+        # A down replica is updated at once (the new template may be its cure); a healthy one
+        # only while every instance is ready, so at most one is ever down.
+        down = [m for m in replicas if not m.ready]
+        m = down[0] if down else replicas[0]
+        if not down and not all(x.ready for x in members):
+            return [], Activity(reason, f"waiting for every instance to be ready before {m.name}")
+        return _update(snapshot, m, recreate=bool(outdated), why=why), Activity(
+            reason, f"updating replica {m.name}"
+        )
+    # Only the primary is left.
+    candidates = [
+        m
+        for m in members
+        if m.name != primary.name and m.ready and not snapshot.outdated(m) and not m.pending_restart
+    ]
+    if candidates:
+        actions: list[Action] = []
+        if all(m.ready for m in members) and primary.api_url:
+            reason_why = "rolling update" if outdated else "restart for parameters"
+            actions = [_switchover(primary, candidates[0].name, reason_why, announce=False)]
+        return actions, Activity(reason, f"switching over from {primary.name} before updating it")
+    if len(members) == 1:
+        return _update(snapshot, primary, recreate=bool(outdated), why=why), Activity(
+            reason, f"updating the only instance {primary.name}"
+        )
+    return [], Activity(reason, "waiting for an updated replica to take over as primary")
+
+
+def plan_scale_down(
+    cluster: PostgresCluster, snapshot: Snapshot, primary: Member
+) -> tuple[list[Action], Activity | None]:
+    """Before the highest ordinals go, the primary moves to one that stays."""
+    want = cluster.spec.instances
+    if primary.ordinal < want:
+        return [], None
+    keep = [m for m in snapshot.members if m.ordinal < want and m.ready]
+    actions: list[Action] = []
+    if keep and all(m.ready for m in snapshot.members) and primary.api_url:
+        actions = [_switchover(primary, keep[0].name, f"scaling down to {want} instances")]
+    return actions, Activity(
+        c.SCALING, f"moving the primary off {primary.name} before scaling down to {want}"
+    )
+
+
+def scaling_activity(cluster: PostgresCluster, snapshot: Snapshot) -> Activity | None:
+    have, want = len(snapshot.members), cluster.spec.instances
+    if have == want:
+        return None
+    if snapshot.primary is None and cluster.status is None:
+        return Activity(c.CREATING, f"creating {want} instances")
+    return Activity(c.SCALING, f"scaling from {have} to {want} instances")

@@ -1,0 +1,209 @@
+"""The running controller: caches fed by watches, the work queue and its workers, the timed
+resync; and `pgherd operator`'s start-up, which builds the settings once and hands them over.
+
+kopf watches the custom resources (PostgresCluster, PostgresBackup) and calls the handlers
+(pgherd.controller.handlers), which feed their caches and queue the clusters; pgherd's own
+informers watch the children, selected by pgherd's labels. kopf has no lease-based leader
+election, so exactly one replica runs (Deployment strategy Recreate) in standalone mode.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, ObjectMeta
+from pgherd.controller.cache import Cache, Informer, trim
+from pgherd.controller.client import Client, Manifest
+from pgherd.controller.queue import ClusterKey, WorkQueue, run_workers
+from pgherd.controller.reconciler import Reconciler
+from pgherd.controller.references import USE_LABEL
+from pgherd.render.labels import CLUSTER
+from pgherd.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# What the informers watch: kind, label selector. The cluster label selects every object a
+# cluster owns (children, pods, claims) and Patroni's DCS ConfigMaps; Secrets also by the
+# opt-in label, the only other Secrets pgherd may read. Never a namespace's every Secret.
+WATCHED: tuple[tuple[str, str], ...] = (
+    ("Pod", CLUSTER),
+    ("PersistentVolumeClaim", CLUSTER),
+    ("StatefulSet", CLUSTER),
+    ("Service", CLUSTER),
+    ("ServiceAccount", CLUSTER),
+    ("Role", CLUSTER),
+    ("RoleBinding", CLUSTER),
+    ("PodDisruptionBudget", CLUSTER),
+    ("ConfigMap", CLUSTER),
+    ("Secret", CLUSTER),
+    ("Secret", f"{USE_LABEL}=true"),
+)
+
+
+def _globbed(patterns: tuple[str, ...]) -> bool:
+    return any(ch in p for p in patterns for ch in "*?[")
+
+
+class Controller:
+    """Everything that runs: caches, informers, queue, workers and the resync."""
+
+    def __init__(self, settings: Settings, client: Client) -> None:
+        self.settings = settings
+        self.client = client
+        self.cache = Cache()
+        # The custom resources' stores, fed by kopf's handlers.
+        self.clusters = self.cache.store(KIND)
+        self.backups = self.cache.store(BACKUP_KIND)
+        self.queue = WorkQueue()
+        self.reconciler = Reconciler(self.cache, client, settings)
+        self.informers: list[Informer] = []
+        self.pool: ThreadPoolExecutor | None = None
+        self.passes = 0
+        self._stop = threading.Event()
+
+    # ---- scope -------------------------------------------------------------------------
+    def in_scope(self, namespace: str) -> bool:
+        patterns = self.settings.namespaces
+        return not patterns or any(fnmatch.fnmatchcase(namespace, p) for p in patterns)
+
+    def _scopes(self) -> list[str | None]:
+        """Plain namespaces are watched one by one (a namespaced Role suffices); globs, as
+        kopf accepts them, need a cluster-wide watch kept to the matching namespaces."""
+        patterns = self.settings.namespaces
+        if not patterns or _globbed(patterns):
+            return [None]
+        return list(patterns)
+
+    def _accept(self, obj: Manifest) -> bool:
+        return self.in_scope(obj.get("metadata", {}).get("namespace") or "")
+
+    # ---- changes -> keys ---------------------------------------------------------------
+    def enqueue(self, key: ClusterKey, *, now: bool = False) -> None:
+        self.queue.add(key, 0.0 if now else self.settings.debounce_seconds)
+
+    def on_child(self, kind: str, obj: Manifest) -> None:
+        meta = obj.get("metadata") or {}
+        ns = meta.get("namespace") or ""
+        if kind == "StorageClass":
+            for cluster in self.cache.all(KIND):
+                spec = cluster.get("spec") or {}
+                if (spec.get("storage") or {}).get("storageClassName") == meta.get("name"):
+                    self.enqueue(_key(cluster))
+            return
+        owner = (meta.get("labels") or {}).get(CLUSTER)
+        if owner:
+            self.enqueue((ns, str(owner)))
+        if kind == "Secret" and (meta.get("labels") or {}).get(USE_LABEL) == "true":
+            # A Secret that opted in (or stopped): the clusters of its namespace look again.
+            for other in self.cache.all(KIND, ns):
+                self.enqueue(_key(other))
+
+    def on_cluster(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
+        if event == "DELETED":
+            self.cache.remove(self.clusters, meta.namespace, meta.name)
+        else:
+            self.cache.put(self.clusters, trim(KIND, body))
+        # A change of spec or status: the cluster is looked at once its burst has settled.
+        self.enqueue((meta.namespace, meta.name))
+
+    def on_backup(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
+        if event == "DELETED":
+            self.cache.remove(self.backups, meta.namespace, meta.name)
+        else:
+            self.cache.put(self.backups, trim(BACKUP_KIND, body))
+        cluster = (body.get("spec") or {}).get("cluster")
+        if cluster:
+            self.enqueue((meta.namespace, cluster))
+
+    # ---- running -----------------------------------------------------------------------
+    def work(self, key: ClusterKey) -> bool:
+        result = self.reconciler.reconcile(*key)
+        self.passes += 1
+        return not result.retry
+
+    def start(self) -> None:
+        for scope in self._scopes():
+            for kind, selector in WATCHED:
+                self.informers.append(
+                    Informer(self.client, self.cache, kind, scope, selector, self.on_child,
+                             accept=self._accept)
+                )  # fmt: skip
+        self.informers.append(
+            Informer(self.client, self.cache, "StorageClass", None, "", self.on_child)
+        )
+        for informer in self.informers:
+            informer.start()
+        threading.Thread(target=self._start_workers, name="start-workers", daemon=True).start()
+        threading.Thread(target=self._resync, name="resync", daemon=True).start()
+
+    def _start_workers(self) -> None:
+        # A pass before the caches are filled would see children as missing.
+        for informer in self.informers:
+            while not informer.synced.wait(5) and not self._stop.is_set():
+                log.info("waiting for %r to list", informer)
+        if not self._stop.is_set():
+            self.pool = run_workers(self.queue, self.settings.workers, self.work)
+
+    def _resync(self) -> None:
+        """Level-based safety net: every cluster is looked at again on a timer."""
+        while not self._stop.wait(self.settings.resync_seconds):
+            for cluster in self.cache.all(KIND):
+                self.enqueue(_key(cluster))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.queue.close()
+        for informer in self.informers:
+            informer.stop()
+
+    def health(self) -> dict[str, Any]:
+        """What the liveness probe reports: informers' sync and errors, queue depth."""
+        return {
+            "synced": all(i.synced.is_set() for i in self.informers),
+            "informer_errors": sum(i.errors for i in self.informers),
+            "relists": sum(i.relists for i in self.informers),
+            "cached_objects": self.cache.count(),
+            "queue_depth": self.queue.depth(),
+            "passes": self.passes,
+        }
+
+
+def _key(obj: Manifest) -> ClusterKey:
+    return obj["metadata"]["namespace"], obj["metadata"]["name"]
+
+
+def main(settings: Settings) -> int:
+    """Run the operator with these settings until it is stopped."""
+    import kopf  # noqa: PLC0415 - the operator's runtime only
+    from kubernetes import client, config  # noqa: PLC0415
+
+    kopf.configure(
+        verbose=settings.debug,
+        log_format=kopf.LogFormat.JSON if settings.log_format == "json" else kopf.LogFormat.PLAIN,
+    )
+    if not settings.debug:
+        # One line per watch event ("Handler ... succeeded") says nothing; actions are logged.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    controller = Controller(settings, Client(client.ApiClient()))
+    from pgherd.controller import handlers  # noqa: F401, PLC0415 - registers the handlers
+
+    kopf.run(
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=(
+            f"http://{settings.health_host}:{settings.health_port}/healthz"
+            if settings.health_port
+            else None
+        ),
+        memo=kopf.Memo(controller=controller),
+    )
+    return 0

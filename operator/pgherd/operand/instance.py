@@ -1,0 +1,176 @@
+"""`pgherd instance`: the operand container's entrypoint.
+
+Turns the pod's environment (name, namespace, IP, ports, credentials) and the mounted
+patroni.yaml into Patroni's final configuration, then runs Patroni as its child and stays
+beside it as a small supervisor: it passes Patroni's and PostgreSQL's output through to the
+container log, forwards signals, exits with Patroni's status, and reports the instance to
+the operator (pgherd.operand.report: PostgreSQL's version and libraries, why it does not
+start, which parameters Patroni dropped). Per-pod values travel as PATRONI_* environment
+variables, which Patroni prefers over its file; secrets never touch the disk.
+
+PGHERD_ROOT (default "/") prefixes every filesystem path the pod spec names. A real pod
+never sets it; pgherd's test kubelet does, so that many pods can share one machine.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pgherd import contract
+from pgherd.contract import rooted
+
+_DEFAULT_BIN_ROOT = Path("/usr/lib/postgresql")
+
+
+class InstanceError(Exception):
+    """The pod's environment cannot run an instance; the message says what is missing."""
+
+
+def _require(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "")
+    if not value:
+        raise InstanceError(f"environment variable {name} is required and empty")
+    return value
+
+
+def patroni_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """The PATRONI_* variables for this pod, derived from what the pod spec provides."""
+    root = env.get("PGHERD_ROOT", "/")
+    pod_ip = _require(env, "POD_IP")
+    pg_port = env.get("PGHERD_PG_PORT", str(contract.POSTGRES_PORT))
+    api_port = env.get("PGHERD_API_PORT", str(contract.PATRONI_PORT))
+    # Listen on the pod IP and on loopback: kubectl port-forward connects to loopback.
+    hosts = ",".join(dict.fromkeys(["127.0.0.1", pod_ip]))
+    return {
+        "PATRONI_NAME": _require(env, "POD_NAME"),
+        "PATRONI_KUBERNETES_NAMESPACE": _require(env, "POD_NAMESPACE"),
+        "PATRONI_KUBERNETES_POD_IP": pod_ip,
+        "PATRONI_POSTGRESQL_LISTEN": f"{hosts}:{pg_port}",
+        "PATRONI_POSTGRESQL_CONNECT_ADDRESS": f"{pod_ip}:{pg_port}",
+        "PATRONI_RESTAPI_LISTEN": f"{pod_ip}:{api_port}",
+        "PATRONI_RESTAPI_CONNECT_ADDRESS": f"{pod_ip}:{api_port}",
+        "PATRONI_POSTGRESQL_DATA_DIR": rooted(root, env.get("PGDATA", contract.PGDATA)),
+        "PATRONI_POSTGRESQL_PGPASS": rooted(root, contract.PGPASS),
+    }
+
+
+def find_bin_dir(env: Mapping[str, str], base: Path = _DEFAULT_BIN_ROOT) -> str:
+    """PostgreSQL's binaries: PGHERD_PG_BIN_DIR, else the newest under /usr/lib/postgresql."""
+    if explicit := env.get("PGHERD_PG_BIN_DIR"):
+        return explicit
+    majors = sorted(
+        (p for p in base.glob("*/bin") if (p / "postgres").exists()),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
+    )
+    if not majors:
+        raise InstanceError(f"no PostgreSQL binaries under {base}; set PGHERD_PG_BIN_DIR")
+    return str(majors[-1])
+
+
+def final_config(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """patroni.yaml as mounted, with paths mapped under PGHERD_ROOT and the binaries found."""
+    root = env.get("PGHERD_ROOT", "/")
+    out = dict(config)
+    pg = dict(out.get("postgresql", {}))
+    pg["bin_dir"] = find_bin_dir(env)
+    params = dict(pg.get("parameters", {}))
+    params["unix_socket_directories"] = rooted(
+        root, str(params.get("unix_socket_directories", contract.SOCKET_DIR))
+    )
+    pg["parameters"] = params
+    bootstrap = dict(out.get("bootstrap", {}))
+    # Creates the application database and its owner once, on the first primary.
+    bootstrap["post_bootstrap"] = f"{sys.executable} -m pgherd.operand.post_bootstrap"
+    out["bootstrap"] = bootstrap
+    out["postgresql"] = pg
+    return out
+
+
+def run(env: Mapping[str, str]) -> int:
+    """Write the final configuration and run Patroni; returns its exit status."""
+    root = env.get("PGHERD_ROOT", "/")
+    source = Path(rooted(root, env.get("PGHERD_CONFIG", contract.CONFIG_FILE)))
+    try:
+        config = yaml.safe_load(source.read_text())
+    except OSError as e:
+        raise InstanceError(f"cannot read Patroni configuration {source}: {e}") from None
+    patroni_env = patroni_environment(env)
+    Path(rooted(root, contract.SOCKET_DIR)).mkdir(parents=True, exist_ok=True)
+    target = Path(rooted(root, contract.TMP_DIR)) / "patroni.yaml"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    final = final_config(config, env)
+    target.write_text(yaml.safe_dump(final, sort_keys=False))
+    target.chmod(0o600)
+    if env.get("PGHERD_BACKUP_DESTINATION"):
+        # The backup agent runs beside Patroni (see pgherd.operand.agent).
+        from pgherd.operand import agent  # noqa: PLC0415
+
+        agent.spawn(env)
+    return supervise(
+        [sys.executable, "-m", "patroni", str(target)],
+        {**env, **patroni_env},
+        bin_dir=str(final["postgresql"]["bin_dir"]),
+    )
+
+
+_FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
+
+
+def supervise(command: list[str], env: dict[str, str], *, bin_dir: str) -> int:
+    """Run Patroni, pass its output (PostgreSQL's included) to ours, report the instance;
+    returns Patroni's exit status."""
+    from pgherd.operand import report as instance_report  # noqa: PLC0415
+
+    watch = instance_report.LogWatch()
+    child = subprocess.Popen(
+        command, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    for sig in _FORWARDED:
+        signal.signal(sig, lambda signum, _frame: child.send_signal(signum))
+
+    def relay() -> None:
+        assert child.stdout is not None  # noqa: S101 - stdout=PIPE
+        out = sys.stderr.buffer
+        # PostgreSQL inherits the pipe: its lines (and a surviving postmaster's) pass here.
+        for raw in iter(child.stdout.readline, b""):
+            out.write(raw)
+            out.flush()
+            watch.feed(raw.decode(errors="replace"))
+
+    threading.Thread(target=relay, name="relay", daemon=True).start()
+    instance_report.start(env, watch, bin_dir)
+    return _reap_until(child)
+
+
+def _reap_until(child: subprocess.Popen[bytes]) -> int:
+    """Wait for Patroni's exit, reaping every other child meanwhile.
+
+    In a container this process is PID 1: PostgreSQL's postmaster (which Patroni starts
+    detached) and any other orphan become its children. Unreaped, a dead postmaster stays a
+    zombie that Patroni takes for a running server, and never finishes stopping it.
+    """
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return child.wait()
+        if pid == child.pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            return child.returncode
+
+
+def main() -> int:
+    try:
+        return run(os.environ)
+    except InstanceError as e:
+        print(f"pgherd instance: {e}", file=sys.stderr)
+        return 2

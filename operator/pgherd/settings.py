@@ -1,0 +1,111 @@
+"""The operator's settings: built once at start from the environment and the command line,
+typed and validated, then passed to what needs them. Nothing reads the environment at import.
+
+| variable | default | what |
+|---|---|---|
+| WATCH_NAMESPACE | (all) | namespaces to serve, comma-separated (OLM sets it); --namespace wins |
+| PGHERD_RESYNC_SECONDS | 30 | every cluster is reconciled at least this often (level-based) |
+| PGHERD_WORKERS | 8 | clusters reconciled in parallel |
+| PGHERD_DEBOUNCE_SECONDS | 0.2 | a change waits this long, so that a burst makes one pass |
+| PGHERD_STUCK_AFTER_SECONDS | 300 | an instance unready this long makes the cluster Degraded |
+| PGHERD_BACKUP_STALE_SECONDS | 60 | a Running backup whose agent is silent this long fails |
+| PGHERD_PATRONI_TIMEOUT_SECONDS | 5 | deadline of every call to Patroni's REST API |
+| RELATED_IMAGE_POSTGRES | (built in) | operand image for the default PostgreSQL major |
+| RELATED_IMAGE_POSTGRES_<major> | | operand image for another major (e.g. _16) |
+| PGHERD_LOG_FORMAT | plain | plain or json |
+| PGHERD_DEBUG | 0 | 1: kopf's verbose logging |
+| PGHERD_HEALTH_HOST | 0.0.0.0 | where /healthz listens (probes reach the pod IP) |
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pgherd.api.v1alpha1 import DEFAULT_IMAGE, DEFAULT_POSTGRES_VERSION
+
+IMAGE_PREFIX = "RELATED_IMAGE_POSTGRES"
+_MAJOR_IMAGE = re.compile(rf"^{IMAGE_PREFIX}_(\d+)$")
+
+
+class SettingsError(ValueError):
+    """A setting has a value the operator cannot use; the message names the variable."""
+
+
+def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={raw!r} must be at least {minimum:g}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the operator is configured with (see the module docstring)."""
+
+    namespaces: tuple[str, ...] = ()
+    resync_seconds: float = 30.0
+    workers: int = 8
+    debounce_seconds: float = 0.2
+    stuck_after_seconds: float = 300.0
+    backup_stale_seconds: float = 60.0
+    patroni_timeout_seconds: float = 5.0
+    default_image: str = DEFAULT_IMAGE
+    # Operand images by PostgreSQL major (RELATED_IMAGE_POSTGRES_<major>).
+    images: Mapping[int, str] = field(default_factory=dict)
+    log_format: Literal["plain", "json"] = "plain"
+    debug: bool = False
+    health_host: str = "0.0.0.0"  # noqa: S104 - probes reach the pod IP
+    health_port: int = 8081
+
+    @classmethod
+    def from_env(
+        cls,
+        env: Mapping[str, str],
+        *,
+        namespaces: list[str] | None = None,
+        health_port: int | None = None,
+    ) -> Settings:
+        """Settings from the environment; --namespace flags (namespaces) win over
+        WATCH_NAMESPACE."""
+        watched = namespaces or [
+            n.strip() for n in env.get("WATCH_NAMESPACE", "").split(",") if n.strip()
+        ]
+        images: dict[int, str] = {}
+        for name, value in env.items():
+            if (m := _MAJOR_IMAGE.match(name)) and value.strip():
+                images[int(m.group(1))] = value.strip()
+        log_format = env.get("PGHERD_LOG_FORMAT", "plain").strip().lower() or "plain"
+        if log_format not in ("plain", "json"):
+            raise SettingsError(f"PGHERD_LOG_FORMAT={log_format!r} must be plain or json")
+        return cls(
+            namespaces=tuple(watched),
+            resync_seconds=_number(env, "PGHERD_RESYNC_SECONDS", 30.0, minimum=1),
+            workers=int(_number(env, "PGHERD_WORKERS", 8, minimum=1)),
+            debounce_seconds=_number(env, "PGHERD_DEBOUNCE_SECONDS", 0.2, minimum=0),
+            stuck_after_seconds=_number(env, "PGHERD_STUCK_AFTER_SECONDS", 300.0, minimum=1),
+            backup_stale_seconds=_number(env, "PGHERD_BACKUP_STALE_SECONDS", 60.0, minimum=1),
+            patroni_timeout_seconds=_number(
+                env, "PGHERD_PATRONI_TIMEOUT_SECONDS", 5.0, minimum=0.1
+            ),
+            default_image=env.get(IMAGE_PREFIX, "").strip() or DEFAULT_IMAGE,
+            images=images,
+            log_format="json" if log_format == "json" else "plain",
+            debug=env.get("PGHERD_DEBUG", "") == "1",
+            health_host=env.get("PGHERD_HEALTH_HOST", "").strip() or "0.0.0.0",  # noqa: S104
+            health_port=8081 if health_port is None else health_port,
+        )
+
+    def image_for(self, major: int) -> str | None:
+        """The operand image for a PostgreSQL major, or None when the operator has none."""
+        if major in self.images:
+            return self.images[major]
+        return self.default_image if major == DEFAULT_POSTGRES_VERSION else None

@@ -1,0 +1,191 @@
+"""The controller's machinery without an API server: the work queue (debounce, one pass per
+cluster at a time, back-off), the caches' stores and write-through, and the settings."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from pgherd.controller.cache import Cache, selects, trim
+from pgherd.controller.queue import WorkQueue, run_workers
+from pgherd.settings import Settings, SettingsError
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+# ---- the work queue -------------------------------------------------------------------
+def test_a_burst_of_changes_makes_one_pass() -> None:
+    clock = Clock()
+    q = WorkQueue(clock)
+    for _ in range(50):
+        q.add(("ns", "a"), delay=0.2)
+    assert q.depth() == 1
+    assert q.get(timeout=0) is None  # not due yet: the burst may go on
+    clock.now += 0.2
+    assert q.get(timeout=0) == ("ns", "a")
+    assert q.get(timeout=0) is None
+
+
+def test_an_earlier_time_wins() -> None:
+    clock = Clock()
+    q = WorkQueue(clock)
+    q.add(("ns", "a"), delay=30)
+    q.add(("ns", "a"), delay=0)
+    assert q.get(timeout=0) == ("ns", "a")
+
+
+def test_a_cluster_is_never_in_two_passes_at_once() -> None:
+    clock = Clock()
+    q = WorkQueue(clock)
+    q.add(("ns", "a"))
+    assert q.get(timeout=0) == ("ns", "a")
+    q.add(("ns", "a"))  # a change while its pass runs
+    assert q.get(timeout=0) is None  # not handed to a second worker
+    q.done(("ns", "a"))
+    assert q.get(timeout=0) == ("ns", "a")  # ... but runs right after
+
+
+def test_a_failed_pass_backs_off_exponentially() -> None:
+    clock = Clock()
+    q = WorkQueue(clock)
+    key = ("ns", "a")
+    q.add(key)
+    for wait in (1.0, 2.0, 4.0):
+        assert q.get(timeout=0) == key
+        q.done(key, failed=True)
+        clock.now += wait - 0.01
+        assert q.get(timeout=0) is None
+        clock.now += 0.01
+    assert q.get(timeout=0) == key
+    q.done(key)  # a success forgets the failures
+    q.add(key)
+    assert q.get(timeout=0) == key
+
+
+def test_workers_run_different_clusters_in_parallel() -> None:
+    q = WorkQueue()
+    # Three passes must be inside at the same time for any of them to get past this.
+    together = threading.Barrier(3, timeout=10)
+    seen: list[str] = []
+
+    def work(key: tuple[str, str]) -> bool:
+        together.wait()
+        seen.append(key[1])
+        return True
+
+    pool = run_workers(q, 3, work)
+    for name in "abc":
+        q.add(("ns", name))
+    try:
+        for _ in range(100):
+            if len(seen) == 3:
+                break
+            threading.Event().wait(0.05)
+        assert sorted(seen) == ["a", "b", "c"]
+    finally:
+        q.close()
+        pool.shutdown(wait=False)
+
+
+# ---- the caches -------------------------------------------------------------------------
+def _obj(name: str, rv: str, labels: dict[str, str] | None = None, kind: str = "Service") -> Any:
+    return {
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "ns", "resourceVersion": rv,
+                     "labels": labels or {}, "managedFields": [{"big": "x"}]},
+        "spec": {"x": 1},
+    }  # fmt: skip
+
+
+def test_trim_drops_what_no_decision_reads() -> None:
+    pod = {**_obj("p", "1", kind="Pod"), "status": {"phase": "Running", "hostIP": "1.2.3.4"}}
+    trimmed = trim("Pod", pod)
+    assert "managedFields" not in trimmed["metadata"]
+    assert "spec" not in trimmed
+    assert trimmed["status"] == {"phase": "Running"}
+    assert pod["metadata"]["managedFields"], "the original is not changed"
+
+
+@pytest.mark.parametrize(
+    ("selector", "labels", "expected"),
+    [
+        ("pgherd.io/cluster", {"pgherd.io/cluster": "db"}, True),
+        ("pgherd.io/cluster", {}, False),
+        ("pgherd.io/use=true", {"pgherd.io/use": "true"}, True),
+        ("pgherd.io/use=true", {"pgherd.io/use": "false"}, False),
+        ("a,b=1", {"a": "x", "b": "1"}, True),
+    ],
+)
+def test_selectors(selector: str, labels: dict[str, str], expected: bool) -> None:
+    assert selects(selector, labels) is expected
+
+
+def test_stores_index_by_cluster_and_write_through_only_what_they_select() -> None:
+    cache = Cache()
+    owned = cache.store("Service", "pgherd.io/cluster")
+    cache._replace(owned, [_obj("db-rw", "5", {"pgherd.io/cluster": "db"})])
+    assert [o["metadata"]["name"] for o in cache.of_cluster("Service", "ns", "db")] == ["db-rw"]
+    # What the operator writes is seen at once, never older than what the watch brought.
+    cache.write_through(_obj("db-ro", "6", {"pgherd.io/cluster": "db"}))
+    cache.write_through(_obj("db-rw", "4", {"pgherd.io/cluster": "db"}))
+    cache.write_through(_obj("web", "7"))  # not selected: not held
+    assert [o["metadata"]["name"] for o in cache.of_cluster("Service", "ns", "db")] == [
+        "db-ro",
+        "db-rw",
+    ]
+    assert cache.get("Service", "ns", "db-rw")["metadata"]["resourceVersion"] == "5"  # type: ignore[index]
+    assert cache.get("Service", "ns", "web") is None
+
+
+def test_a_relist_reports_what_changed_and_what_went() -> None:
+    cache = Cache()
+    store = cache.store("Service", "pgherd.io/cluster")
+    a, b = _obj("a", "1", {"pgherd.io/cluster": "x"}), _obj("b", "1", {"pgherd.io/cluster": "x"})
+    cache._replace(store, [a, b])
+    changed = cache._replace(store, [_obj("a", "2", {"pgherd.io/cluster": "x"})])
+    assert sorted((o["metadata"]["name"], o["metadata"]["resourceVersion"]) for o in changed) == [
+        ("a", "2"),
+        ("b", "1"),
+    ]
+    assert cache.get("Service", "ns", "b") is None
+
+
+# ---- settings ---------------------------------------------------------------------------
+def test_settings_from_the_environment() -> None:
+    s = Settings.from_env(
+        {
+            "WATCH_NAMESPACE": "a, b",
+            "PGHERD_RESYNC_SECONDS": "5",
+            "PGHERD_WORKERS": "3",
+            "RELATED_IMAGE_POSTGRES": "mirror/pg@sha256:1",
+            "RELATED_IMAGE_POSTGRES_16": "mirror/pg16@sha256:2",
+            "PGHERD_LOG_FORMAT": "JSON",
+        }
+    )
+    assert s.namespaces == ("a", "b")
+    assert (s.resync_seconds, s.workers, s.log_format) == (5.0, 3, "json")
+    assert s.image_for(15) == "mirror/pg@sha256:1"
+    assert s.image_for(16) == "mirror/pg16@sha256:2"
+    assert s.image_for(17) is None
+    assert Settings.from_env({"WATCH_NAMESPACE": "a"}, namespaces=["z"]).namespaces == ("z",)
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"PGHERD_RESYNC_SECONDS": "soon"}, "PGHERD_RESYNC_SECONDS='soon' is not a number"),
+        ({"PGHERD_WORKERS": "0"}, "PGHERD_WORKERS='0' must be at least 1"),
+        ({"PGHERD_LOG_FORMAT": "xml"}, "must be plain or json"),
+    ],
+)
+def test_bad_settings_name_the_variable(env: dict[str, str], words: str) -> None:
+    with pytest.raises(SettingsError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        Settings.from_env(env)
