@@ -17,6 +17,7 @@ operator's work is timed and 600 PostgreSQL servers are not needed.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -34,6 +35,8 @@ from tests.operator_harness import (
     OPERATOR_NAMESPACE,
     Cluster,
     Operator,
+    _epoch,
+    audit_requests,
     audit_writes,
     install_crds_and_rbac,
     operator_kubeconfig,
@@ -41,7 +44,7 @@ from tests.operator_harness import (
     wait_for,
 )
 
-from pgherd.kube import Kube
+from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
 
 RESYNC = 10
@@ -62,7 +65,7 @@ def _rss_mib(pid: int) -> dict[str, float]:
 
 
 def _ns(kube: Kube, name: str) -> str:
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}, check=False)
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     return name
 
 
@@ -83,34 +86,64 @@ def latency(kube: Kube, namespace: str, count: int) -> list[float]:
     return [seen[n] - created[n] for n in created if n in seen]
 
 
-def noop_writes(cp: ControlPlane, periods: int = 3) -> dict[str, Any]:
-    """Operator writes per resync once nothing changes, grouped by request.
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime + stime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _by_request(events: list[dict[str, Any]]) -> dict[str, int]:
+    return dict(
+        Counter(
+            " ".join(
+                filter(
+                    None,
+                    [e["verb"], e["objectRef"].get("resource"), e["objectRef"].get("subresource")],
+                )
+            )
+            for e in events
+        )
+    )
+
+
+def noop_resync(cp: ControlPlane, op: Operator, clusters: int, periods: int = 3) -> dict[str, Any]:
+    """What a resync costs once nothing changes: writes, reads (GETs; the watches feeding the
+    caches are not per pass), CPU seconds and passes made, per resync period.
 
     After a burst of creations the clusters' statuses still move for a while (pods appear,
     a pass over hundreds of clusters takes longer than one resync period), and those are
-    real changes. Settled means two resync periods in a row without a write; the count is
+    real changes. Settled means two resync periods in a row without a write; the counts are
     taken over the periods after that.
     """
+    assert op.proc is not None  # noqa: S101 - started
     started = time.time()
     quiet = settle_writes(cp, USER, RESYNC)
     settled = time.time()
+    cpu, passes = _cpu_seconds(op.proc.pid), _passes(op)
     time.sleep(periods * RESYNC)
+    cpu, passes = _cpu_seconds(op.proc.pid) - cpu, _passes(op) - passes
     writes = audit_writes(cp, USER, settled)
-    by_request = Counter(
-        " ".join(
-            filter(
-                None,
-                [e["verb"], e["objectRef"].get("resource"), e["objectRef"].get("subresource")],
-            )
-        )
-        for e in writes
-    )
+    reads = [
+        e
+        for e in audit_requests(cp, USER, settled, verbs=frozenset({"get", "list"}))
+        # a watch's own list (the informers relist only after an error) is not a pass's read
+        if e["verb"] == "get"
+    ]
     return {
-        "per_resync": round(len(writes) / periods, 2),
-        "by_request": dict(by_request),
+        "writes_per_resync": round(len(writes) / periods, 2),
+        "writes_by_request": _by_request(writes),
+        "reads_per_resync": round(len(reads) / periods, 2),
+        "reads_per_cluster_per_resync": round(len(reads) / periods / max(1, clusters), 3),
+        "reads_by_request": _by_request(reads),
+        "cpu_seconds_per_resync": round(cpu / periods, 3),
+        "passes_per_resync": round(passes / periods, 1),
         "settled": quiet is not None,
         "settle_seconds": round(settled - started, 1),
     }
+
+
+def _passes(op: Operator) -> int:
+    return int(((op.health() or {}).get("controller") or {}).get("passes", 0))
 
 
 class Writer(threading.Thread):
@@ -156,25 +189,113 @@ def _writing_cluster(kube: Kube, ns: str, name: str, patroni: dict[str, int] | N
     return cluster
 
 
+def _audit(cp: ControlPlane, since: float) -> list[dict[str, Any]]:
+    events = [json.loads(line) for line in cp.audit_log.read_text().splitlines()]
+    return [e for e in events if e.get("stage") == "ResponseComplete" and _epoch(e) >= since]
+
+
+def _leader_changes(cp: ControlPlane, ns: str, name: str, since: float) -> list[tuple[float, str]]:
+    """When Patroni wrote a new leader into <name>-leader, and who."""
+    out = []
+    for e in _audit(cp, since):
+        ref = e.get("objectRef", {})
+        if (ref.get("namespace"), ref.get("resource"), ref.get("name")) != (
+            ns,
+            "configmaps",
+            f"{name}-leader",
+        ):
+            continue
+        leader = ((e.get("requestObject") or {}).get("metadata") or {}).get("annotations", {})
+        if leader.get("leader"):
+            out.append((_epoch(e), leader["leader"]))
+    return out
+
+
+def _status_primaries(
+    cp: ControlPlane, ns: str, name: str, since: float
+) -> list[tuple[float, str]]:
+    """When the operator wrote a new status.currentPrimary, and which."""
+    out = []
+    for e in _audit(cp, since):
+        ref = e.get("objectRef", {})
+        if e.get("user", {}).get("username") != USER or (
+            ref.get("namespace"),
+            ref.get("name"),
+            ref.get("subresource"),
+        ) != (ns, name, "status"):
+            continue
+        primary = ((e.get("requestObject") or {}).get("status") or {}).get("currentPrimary")
+        if primary:
+            out.append((_epoch(e), primary))
+    return out
+
+
 def failover_seconds(
     kube: Kube, cp: ControlPlane, ns: str, name: str, patroni: dict[str, int] | None
-) -> float:
+) -> dict[str, float]:
     cluster = _writing_cluster(kube, ns, name, patroni)
     writer = Writer(cluster)
     writer.start()
     wait_for("writes", lambda: len(writer.ok) > 20, 30)
     old = cluster.primary()
-    killed = time.monotonic()
+    killed, killed_at = time.monotonic(), time.time()
     cluster.kill(old, cp, hold=True)
     # Writes fail once the kill lands; failover ends at the first write accepted after that.
     broken = wait_for(
         "writes to fail", lambda: next((t for t in writer.failed if t > killed), None), 30, 0.05
     )
     wait_for("writes after failover", lambda: writer.ok[-1] > broken, 300, 0.1)
+    new = wait_for("status to name the new primary", lambda: cluster.primary() != old
+                   and cluster.primary(), 60)  # fmt: skip
     writer.stop.set()
     first = next(t for t in writer.ok if t > broken)
+    promoted = next(t for t, who in _leader_changes(cp, ns, name, killed_at) if who == new)
+    reported = next(t for t, who in _status_primaries(cp, ns, name, killed_at) if who == new)
     kube.delete("PostgresCluster", ns, name)
-    return round(first - killed, 2)
+    return {
+        "writes_back_seconds": round(first - killed, 2),
+        # from Patroni writing the new leader to status.currentPrimary naming it
+        "status_follows_leader_seconds": round(reported - promoted, 2),
+    }
+
+
+def rolling_restart(kube: Kube, cp: ControlPlane, ns: str) -> dict[str, Any]:
+    """A rolling update of 3 instances (a pod template change): from each pod back Ready to
+    the operator's next step (the next pod deleted), as the audit log shows them."""
+    cluster = Cluster(kube, ns, "roll")
+    cluster.create({"instances": 3})
+    cluster.wait_healthy(3, timeout=300)
+    since = time.time()
+    cluster.patch_spec({"resources": {"requests": {"cpu": "200m", "memory": "500Mi"}}})
+    wait_for("the rollout", lambda: cluster.status().get("phase") == "Updating", 60)
+    cluster.wait_healthy(3, timeout=600)
+    events = _audit(cp, since)
+    deletes = [
+        (_epoch(e), e["objectRef"]["name"])
+        for e in events
+        if e.get("user", {}).get("username") == USER
+        and e["verb"] == "delete"
+        and e["objectRef"].get("resource") == "pods"
+    ]
+    ready = []
+    for e in events:
+        ref = e.get("objectRef", {})
+        if ref.get("resource") != "pods" or ref.get("subresource") != "status":
+            continue
+        conds = ((e.get("requestObject") or {}).get("status") or {}).get("conditions") or []
+        if any(c.get("type") == "Ready" and c.get("status") == "True" for c in conds):
+            ready.append(_epoch(e))
+    gaps = []
+    for (deleted_at, _), (next_at, _) in itertools.pairwise(deletes):
+        back = [t for t in ready if deleted_at < t < next_at]
+        if back:
+            gaps.append(round(next_at - max(back), 2))
+    kube.delete("PostgresCluster", ns, "roll")
+    return {
+        "pods_rolled": [name for _, name in deletes],
+        "ready_to_next_step_seconds": gaps,
+        "p50": _pct(gaps, 0.5) if gaps else None,
+    }
 
 
 def switchover_outage(kube: Kube, ns: str) -> float:
@@ -207,7 +328,7 @@ def _latency_and_memory(
         "p99": _pct(many, 0.99),
         "applied": len(many),
     }
-    results["writes_per_noop_resync"] = noop_writes(cp)
+    results["noop_resync"] = noop_resync(cp, op, n + 10)
     results[f"operator_rss_with_{n}_clusters_mib"] = _rss_mib(op.proc.pid)
     for ns in ["bench-many", "bench-one", *[f"bench-one-{i}" for i in range(9)]]:
         kube.delete("Namespace", None, ns)
@@ -215,11 +336,12 @@ def _latency_and_memory(
 
 def _ha(kube: Kube, cp: ControlPlane, results: dict[str, Any]) -> None:
     ns = _ns(kube, "bench-ha")
-    results["failover_seconds_default_timings"] = failover_seconds(kube, cp, ns, "fo-default", None)
-    results["failover_seconds_tuned_timings"] = failover_seconds(
+    results["failover_default_timings"] = failover_seconds(kube, cp, ns, "fo-default", None)
+    results["failover_tuned_timings"] = failover_seconds(
         kube, cp, ns, "fo-tuned", {"ttl": 20, "loopWait": 2, "retryTimeout": 5}
     )
     results["switchover_write_outage_seconds"] = switchover_outage(kube, ns)
+    results["rolling_restart_3_instances"] = rolling_restart(kube, cp, ns)
 
 
 def _backups(kube: Kube, tmp: Path, sections: set[str], results: dict[str, Any]) -> None:
