@@ -189,3 +189,15 @@ def test_settings_from_the_environment() -> None:
 def test_bad_settings_name_the_variable(env: dict[str, str], words: str) -> None:
     with pytest.raises(SettingsError, match=words.replace("(", r"\(").replace(")", r"\)")):
         Settings.from_env(env)
+
+
+def test_independent_applies_go_out_together_and_the_workload_after_them() -> None:
+    from pgherd.controller.act import _batches  # noqa: PLC0415
+    from pgherd.controller.actions import Apply, Delete  # noqa: PLC0415
+
+    def apply(name: str, requires: frozenset[tuple[str, str]] = frozenset()) -> Apply:
+        return Apply("x", manifest={"kind": "K", "metadata": {"name": name}}, requires=requires)
+
+    a, b, sts, c = apply("a"), apply("b"), apply("sts", frozenset({("K", "a")})), apply("c")
+    delete = Delete("x", kind="Pod", name="p")
+    assert _batches([a, b, sts, c, delete, a]) == [[a, b], [sts], [c], [delete], [a]]

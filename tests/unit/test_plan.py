@@ -10,6 +10,7 @@ import pytest
 from pgherd.api.v1alpha1 import PostgresCluster
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import (
+    CREATE_ONLY,
     Action,
     Apply,
     Create,
@@ -457,3 +458,15 @@ def test_history_beyond_the_limit_is_pruned_oldest_first() -> None:
         "delete PostgresBackup/a",
         "delete PostgresBackup/bb",
     ]
+
+
+def test_missing_children_are_created_only_if_the_name_is_free() -> None:
+    decided = plan(snapshot({}, children={}), SETTINGS)
+    applies = [a for a in decided.actions if isinstance(a, Apply)]
+    assert {a.resource_version for a in applies} == {CREATE_ONLY}
+    sts = next(a for a in applies if a.kind == "StatefulSet")
+    # No pod may start unless every child it uses (Secrets above all) was created as ours.
+    assert ("Secret", "db-superuser") in sts.requires
+    assert sts.requires == {a.key for a in applies if a.kind != "StatefulSet"} - {
+        ("PodDisruptionBudget", "db")
+    }

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pgherd.controller import conditions as c
 from pgherd.controller import events, patroni
 from pgherd.controller.actions import (
+    CREATE_ONLY,
     Action,
     Apply,
     Create,
@@ -40,20 +42,44 @@ ANNOUNCE = {Delete: "RollingUpdate", Restart: "Restart", Switchover: "Switchover
 
 @dataclass
 class Outcome:
-    """What act did: what the API refused (problems) and whether to come back soon."""
+    """What act did: what the API refused (problems), whether to come back soon, and the
+    names a create was refused for (held by something: the next pass looks at whose)."""
 
     failures: list[Problem] = field(default_factory=list)
     retry: bool = False
     done: list[str] = field(default_factory=list)
+    taken: set[tuple[str, str]] = field(default_factory=set)
+
+
+def _blocked(action: Action, taken: set[tuple[str, str]]) -> bool:
+    return isinstance(action, Apply) and bool(action.requires & taken)
+
+
+def _batches(actions: Sequence[Action]) -> list[list[Action]]:
+    """The actions in order, runs of independent applies grouped to go out together; every
+    other action (and an apply that requires others) on its own, in its place."""
+    out: list[list[Action]] = []
+    for action in actions:
+        free = isinstance(action, Apply) and not action.requires
+        if free and out and all(isinstance(a, Apply) and not a.requires for a in out[-1]):
+            out[-1].append(action)
+        else:
+            out.append([action])
+    return out
 
 
 class Actor:
     """Writes through the client and Patroni's REST API, and keeps the caches current."""
 
-    def __init__(self, client: Client, cache: Cache, *, patroni_timeout: float) -> None:
+    def __init__(
+        self, client: Client, cache: Cache, *, patroni_timeout: float, parallel: int = 4
+    ) -> None:
         self.client = client
         self.cache = cache
         self.patroni_timeout = patroni_timeout
+        # Independent applies of one pass go out together: a new cluster's children are
+        # created in a few round trips instead of one after the other.
+        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act")
 
     def act(
         self, snapshot: Snapshot, actions: Sequence[Action], patroni_password: str | None
@@ -62,42 +88,55 @@ class Actor:
         rest = patroni.Client(
             RESTAPI_USERNAME, patroni_password or "", timeout=self.patroni_timeout
         )
-        for action in actions:
-            try:
-                self._one(snapshot, action, rest)
-            except Conflict as e:
-                # Changed since it was cached (or already there): the next pass sees it.
-                log.info("%s/%s: %s: %s", snapshot.namespace, snapshot.name, action.describe(), e)
-                outcome.retry = True
-                continue
-            except ApiError as e:
-                outcome.failures.append(self._refused(action, e))
-                if e.status in (0, 429, 500, 503, 504):
-                    outcome.retry = True
-                continue
-            except patroni.PatroniError as e:
-                log.warning(
-                    "%s/%s: %s failed: %s", snapshot.namespace, snapshot.name, action.describe(), e
-                )
-                outcome.retry = True
-                continue
-            outcome.done.append(f"{action.describe()} ({action.reason})")
-            if action.disruptive or isinstance(action, Switchover):
-                self.announce(snapshot, action)
+        for batch in _batches(actions):
+            runnable = [
+                a for a in batch if not (isinstance(a, Apply) and a.requires & outcome.taken)
+            ]
+            if len(runnable) < len(batch):
+                outcome.retry = True  # what it needs is someone else's, for now
+            errors = list(self.pool.map(lambda a: self._attempt(snapshot, a, rest), runnable))
+            for action, error in zip(runnable, errors, strict=True):
+                self._account(snapshot, action, error, outcome)
         if outcome.done:
             log.info("%s/%s: %s", snapshot.namespace, snapshot.name, "; ".join(outcome.done))
         return outcome
 
+    def _attempt(
+        self, snapshot: Snapshot, action: Action, rest: patroni.Client
+    ) -> Exception | None:
+        try:
+            self._one(snapshot, action, rest)
+        except (ApiError, patroni.PatroniError) as e:
+            return e
+        return None
+
+    def _account(
+        self, snapshot: Snapshot, action: Action, error: Exception | None, outcome: Outcome
+    ) -> None:
+        where = f"{snapshot.namespace}/{snapshot.name}: {action.describe()}"
+        if isinstance(error, Conflict):
+            # Changed since it was cached, or (a create) the name is held by something the
+            # caches do not show: the next pass looks again.
+            log.info("%s: %s", where, error)
+            if isinstance(action, Apply) and action.resource_version == CREATE_ONLY:
+                outcome.taken.add(action.key)
+            outcome.retry = True
+        elif isinstance(error, ApiError):
+            outcome.failures.append(self._refused(action, error))
+            outcome.retry = outcome.retry or error.status in (0, 429, 500, 503, 504)
+        elif isinstance(error, patroni.PatroniError):
+            log.warning("%s failed: %s", where, error)
+            outcome.retry = True
+        else:
+            outcome.done.append(f"{action.describe()} ({action.reason})")
+            if action.disruptive or isinstance(action, Switchover):
+                self.announce(snapshot, action)
+
     def _one(self, snapshot: Snapshot, action: Action, rest: patroni.Client) -> None:
         ns = snapshot.namespace
         if isinstance(action, Apply):
-            body = action.manifest
-            if action.resource_version is not None:
-                body = {
-                    **body,
-                    "metadata": {**body["metadata"], "resourceVersion": action.resource_version},
-                }
-            self._cached(self.client.apply(body))
+            meta = {**action.manifest["metadata"], "resourceVersion": action.resource_version}
+            self._cached(self.client.apply({**action.manifest, "metadata": meta}))
         elif isinstance(action, Create):
             self._cached(self.client.create(action.manifest))
         elif isinstance(action, Patch):

@@ -29,13 +29,22 @@ class Action:
         return type(self).__name__
 
 
+# A resourceVersion no object ever has: a server-side apply conditional on it creates the
+# object when the name is free, and is refused (409) when anything holds it.
+CREATE_ONLY = "18446744073709551615"
+
+
 @dataclass(frozen=True)
 class Apply(Action):
-    """Server-side apply of a rendered object. resource_version: the cached object's, so
-    that an object replaced meanwhile (by a neighbour, say) is never overwritten."""
+    """Server-side apply of a rendered object, conditional on resource_version: the cached
+    object's, so that an object replaced meanwhile is never overwritten, or CREATE_ONLY for
+    one the caches do not hold, so that a neighbour's object of that name is never taken.
+    requires: children this apply must not go ahead without (a pod must never start with a
+    Secret that turned out to be a neighbour's)."""
 
     manifest: Manifest = field(default_factory=dict)
-    resource_version: str | None = None
+    resource_version: str = CREATE_ONLY
+    requires: frozenset[tuple[str, str]] = frozenset()
 
     @property
     def kind(self) -> str:
@@ -44,6 +53,10 @@ class Apply(Action):
     @property
     def name(self) -> str:
         return str(self.manifest["metadata"]["name"])
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.kind, self.name
 
     def describe(self) -> str:
         return f"apply {self.kind}/{self.name}"

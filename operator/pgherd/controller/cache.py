@@ -14,10 +14,12 @@ Objects in the cache are shared, never copied: nothing may change them.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pgherd.controller.client import ApiError, Client, Gone, Manifest
 from pgherd.render.labels import CLUSTER
@@ -31,9 +33,29 @@ WATCH_SECONDS = 300
 BACKOFF_MAX = 30.0
 
 
+# What of an object's status a decision reads, by kind (the rest is dropped).
+_STATUS_KEPT = {
+    "Pod": ("phase", "conditions", "podIP"),
+    "StatefulSet": ("updateRevision", "currentRevision", "replicas"),
+}
+# Strings this short recur across objects (keys, labels, kinds): held once.
+_INTERN_UP_TO = 64
+
+
+def _interned(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {sys.intern(k): _interned(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interned(v) for v in value]
+    if isinstance(value, str) and len(value) <= _INTERN_UP_TO:
+        return sys.intern(value)
+    return value
+
+
 def trim(kind: str, obj: Manifest) -> Manifest:
     """What the controller reads of an object: no managedFields, no client-side apply copy,
-    and of a Pod only its metadata and status."""
+    of a Pod only its metadata and status, of a status only what decisions read; recurring
+    strings held once. Thousands of objects are cached: this is most of the memory."""
     meta = dict(obj.get("metadata") or {})
     meta.pop("managedFields", None)
     annotations = meta.get("annotations")
@@ -43,13 +65,13 @@ def trim(kind: str, obj: Manifest) -> Manifest:
         }
     out = {**obj, "metadata": meta}
     if kind == "Pod":
-        status = obj.get("status") or {}
-        out = {
-            "metadata": meta,
-            "status": {k: status[k] for k in ("phase", "conditions", "podIP") if k in status},
-        }
+        out = {"metadata": meta, "status": obj.get("status") or {}}
+    if kind in _STATUS_KEPT:
+        status = out.get("status") or {}
+        out["status"] = {k: status[k] for k in _STATUS_KEPT[kind] if k in status}
     out.setdefault("kind", kind)
-    return out
+    trimmed: Manifest = _interned(out)
+    return trimmed
 
 
 def _key(obj: Manifest) -> Key:
@@ -65,6 +87,10 @@ def selects(selector: str, labels: dict[str, str]) -> bool:
         if key not in labels or (value and labels[key] != value):
             return False
     return True
+
+
+def _same_version(a: Manifest, b: Manifest) -> bool:
+    return bool(a["metadata"].get("resourceVersion") == b["metadata"].get("resourceVersion"))
 
 
 def _newer(a: Manifest, b: Manifest | None) -> bool:
@@ -127,11 +153,15 @@ class Cache:
             self._stores.setdefault(kind, []).append(store)
             return store
 
-    def put(self, store: Store, obj: Manifest) -> None:
-        """Hold obj in store (kopf's feed of the custom resources)."""
+    def put(self, store: Store, obj: Manifest) -> bool:
+        """Hold obj in store (kopf's feed of the custom resources); False when that version
+        was held already (the operator's own write) or a newer one is."""
         with self._lock:
-            if _newer(obj, store.objects.get(_key(obj))):
-                store.put(obj)
+            held = store.objects.get(_key(obj))
+            if (held is not None and _same_version(held, obj)) or not _newer(obj, held):
+                return False
+            store.put(obj)
+            return True
 
     def remove(self, store: Store, namespace: str, name: str) -> None:
         with self._lock:
@@ -177,9 +207,15 @@ class Cache:
             return sum(len(s.objects) for stores in self._stores.values() for s in stores)
 
     # Mutations, by the informers only.
-    def _put(self, store: Store, obj: Manifest) -> Manifest | None:
+    def _put(self, store: Store, obj: Manifest) -> bool:
+        """Hold obj; False when the store had this very version already (the operator's own
+        write, seen through write-through first): not a change for anyone."""
         with self._lock:
-            return store.put(obj)
+            held = store.objects.get(_key(obj))
+            if held is not None and _same_version(held, obj):
+                return False
+            store.put(obj)
+            return True
 
     def _remove(self, store: Store, key: Key) -> Manifest | None:
         with self._lock:
@@ -278,8 +314,8 @@ class Informer:
             trimmed = trim(self.kind, obj)
             if kind == "DELETED":
                 self.cache._remove(self.store, _key(trimmed))
-            else:
-                self.cache._put(self.store, trimmed)
+            elif not self.cache._put(self.store, trimmed):
+                continue  # the operator's own write, seen already: nothing to look at again
             self._notify(trimmed)
         return version
 

@@ -23,7 +23,7 @@ def _controller(memo: kopf.Memo) -> Controller:
 
 
 @kopf.on.startup()
-def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+def _configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     # Handler chatter stays in the log; only pgherd's own transitions become Events.
     settings.posting.level = logging.WARNING
     # Idle watch connections can stall silently; make both ends time out and reconnect.
@@ -34,7 +34,7 @@ def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.cleanup()
-def stop(memo: kopf.Memo, **_: Any) -> None:
+def _stop(memo: kopf.Memo, **_: Any) -> None:
     _controller(memo).stop()
 
 

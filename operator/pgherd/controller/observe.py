@@ -1,9 +1,10 @@
 """Observe: the only reader. Builds one cluster's immutable Snapshot from the watch-fed caches.
 
-In steady state it makes no API call. Only when a child the cluster should have is missing
-from the caches does it probe that name (metadata only, never a Secret's data): an object the
-caches cannot see (no pgherd labels) may hold it, and must then never be touched; one that is
-the cluster's but not cached yet is left for the next pass.
+In steady state it makes no API call. It reads the metadata of a name (never a Secret's
+data) only where the caches cannot tell whose an object is: Patroni's DCS names before the
+cluster's first instance exists (a neighbour's ConfigMap there would be written into by
+Patroni), a child's name a create was refused for (`recheck`: a neighbour's object, or the
+cluster's own not cached yet), and a referenced Secret that has not opted in.
 """
 
 from __future__ import annotations
@@ -42,9 +43,17 @@ def _parse(raw: Manifest) -> tuple[PostgresCluster | None, str | None]:
         return None, ("the spec is invalid: " + "; ".join(parts))[:2000]
 
 
-def observe(cache: Cache, probe: Probe, namespace: str, name: str, now: datetime) -> Snapshot:
+def observe(
+    cache: Cache,
+    probe: Probe,
+    namespace: str,
+    name: str,
+    now: datetime,
+    *,
+    recheck: frozenset[ChildKey] = frozenset(),
+) -> Snapshot:
     """The snapshot of cluster namespace/name; probe reads the metadata of a name the caches
-    cannot see."""
+    cannot see (see the module docstring for which)."""
     raw = cache.get(KIND, namespace, name)
     backups = tuple(
         b for b in cache.all(BACKUP_KIND, namespace) if (b.get("spec") or {}).get("cluster") == name
@@ -64,12 +73,14 @@ def observe(cache: Cache, probe: Probe, namespace: str, name: str, now: datetime
         have = obj["metadata"].get("labels") or {}
         return all(have.get(k) == v for k, v in selector.items())
 
-    probed = {
-        key: found
-        for key in expected_children(name)
-        if key not in children and (found := probe(key[0], namespace, key[1])) is not None
-    }
     dcs = set(names.patroni_dcs_configmaps(name))
+    first_instance = ("StatefulSet", names.statefulset(name)) not in children
+    unsure = [
+        key
+        for key in expected_children(name)
+        if key not in children and (key in recheck or (first_instance and key[1] in dcs))
+    ]
+    probed = {key: found for key in unsure if (found := probe(key[0], namespace, key[1]))}
 
     def ours(key: ChildKey, obj: Manifest) -> bool:
         if key[0] == "ConfigMap" and key[1] in dcs:

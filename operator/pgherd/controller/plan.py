@@ -265,14 +265,14 @@ def plan_children(
         want = stamped(desired)
         if live is not None and contains(live, want):
             continue
-        version = live["metadata"].get("resourceVersion") if live is not None else None
-        actions.append(
-            Apply(
-                "changed" if live is not None else "missing",
-                manifest=want,
-                resource_version=version,
-            )
-        )
+        if live is None:
+            # Created only if the name is free; the workload waits for the rest to exist.
+            requires = frozenset(a.key for a in actions if isinstance(a, Apply)) if (
+                kind == "StatefulSet") else frozenset()  # fmt: skip
+            actions.append(Apply("missing", manifest=want, requires=requires))
+        else:
+            version = str(live["metadata"].get("resourceVersion"))
+            actions.append(Apply("changed", manifest=want, resource_version=version))
     return actions, problems
 
 

@@ -58,6 +58,9 @@ class Reconciler:
         self.actor = Actor(client, cache, patroni_timeout=settings.patroni_timeout_seconds)
         self.stuck_after = timedelta(seconds=settings.stuck_after_seconds)
         self.probes = 0
+        # Per cluster: names a create was refused for, for the next observe to look at. A
+        # hint only: a pass without it still never touches what is not the cluster's.
+        self._recheck: dict[tuple[str, str], frozenset[tuple[str, str]]] = {}
 
     def _probe(self, kind: str, namespace: str, name: str) -> dict[str, object] | None:
         self.probes += 1
@@ -65,7 +68,8 @@ class Reconciler:
 
     def reconcile(self, namespace: str, name: str) -> PassResult:
         started = time.monotonic()
-        snapshot = observe(self.cache, self._probe, namespace, name, self.clock())
+        recheck = self._recheck.pop((namespace, name), frozenset())
+        snapshot = observe(self.cache, self._probe, namespace, name, self.clock(), recheck=recheck)
         try:
             result = self._pass(snapshot)
         except Exception as e:
@@ -78,6 +82,8 @@ class Reconciler:
     def _pass(self, snapshot: Snapshot) -> PassResult:
         decided = plan(snapshot, self.settings)
         outcome = self.actor.act(snapshot, decided.actions, decided.patroni_password)
+        if outcome.taken:
+            self._recheck[(snapshot.namespace, snapshot.name)] = frozenset(outcome.taken)
         if snapshot.raw is None:
             return PassResult(snapshot, False, outcome.done, outcome.retry, 0.0)
         if snapshot.cluster is None:

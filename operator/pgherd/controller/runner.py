@@ -105,10 +105,10 @@ class Controller:
     def on_cluster(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
         if event == "DELETED":
             self.cache.remove(self.clusters, meta.namespace, meta.name)
-        else:
-            self.cache.put(self.clusters, trim(KIND, body))
-        # A change of spec or status: the cluster is looked at once its burst has settled.
-        self.enqueue((meta.namespace, meta.name))
+        elif not self.cache.put(self.clusters, trim(KIND, body)):
+            return  # the status the operator just wrote: nothing new
+        # A change of spec or status is looked at right away: it is deliberate, not a burst.
+        self.enqueue((meta.namespace, meta.name), now=True)
 
     def on_backup(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
         if event == "DELETED":
