@@ -256,9 +256,13 @@ def settle_writes(
     return None
 
 
+MIB = 1024 * 1024
+
+
 def pod_changes(cp: ControlPlane, namespace: str, since: float) -> list[str]:
-    """Changes to the pods of `namespace` after `since` that a status must reflect: readiness
-    (the kubelet) and Patroni's member role and state (its pod annotation)."""
+    """Changes in `namespace` after `since` that a status must reflect: a pod's readiness (the
+    kubelet), Patroni's member role, state and WAL position (its pod annotation) and the
+    leader's WAL position (its DCS key), the positions in whole MiB as status reports lag."""
     seen: dict[tuple[str, str], Any] = {}
     out = []
     for line in cp.audit_log.read_text().splitlines():
@@ -267,18 +271,24 @@ def pod_changes(cp: ControlPlane, namespace: str, since: float) -> list[str]:
         body = event.get("requestObject") or {}
         if (
             event.get("stage") != "ResponseComplete"
-            or ref.get("resource") != "pods"
+            or ref.get("resource") not in ("pods", "configmaps")
             or ref.get("namespace") != namespace
         ):
             continue
         facts = {}
+        annotations = (body.get("metadata") or {}).get("annotations") or {}
+        leader = ref.get("resource") == "configmaps" and str(ref.get("name")).endswith("-leader")
+        if leader and annotations.get("optime"):
+            facts["leader position (MiB)"] = int(annotations["optime"]) // MIB
         for cond in (body.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "Ready":
                 facts["ready"] = cond.get("status")
-        member = ((body.get("metadata") or {}).get("annotations") or {}).get("status")
+        member = annotations.get("status") if ref.get("resource") == "pods" else None
         if member:
             with_state = json.loads(member)
             facts.update(role=with_state.get("role"), state=with_state.get("state"))
+            if isinstance(with_state.get("xlog_location"), int):
+                facts["position (MiB)"] = with_state["xlog_location"] // MIB
         t = _epoch(event)
         for fact, value in facts.items():
             key = (ref.get("name", ""), fact)

@@ -368,17 +368,22 @@ def test_what_only_the_operator_sees_is_degraded_with_one_event_and_others_are_s
     rejected = Cluster(kube, namespace, "odd")
     rejected.create({"instances": 1, "scheduling": {"affinity": {"foo": "bar"}}})
     mismatch = Cluster(kube, namespace, "newer")
-    mismatch.create({"instances": 1, "postgresVersion": 17})
+    mismatch.create({"instances": 1, "postgresVersion": 17, "image": "example.com/pg:15"})
+    no_image = Cluster(kube, namespace, "nothing")
+    no_image.create({"instances": 1, "postgresVersion": 17})
     healthy = Cluster(kube, namespace, "fine")
     healthy.create({"instances": 1})
     cond = _degraded(rejected, "ChildRejected")
     assert "StatefulSet 'odd'" in cond["message"] and "foo" in cond["message"]
     cond = _degraded(mismatch, "VersionMismatch", timeout=120)
     assert "postgresVersion is 17" in cond["message"] and "PostgreSQL 15" in cond["message"]
+    cond = _degraded(no_image, "NoImageForVersion")
+    assert "RELATED_IMAGE_POSTGRES_17" in cond["message"]
     healthy.wait_healthy(1)
     time.sleep(6)  # two more resyncs: still one Event each
     assert len(_events(kube, namespace, "odd", "ChildRejected")) == 1
     assert len(_events(kube, namespace, "newer", "VersionMismatch")) == 1
+    assert len(_events(kube, namespace, "nothing", "NoImageForVersion")) == 1
 
 
 # ---- shared: one healthy instance for the configuration and credential tests --------------

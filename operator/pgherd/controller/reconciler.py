@@ -58,8 +58,9 @@ class Reconciler:
         self.actor = Actor(client, cache, patroni_timeout=settings.patroni_timeout_seconds)
         self.stuck_after = timedelta(seconds=settings.stuck_after_seconds)
         self.probes = 0
-        # Per cluster: names a create was refused for, for the next observe to look at. A
-        # hint only: a pass without it still never touches what is not the cluster's.
+        # Per cluster: names a create was refused for (or found a neighbour's), for the next
+        # observe to look at. A hint only: without it a pass still never touches what is not
+        # the cluster's (its creates are refused), it only cannot say whose the name is.
         self._recheck: dict[tuple[str, str], frozenset[tuple[str, str]]] = {}
 
     def _probe(self, kind: str, namespace: str, name: str) -> dict[str, object] | None:
@@ -82,8 +83,11 @@ class Reconciler:
     def _pass(self, snapshot: Snapshot) -> PassResult:
         decided = plan(snapshot, self.settings)
         outcome = self.actor.act(snapshot, decided.actions, decided.patroni_password)
-        if outcome.taken:
-            self._recheck[(snapshot.namespace, snapshot.name)] = frozenset(outcome.taken)
+        # Names held by something the caches do not show are looked at again next pass, for
+        # as long as they are: a neighbour's object stays a conflict, not a create refused.
+        held = outcome.taken | snapshot.foreign | snapshot.unsynced
+        if held:
+            self._recheck[(snapshot.namespace, snapshot.name)] = frozenset(held)
         if snapshot.raw is None:
             return PassResult(snapshot, False, outcome.done, outcome.retry, 0.0)
         if snapshot.cluster is None:
