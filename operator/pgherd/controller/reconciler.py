@@ -55,7 +55,13 @@ class Reconciler:
         self.client = client
         self.settings = settings
         self.clock = clock
-        self.actor = Actor(client, cache, patroni_timeout=settings.patroni_timeout_seconds)
+        # Applies of different clusters and of one pass share this pool (2 per worker).
+        self.actor = Actor(
+            client,
+            cache,
+            patroni_timeout=settings.patroni_timeout_seconds,
+            parallel=2 * settings.workers,
+        )
         self.stuck_after = timedelta(seconds=settings.stuck_after_seconds)
         self.probes = 0
         # Per cluster: names a create was refused for (or found a neighbour's), for the next
