@@ -33,7 +33,9 @@ SINGULAR = "postgrescluster"
 SHORT_NAMES = ("pgc",)
 
 DEFAULT_POSTGRES_VERSION = 15
-DEFAULT_IMAGE = f"pgherd/postgres:{DEFAULT_POSTGRES_VERSION}-0.1.0"
+# The operand image of this release, in the project's public registry (docs/releasing.md bumps
+# it with VERSION; the bundle lists it in relatedImages and RELATED_IMAGE_POSTGRES).
+DEFAULT_IMAGE = f"quay.io/pgherd/postgres:{DEFAULT_POSTGRES_VERSION}-0.2.0"
 MAX_INSTANCES = 9
 # The StatefulSet's controller-revision-hash label (name + 11 characters) must fit in 63.
 MAX_NAME_LENGTH = 52
