@@ -10,9 +10,9 @@ and its skipRange from the CSV's `olm.skipRange` annotation. They are checked ag
 history (pgherd.releases), so a bundle that disagrees with it stops the build.
 
 Two flavours: the shipped catalog references bundle images (`<IMAGE_TAG_BASE>-bundle:v<v>`)
-and carries only CSV metadata, as public catalogs require; the local flavour
-(`inline=True`, used by the OLM tests) carries every manifest inline and no image, so OLM
-installs without pulling anything.
+and carries only CSV metadata, as public catalogs require; the local flavour (image_tag_base
+None, used by the OLM tests) carries every manifest inline and no image, so OLM installs
+without pulling anything.
 """
 
 from __future__ import annotations
