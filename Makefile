@@ -20,22 +20,28 @@ DEB_PACKAGES := postgresql-15 postgresql-client-15 buildah docker-registry skope
 
 PYTEST_ARGS ?=
 
-# Release and image settings, named as operator-sdk projects name them. Image references carry
-# no registry host on purpose: override IMAGE_TAG_BASE (e.g. `<registry>/<org>/pgherd-operator`)
-# to build and push anywhere. The committed bundle and catalog use these defaults.
-VERSION ?= 0.1.0
+# Release and image settings, named as operator-sdk projects name them. The project's images
+# live in a public container registry, fully qualified (OperatorHub's pipelines pull them);
+# override IMAGE_TAG_BASE to build and push elsewhere. The committed bundle and catalog use
+# these defaults.
+VERSION ?= 0.2.0
 CHANNELS ?= candidate,stable
 DEFAULT_CHANNEL ?= stable
-IMAGE_TAG_BASE ?= pgherd/pgherd-operator
+IMAGE_TAG_BASE ?= quay.io/pgherd/pgherd-operator
 IMG ?= $(IMAGE_TAG_BASE):v$(VERSION)
 BUNDLE_IMG ?= $(IMAGE_TAG_BASE)-bundle:v$(VERSION)
 CATALOG_IMG ?= $(IMAGE_TAG_BASE)-catalog:v$(VERSION)
+# The operand image (RELATED_IMAGE_POSTGRES, relatedImages); empty: the API's default image.
+OPERAND_IMAGE ?=
+# operator-sdk's convention: `make bundle USE_IMAGE_DIGESTS=true` pins the operator and
+# operand images by digest, read from their registry with skopeo (push them first).
+USE_IMAGE_DIGESTS ?= false
 # docker, podman or buildah: each takes `build -f FILE -t TAG .` and `push TAG`.
 CONTAINER_TOOL ?= docker
 # Base images: the operator's is pinned in Dockerfile (override with BASE_IMAGE=...); the
 # catalog's is opm's own image of the pinned version. Give them a registry host to build.
 BASE_IMAGE ?=
-OPM_IMAGE ?= operator-framework/opm:$(OPM_VERSION)
+OPM_IMAGE ?= quay.io/operator-framework/opm:$(OPM_VERSION)
 # Where no image registry is reachable, `make base-image` makes the operator's base itself: a
 # Debian bookworm root (debootstrap, from the mirror apt uses; cached outside the clone) imported
 # into buildah as LOCAL_BASE_IMAGE; then `make docker-build CONTAINER_TOOL=buildah
@@ -49,13 +55,17 @@ export BUILDAH_ISOLATION ?= chroot
 BUILD_CA_BUNDLE ?=
 comma := ,
 # operator-sdk's scorecard test image, written into bundle/tests/scorecard/config.yaml.
-SCORECARD_IMAGE ?= operator-framework/scorecard-test:$(OPERATOR_SDK_VERSION)
+SCORECARD_IMAGE ?= quay.io/operator-framework/scorecard-test:$(OPERATOR_SDK_VERSION)
+# Where `make operatorhub` writes the community-operators submission tree (generated, ignored).
+OPERATORHUB_DIR ?= build/operatorhub
 # Where `make generate` writes (a test regenerates into a temporary directory and compares).
 GENERATE_ROOT ?= .
 KUBECTL := $(TOOLS_BIN)/kubectl
 GENERATE := $(PY) -m pgherd.generate --root $(GENERATE_ROOT) --history releases/history.yaml \
 	--version $(VERSION) --img $(IMG) --image-tag-base $(IMAGE_TAG_BASE) --channels $(CHANNELS) \
-	--default-channel $(DEFAULT_CHANNEL) --scorecard-image $(SCORECARD_IMAGE) --opm $(TOOLS_BIN)/opm
+	--default-channel $(DEFAULT_CHANNEL) --scorecard-image $(SCORECARD_IMAGE) --opm $(TOOLS_BIN)/opm \
+	$(if $(OPERAND_IMAGE),--operand-image $(OPERAND_IMAGE)) \
+	$(if $(filter true,$(USE_IMAGE_DIGESTS)),--use-image-digests)
 
 ##@ Newcomer
 
@@ -152,6 +162,15 @@ bundle: manifests ## Regenerate bundle/ and bundle.Dockerfile, then validate the
 catalog: bundle ## Regenerate the file-based catalog/ from the release history, then validate it
 	@$(GENERATE) catalog
 	$(TOOLS_BIN)/opm validate $(GENERATE_ROOT)/catalog
+
+.PHONY: operatorhub
+operatorhub: venv ## Write the community-operators submission tree of every release to OPERATORHUB_DIR
+	@$(PY) -m pgherd.operatorhub --out $(OPERATORHUB_DIR) --history releases/history.yaml \
+	  --version $(VERSION) --bundle bundle
+
+.PHONY: scorecard
+scorecard: venv tools ## Run the scorecard-test binary's basic and olm tests on bundle/ (as root)
+	@$(PY) -m pgherd_dev.scorecard bundle
 
 .PHONY: release-freeze
 release-freeze: ## Freeze bundle/ as releases/$(VERSION)/ (before bumping VERSION; see docs/releasing.md)

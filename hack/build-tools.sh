@@ -3,7 +3,7 @@
 # one directory per tool and version, and links them into $TOOLS_BIN.
 # Only missing tools are built; a second run is a no-op.
 #
-# Usage: hack/build-tools.sh [kube|etcd|kwok|olm|opm|operator-sdk ...]
+# Usage: hack/build-tools.sh [kube|etcd|kwok|olm|opm|operator-sdk|scorecard-test ...]
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
@@ -164,8 +164,17 @@ build_operator_sdk() {
     "replace github.com/operator-framework/ansible-operator-plugins => github.com/operator-framework/ansible-operator-plugins $OPERATOR_SDK_ANSIBLE_PLUGINS_VERSION"
 }
 
+# scorecard-test: the binary of operator-sdk's scorecard-test image (images/scorecard-test in
+# the same module and version), which the scorecard pod runs against the bundle at /bundle.
+build_scorecard_test() {
+  local m=github.com/operator-framework/operator-sdk
+  go_build scorecard-test "$CACHE/scorecard-test-$OPERATOR_SDK_VERSION" "$m" "$OPERATOR_SDK_VERSION" \
+    "$m/images/scorecard-test" containers_image_openpgp "" \
+    "replace github.com/operator-framework/ansible-operator-plugins => github.com/operator-framework/ansible-operator-plugins $OPERATOR_SDK_ANSIBLE_PLUGINS_VERSION"
+}
+
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(kube etcd kwok olm opm operator-sdk)
+[ ${#tools[@]} -gt 0 ] || tools=(kube etcd kwok olm opm operator-sdk scorecard-test)
 for t in "${tools[@]}"; do
   case "$t" in
     kube) build_kube ;;
@@ -174,6 +183,7 @@ for t in "${tools[@]}"; do
     olm) build_olm ;;
     opm) build_opm ;;
     operator-sdk) build_operator_sdk ;;
-    *) log "ERROR: unknown tool '$t' (known: kube etcd kwok olm opm operator-sdk)"; exit 2 ;;
+    scorecard-test) build_scorecard_test ;;
+    *) log "ERROR: unknown tool '$t' (known: kube etcd kwok olm opm operator-sdk scorecard-test)"; exit 2 ;;
   esac
 done

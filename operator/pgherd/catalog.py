@@ -3,13 +3,16 @@
 The catalog holds every release in releases/history.yaml: the current version from bundle/,
 older ones from their frozen bundles in releases/<version>/. Bundles are rendered by opm
 itself (`opm render <bundle directory>`), so their properties are exactly what opm would
-produce from the bundle images; the channels and their upgrade edges come from the history
-(pgherd.releases).
+produce from the bundle images. The channels and their upgrade edges are read from the
+bundles themselves, as community catalogs build them in "replaces-mode": each bundle's
+channels from its metadata/annotations.yaml, its `replaces` and `skips` from the CSV's spec
+and its skipRange from the CSV's `olm.skipRange` annotation. They are checked against the
+history (pgherd.releases), so a bundle that disagrees with it stops the build.
 
 Two flavours: the shipped catalog references bundle images (`<IMAGE_TAG_BASE>-bundle:v<v>`)
-and carries only CSV metadata, as public catalogs require; the local flavour
-(`inline=True`, used by the OLM tests) carries every manifest inline and no image, so OLM
-installs without pulling anything.
+and carries only CSV metadata, as public catalogs require; the local flavour (image_tag_base
+None, used by the OLM tests) carries every manifest inline and no image, so OLM installs
+without pulling anything.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ from __future__ import annotations
 import json
 import subprocess
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from pgherd import releases
 from pgherd.render import yaml_text
@@ -64,29 +70,105 @@ def render_bundle(opm: Path, bundle_dir: Path, image: str | None) -> Manifest:
         return _opm_render(opm, tmp, "--migrate-level", "bundle-object-to-csv-metadata")
 
 
-def channel_documents(history: releases.History) -> list[Manifest]:
-    """One olm.channel per channel: every release in it, each replacing the one before."""
-    docs = []
-    for channel in history.channels():
-        entries = []
-        for release in history.releases:
-            if channel not in release.channels:
-                continue
-            entry: Manifest = {"name": releases.csv_name(history.package, release.version)}
-            if replaced := history.replaces(release.version, channel):
-                entry["replaces"] = releases.csv_name(history.package, replaced)
-            if skip_range := history.skip_range(release.version, channel):
-                entry["skipRange"] = skip_range
-            entries.append(entry)
-        docs.append(
-            {
-                "schema": "olm.channel",
-                "package": history.package,
-                "name": channel,
-                "entries": entries,
-            }
+SKIP_RANGE_ANNOTATION = "olm.skipRange"
+CHANNELS_ANNOTATION = "operators.operatorframework.io.bundle.channels.v1"
+DEFAULT_CHANNEL_ANNOTATION = "operators.operatorframework.io.bundle.channel.default.v1"
+PACKAGE_ANNOTATION = "operators.operatorframework.io.bundle.package.v1"
+
+
+@dataclass(frozen=True)
+class BundleGraph:
+    """What one bundle directory says about its place in the upgrade graph."""
+
+    directory: Path
+    package: str
+    name: str
+    version: str
+    channels: tuple[str, ...]
+    default_channel: str | None
+    replaces: str | None
+    skips: tuple[str, ...]
+    skip_range: str | None
+
+    def entry(self) -> Manifest:
+        """The bundle's olm.channel entry, as opm builds it from a bundle in replaces-mode."""
+        entry: Manifest = {"name": self.name}
+        if self.replaces:
+            entry["replaces"] = self.replaces
+        if self.skips:
+            entry["skips"] = list(self.skips)
+        if self.skip_range:
+            entry["skipRange"] = self.skip_range
+        return entry
+
+
+def read_bundle_graph(directory: Path) -> BundleGraph:
+    """Channels from metadata/annotations.yaml; replaces, skips and skipRange from the CSV."""
+    try:
+        annotations = yaml.safe_load(
+            (directory / "metadata" / "annotations.yaml").read_text(encoding="utf-8")
+        )["annotations"]
+        (csv_path,) = sorted((directory / "manifests").glob("*.clusterserviceversion.yaml"))
+    except (OSError, KeyError, TypeError, ValueError) as e:
+        raise CatalogError(f"{directory} is not a bundle directory: {e}") from None
+    csv: Manifest = yaml.safe_load(csv_path.read_text(encoding="utf-8"))
+    spec, meta = csv.get("spec", {}), csv.get("metadata", {})
+    return BundleGraph(
+        directory=directory,
+        package=annotations[PACKAGE_ANNOTATION],
+        name=meta["name"],
+        version=spec["version"],
+        channels=tuple(c for c in annotations[CHANNELS_ANNOTATION].split(",") if c),
+        default_channel=annotations.get(DEFAULT_CHANNEL_ANNOTATION),
+        replaces=spec.get("replaces"),
+        skips=tuple(spec.get("skips") or ()),
+        skip_range=(meta.get("annotations") or {}).get(SKIP_RANGE_ANNOTATION),
+    )
+
+
+def check_against_history(history: releases.History, graph: BundleGraph) -> None:
+    """The bundle's channels and edges are the ones the history gives its version."""
+    release = history.get(graph.version)
+    replaced = history.replaces(release.version)
+    expected = {
+        "name": releases.csv_name(history.package, release.version),
+        "channels": sorted(release.channels),
+        "replaces": releases.csv_name(history.package, replaced) if replaced else None,
+        "skips": [],
+        "skipRange": history.skip_range(release.version),
+    }
+    found = {
+        "name": graph.name,
+        "channels": sorted(graph.channels),
+        "replaces": graph.replaces,
+        "skips": list(graph.skips),
+        "skipRange": graph.skip_range,
+    }
+    if found != expected:
+        diff = ", ".join(
+            f"{k}: bundle {found[k]!r}, history {expected[k]!r}"
+            for k in expected
+            if found[k] != expected[k]
         )
-    return docs
+        raise CatalogError(
+            f"{graph.directory} disagrees with releases/history.yaml ({diff}); a released "
+            "bundle is never changed, so fix the history (see docs/releasing.md)"
+        )
+
+
+def channel_documents(package: str, graphs: Iterable[BundleGraph]) -> list[Manifest]:
+    """One olm.channel per channel: its bundles oldest first, with their own edges."""
+    ordered = sorted(graphs, key=lambda g: releases.version_key(g.version))
+    names = sorted({c for g in ordered for c in g.channels})
+    return [
+        {
+            "schema": "olm.channel",
+            "package": package,
+            "name": channel,
+            "entries": [g.entry() for g in ordered if channel in g.channels],
+        }
+        for channel in names
+    ]
 
 
 def documents(
@@ -100,12 +182,7 @@ def documents(
     """The whole catalog; image_tag_base None means the inline (local) flavour."""
     if default_channel not in history.channels():
         raise CatalogError(f"default channel {default_channel} has no release in the history")
-    package: Manifest = {
-        "schema": "olm.package",
-        "name": history.package,
-        "defaultChannel": default_channel,
-    }
-    bundles = []
+    graphs = []
     for release in history.releases:
         directory = bundle_dirs.get(release.version)
         if directory is None or not directory.is_dir():
@@ -113,12 +190,51 @@ def documents(
                 f"release {release.version} has no bundle directory (looked for {directory}); "
                 "see docs/releasing.md"
             )
-        image = None if image_tag_base is None else bundle_image(image_tag_base, release.version)
-        bundle = render_bundle(opm, directory, image)
-        if bundle.get("name") != releases.csv_name(history.package, release.version):
-            raise CatalogError(f"{directory} holds {bundle.get('name')}, not {release.version}")
+        graph = read_bundle_graph(directory)
+        check_against_history(history, graph)
+        graphs.append(graph)
+    return _documents(history.package, graphs, opm, default_channel, image_tag_base)
+
+
+def replaces_mode_documents(
+    bundle_dirs: Iterable[Path], opm: Path, image_tag_base: str | None
+) -> list[Manifest]:
+    """The catalog a community pipeline builds from bundle directories alone (replaces-mode):
+    no history, the default channel from the newest bundle's annotations."""
+    graphs = sorted(
+        (read_bundle_graph(d) for d in bundle_dirs), key=lambda g: releases.version_key(g.version)
+    )
+    if not graphs:
+        raise CatalogError("no bundle directories")
+    packages = {g.package for g in graphs}
+    if len(packages) != 1:
+        raise CatalogError(f"bundles of several packages: {sorted(packages)}")
+    default = graphs[-1].default_channel
+    if default is None:
+        raise CatalogError(f"{graphs[-1].directory} names no default channel")
+    return _documents(packages.pop(), graphs, opm, default, image_tag_base)
+
+
+def _documents(
+    package: str,
+    graphs: list[BundleGraph],
+    opm: Path,
+    default_channel: str,
+    image_tag_base: str | None,
+) -> list[Manifest]:
+    package_doc: Manifest = {
+        "schema": "olm.package",
+        "name": package,
+        "defaultChannel": default_channel,
+    }
+    bundles = []
+    for graph in graphs:
+        image = None if image_tag_base is None else bundle_image(image_tag_base, graph.version)
+        bundle = render_bundle(opm, graph.directory, image)
+        if bundle.get("name") != graph.name:
+            raise CatalogError(f"opm renders {graph.directory} as {bundle.get('name')}")
         bundles.append(bundle)
-    return [package, *channel_documents(history), *bundles]
+    return [package_doc, *channel_documents(package, graphs), *bundles]
 
 
 def file_text(docs: list[Manifest]) -> str:

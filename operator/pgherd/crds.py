@@ -68,6 +68,12 @@ def _printer_columns() -> list[Manifest]:
             "description": "Pod name of the current primary.",
         },
         {
+            "name": "PostgreSQL",
+            "type": "integer",
+            "jsonPath": ".status.postgresVersion",
+            "description": "PostgreSQL major version the instances run.",
+        },
+        {
             "name": "Phase",
             "type": "string",
             "jsonPath": ".status.phase",

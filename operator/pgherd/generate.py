@@ -5,6 +5,9 @@ catalog/ (which renders the fresh bundle with opm). Every setting comes from the
 line, which the Makefile fills from its variables (VERSION, IMG, CHANNELS, ...), so a test
 can regenerate into a temporary root with the same settings and compare. Files in the
 generated directories that the generator no longer produces are removed.
+
+`--use-image-digests` (USE_IMAGE_DIGESTS=true) pins the operator and operand images of the
+bundle by digest, read from their registry (pgherd.bundle.pin_digest); manifests/ keeps tags.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import sys
 from pathlib import Path
 
 from pgherd import bundle, catalog, manifests, releases
+from pgherd.api import v1alpha1
 
 PARTS = ("manifests", "bundle", "catalog")
 CATALOG_FILE = "catalog/{package}/catalog.yaml"
@@ -41,6 +45,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--channels", required=True, help="CHANNELS, comma-separated")
     parser.add_argument("--default-channel", required=True, help="DEFAULT_CHANNEL")
     parser.add_argument("--scorecard-image", required=True, help="scorecard-test image")
+    parser.add_argument(
+        "--operand-image",
+        default=v1alpha1.DEFAULT_IMAGE,
+        help="operand image (RELATED_IMAGE_POSTGRES); default: the API's default image",
+    )
+    parser.add_argument(
+        "--use-image-digests",
+        action="store_true",
+        help="pin the bundle's images by digest, resolved from their registry",
+    )
     parser.add_argument("--opm", type=Path, required=True, help="the opm binary")
     parser.add_argument("parts", nargs="*", help=f"any of {', '.join(PARTS)}; default: all")
     args = parser.parse_args(argv)
@@ -56,12 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         ):
             print(path)
     if "bundle" in parts:
+        image, operand_image = args.img, args.operand_image
+        if args.use_image_digests:
+            image, operand_image = bundle.pin_digest(image), bundle.pin_digest(operand_image)
         settings = bundle.BundleSettings(
             version=args.version,
-            image=args.img,
+            image=image,
             channels=tuple(c for c in args.channels.split(",") if c),
             default_channel=args.default_channel,
             scorecard_image=args.scorecard_image,
+            operand_image=operand_image,
         )
         for path in _sync(root, "bundle", bundle.files(settings, history)):
             print(path)
@@ -85,6 +103,6 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except (LookupError, ValueError, catalog.CatalogError) as e:
+    except (LookupError, ValueError, catalog.CatalogError, bundle.DigestError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -1,9 +1,12 @@
 """The release history (releases/history.yaml): which versions exist and how they upgrade.
 
 One file decides the upgrade graph: each release replaces the release before it and skips
-(skipRange) every older one, so a cluster on any released version reaches the newest in one
-step while every released bundle stays reachable. The CSV of a version (pgherd.bundle) and
-the catalog's channels (pgherd.catalog) both read their graph from here.
+(the `olm.skipRange` annotation) every older one, so a cluster on any released version reaches
+the newest in one step while every released bundle stays reachable. The CSV carries one
+`replaces` for all its channels (community catalogs build their channels from it, in
+"replaces-mode"), so a release must replace the same version in every channel it joins; the
+history refuses a graph where it would not. The CSV of a version (pgherd.bundle) writes the
+graph, and the catalog (pgherd.catalog) reads it back from the CSVs and checks it against here.
 """
 
 from __future__ import annotations
@@ -58,7 +61,29 @@ class History(BaseModel):
         keys = [version_key(r.version) for r in self.releases]
         if keys != sorted(set(keys)):
             raise ValueError("releases must be listed oldest first, each version once")
+        for release in self.releases:
+            self._predecessor(release)
         return self
+
+    def _predecessor(self, release: Release) -> str | None:
+        """The one release this one replaces: the newest older release in its channels.
+
+        In a channel where some older release exists, the newest of them must be that same
+        release, since the CSV's single `replaces` is used for every channel of the bundle.
+        """
+        per_channel = {
+            channel: older[-1].version
+            for channel in release.channels
+            if (older := self.older(release.version, channel))
+        }
+        if len(set(per_channel.values())) > 1:
+            found = ", ".join(f"{c}: {v}" for c, v in sorted(per_channel.items()))
+            raise ValueError(
+                f"release {release.version} would replace different versions per channel "
+                f"({found}), but a CSV has one `replaces` for all its channels: add the newer "
+                "of those releases to the other channel too, or release into one channel"
+            )
+        return next(iter(per_channel.values()), None)
 
     def get(self, version: str) -> Release:
         for release in self.releases:
@@ -79,18 +104,21 @@ class History(BaseModel):
             if version_key(r.version) < key and (channel is None or channel in r.channels)
         ]
 
-    def replaces(self, version: str, channel: str | None = None) -> str | None:
-        """The release this one upgrades from (the one just before it)."""
-        older = self.older(version, channel)
-        return older[-1].version if older else None
+    def replaces(self, version: str) -> str | None:
+        """The release this one upgrades from, the same in each of its channels."""
+        return self._predecessor(self.get(version))
 
-    def skip_range(self, version: str, channel: str | None = None) -> str | None:
-        """Every older release may jump straight to this one."""
-        older = self.older(version, channel)
+    def skip_range(self, version: str) -> str | None:
+        """`olm.skipRange`: every older release may jump straight to this one."""
+        older = self.older(version)
         return f">={older[0].version} <{version}" if older else None
 
     def channels(self) -> list[str]:
         return sorted({c for r in self.releases for c in r.channels})
+
+    @property
+    def latest(self) -> Release:
+        return self.releases[-1]
 
 
 def load(path: Path) -> History:

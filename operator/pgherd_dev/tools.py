@@ -26,6 +26,8 @@ _BINARIES: dict[str, tuple[str, str]] = {
     "catalog": ("olm", "OLM_VERSION"),
     "opm": ("opm", "OPM_VERSION"),
     "operator-sdk": ("operator-sdk", "OPERATOR_SDK_VERSION"),
+    # The binary of operator-sdk's scorecard-test image, same module and version.
+    "scorecard-test": ("scorecard-test", "OPERATOR_SDK_VERSION"),
 }
 
 

@@ -6,16 +6,21 @@ pgherd.catalog), reached by CatalogSources with `spec.address`. The operator Dep
 pods run under kwok, which marks them Ready without running the image, so OLM sees the
 Deployment Available exactly as it would on a real cluster.
 
-Two catalogs: `release` is the committed history (what users get); `upgrade` adds a
-test-only 0.1.1 (the committed bundle, regenerated as the next version) to `stable`
-only, so a Subscription can move N-1 -> N, and a switch from `candidate` (which still ends
-at 0.1.0) to `stable` has something to do. The upgrade test publishes N the way a cluster
-sees a new release: its CatalogSource, serving `release`, is pointed at `upgrade`.
+The catalogs, all generated like the real one from the release history and the bundles:
+- `previous`: 0.1.0 alone, the catalog as users saw it before 0.2.0 was published;
+- `release`: the committed history (0.1.0 from releases/0.1.0, 0.2.0 from bundle/);
+- `pruned`: `release` without 0.1.0, whose only edge to 0.2.0 is therefore 0.2.0's
+  `olm.skipRange` (the CSV annotation, as opm reads it into the channel entry);
+- `next`: `release` plus a test-only NEXT (the current sources built as the following version)
+  in `stable` only, so a switch from `candidate` to `stable` has something to do;
+- `bad-crd`: like `next`, but NEXT's PostgresCluster CRD requires a field existing objects lack.
+A test publishes a catalog the way a cluster sees a new release: the CatalogSource its
+Subscription follows is pointed at another server (as a polled catalog image would change).
 """
 
 from __future__ import annotations
 
-import shutil
+import copy
 import subprocess
 import sys
 import time
@@ -29,7 +34,7 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from pgherd import catalog, releases
+from pgherd import bundle, catalog, crds, releases
 from pgherd.controller.client import Client as Kube
 from pgherd_dev import kubeconfig
 from pgherd_dev.controlplane import ControlPlane
@@ -44,8 +49,15 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = "pgherd-operator"
 CRD = "postgresclusters.pgherd.io"
 HISTORY = releases.load(REPO / "releases" / "history.yaml")
-CURRENT = HISTORY.releases[-1].version
-NEXT = "0.1.1"
+CURRENT = HISTORY.latest.version
+PREVIOUS = HISTORY.releases[-2].version
+NEXT = "0.3.0"
+# The field the bad CRD requires; no existing PostgresCluster has it.
+BAD_REQUIRED_FIELD = "tier"
+RELEASE_DIRS = {
+    r.version: REPO / "bundle" if r.version == CURRENT else REPO / "releases" / r.version
+    for r in HISTORY.releases
+}
 TIMINGS: dict[str, float] = {}
 
 
@@ -57,7 +69,7 @@ def csv_name(version: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def olm(control_plane: ControlPlane) -> Iterator[Olm]:
+def olm(control_plane: ControlPlane, kube: Kube) -> Iterator[Olm]:
     instance = Olm(control_plane)
     try:
         instance.up()
@@ -65,43 +77,85 @@ def olm(control_plane: ControlPlane) -> Iterator[Olm]:
         pytest.fail(f"OLM did not start: {e}", pytrace=False)
     yield instance
     instance.down()
+    # OLM installed other versions of the CRDs; the tests after this module expect the
+    # committed ones (what the session's operator fixture installs).
+    for crd in crds.render_crds():
+        kube.apply(crd)
     for name, seconds in TIMINGS.items():
         print(f"OLM timing: {name}: {seconds:.1f}s")
 
 
-def _write_inline_catalog(history_path: Path, dirs: dict[str, Path], out: Path) -> Path:
-    history = releases.load(history_path)
-    docs = catalog.documents(
+def _inline_documents(history: releases.History, dirs: dict[str, Path]) -> list[dict[str, Any]]:
+    return catalog.documents(
         history, dirs, require_tool("opm"), default_channel="stable", image_tag_base=None
     )
+
+
+def _write_catalog(docs: list[dict[str, Any]], out: Path) -> Path:
     path = out / PACKAGE / "catalog.yaml"
     path.parent.mkdir(parents=True)
     path.write_text(catalog.file_text(docs))
     return out
 
 
-def _upgrade_catalog(tmp: Path) -> Path:
-    """The committed release plus a test-only NEXT in stable, generated like a real release."""
-    history: dict[str, Any] = yaml.safe_load((REPO / "releases" / "history.yaml").read_text())
-    history["releases"].append(
-        {"version": NEXT, "createdAt": "2030-01-01T00:00:00Z", "channels": ["stable"]}
-    )
+def _history(releases_list: list[dict[str, Any]]) -> releases.History:
+    return releases.History.model_validate({"package": PACKAGE, "releases": releases_list})
+
+
+def _history_data() -> list[dict[str, Any]]:
+    data: dict[str, Any] = yaml.safe_load((REPO / "releases" / "history.yaml").read_text())
+    found: list[dict[str, Any]] = data["releases"]
+    return found
+
+
+def _pruned(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The catalog without PREVIOUS: its bundle and channel entries gone, and with them the
+    `replaces` edges to it; what is left are the skipRanges the CSVs carry."""
+    gone = csv_name(PREVIOUS)
+    out = []
+    for doc in copy.deepcopy(docs):
+        if doc["schema"] == "olm.bundle" and doc["name"] == gone:
+            continue
+        if doc["schema"] == "olm.channel":
+            doc["entries"] = [e for e in doc["entries"] if e["name"] != gone]
+            for entry in doc["entries"]:
+                if entry.get("replaces") == gone:
+                    del entry["replaces"]
+        out.append(doc)
+    return out
+
+
+def _next_release(tmp: Path, bad_crd: bool) -> tuple[releases.History, dict[str, Path]]:
+    """The committed releases plus a test-only NEXT in stable, made by the documented procedure
+    (freeze bundle/, add NEXT to the history, generate its bundle); with bad_crd, NEXT's
+    PostgresCluster CRD then requires a field no existing object has."""
+    data = [
+        *_history_data(),
+        {"version": NEXT, "createdAt": "2030-01-01T00:00:00Z", "channels": ["stable"]},
+    ]
     rel = tmp / "releases"
-    shutil.copytree(REPO / "bundle", rel / CURRENT)
-    (rel / "history.yaml").write_text(yaml.safe_dump(history))
+    rel.mkdir(parents=True)
+    (rel / "history.yaml").write_text(yaml.safe_dump({"package": PACKAGE, "releases": data}))
     root = tmp / "root"
+    base = "quay.io/pgherd/pgherd-operator"
     argv = [sys.executable, "-m", "pgherd.generate", "--root", str(root)]
     argv += ["--history", str(rel / "history.yaml"), "--version", NEXT]
-    argv += ["--img", f"pgherd/pgherd-operator:v{NEXT}", "--image-tag-base", "pgherd/x"]
+    argv += ["--img", f"{base}:v{NEXT}", "--image-tag-base", base]
     argv += ["--channels", "stable", "--default-channel", "stable"]
     argv += ["--scorecard-image", "x", "--opm", str(require_tool("opm")), "bundle"]
     done = subprocess.run(argv, capture_output=True, text=True, check=False, cwd=REPO)
     assert done.returncode == 0, done.stderr
-    return _write_inline_catalog(
-        rel / "history.yaml",
-        {CURRENT: rel / CURRENT, NEXT: root / "bundle"},
-        tmp / "catalog",
-    )
+    if bad_crd:
+        path = root / "bundle" / "manifests" / "pgherd.io_postgresclusters.yaml"
+        crd = yaml.safe_load(path.read_text())
+        (version,) = crd["spec"]["versions"]
+        spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        spec["properties"][BAD_REQUIRED_FIELD] = {"type": "string"}
+        spec["required"] = [*spec.get("required", []), BAD_REQUIRED_FIELD]
+        # The CRD itself stays valid: its default spec has the field (stored objects do not).
+        spec["default"][BAD_REQUIRED_FIELD] = "gold"
+        path.write_text(yaml.safe_dump(crd))
+    return _history(data), {**RELEASE_DIRS, NEXT: root / "bundle"}
 
 
 @pytest.fixture(scope="module")
@@ -109,24 +163,31 @@ def catalogs(
     olm: Olm, control_plane: ControlPlane, api: client.ApiClient, tmp_path_factory: Any
 ) -> Iterator[dict[str, CatalogServer]]:
     tmp = tmp_path_factory.mktemp("catalogs")
-    dirs = {
-        "release": _write_inline_catalog(
-            REPO / "releases" / "history.yaml", {CURRENT: REPO / "bundle"}, tmp / "release"
-        ),
-        "upgrade": _upgrade_catalog(tmp / "upgrade"),
+    release = _inline_documents(HISTORY, RELEASE_DIRS)
+    previous = _history([r for r in _history_data() if r["version"] == PREVIOUS])
+    docs = {
+        "previous": _inline_documents(previous, {PREVIOUS: RELEASE_DIRS[PREVIOUS]}),
+        "release": release,
+        "pruned": _pruned(release),
+        "next": _inline_documents(*_next_release(tmp / "work" / "next", bad_crd=False)),
+        "bad-crd": _inline_documents(*_next_release(tmp / "work" / "bad-crd", bad_crd=True)),
     }
     servers = {
-        name: CatalogServer(control_plane, path, f"pgherd-{name}") for name, path in dirs.items()
+        name: CatalogServer(control_plane, _write_catalog(d, tmp / name), f"pgherd-{name}")
+        for name, d in docs.items()
     }
     custom = client.CustomObjectsApi(api)
+    # Catalogs every namespace may subscribe to; the others are published per test.
+    shared = ("release", "next")
     try:
         for server in servers.values():
             server.__enter__()
+        for name in shared:
             custom.create_namespaced_custom_object(
-                GROUP, "v1alpha1", NAMESPACE, "catalogsources", server.catalog_source()
+                GROUP, "v1alpha1", NAMESPACE, "catalogsources", servers[name].catalog_source()
             )
-        for server in servers.values():
-            _wait_catalog_ready(api, NAMESPACE, server.name, server.address)
+        for name in shared:
+            _wait_catalog_ready(api, NAMESPACE, servers[name].name, servers[name].address)
         yield servers
     finally:
         for server in servers.values():
@@ -268,7 +329,358 @@ def _deployment_exists(api: client.ApiClient, namespace: str) -> bool:
     return True
 
 
+def _published(api: client.ApiClient, ns: str, server: CatalogServer) -> str:
+    """A CatalogSource in ns serving server's catalog; returns its name."""
+    source = "pgherd-published"
+    client.CustomObjectsApi(api).create_namespaced_custom_object(
+        GROUP, "v1alpha1", ns, "catalogsources", server.catalog_source(ns, source)
+    )
+    _wait_catalog_ready(api, ns, source, server.address)
+    return source
+
+
+def _publish(api: client.ApiClient, ns: str, source: str, server: CatalogServer) -> None:
+    """The CatalogSource starts serving server's catalog, as a new catalog image would."""
+    client.CustomObjectsApi(api).patch_namespaced_custom_object(
+        GROUP, "v1alpha1", ns, "catalogsources", source, {"spec": {"address": server.address}}
+    )
+
+
+def _install_from(
+    api: client.ApiClient, ns: str, server: CatalogServer, version: str
+) -> tuple[str, float]:
+    """Subscribe ns (OwnNamespace, stable, Automatic) from a CatalogSource of its own serving
+    server, starting at version; returns the source's name and the install's duration."""
+    source = _published(api, ns, server)
+    begin = time.monotonic()
+    _subscribe(
+        api,
+        ns,
+        source=source,
+        source_namespace=ns,
+        channel="stable",
+        targets=[ns],
+        starting=csv_name(version),
+    )
+    _wait_csv(api, ns, csv_name(version))
+    return source, time.monotonic() - begin
+
+
+def _upgrade(api: client.ApiClient, ns: str, source: str, server: CatalogServer) -> float:
+    """Publish server's catalog; returns how long until CURRENT's CSV Succeeded and the
+    PREVIOUS one is gone."""
+    begin = time.monotonic()
+    _publish(api, ns, source, server)
+    _wait_csv(api, ns, csv_name(CURRENT), timeout=120)
+    wait_for(
+        f"the CSV of {PREVIOUS} removed",
+        lambda: not _get(api, "clusterserviceversions", ns, csv_name(PREVIOUS)),
+        timeout=60,
+    )
+    return time.monotonic() - begin
+
+
+def _crd_columns(api: client.ApiClient) -> list[str]:
+    crd = client.ApiextensionsV1Api(api).read_custom_resource_definition(CRD)
+    return [c.name for c in crd.spec.versions[0].additional_printer_columns or []]
+
+
 # --- tests -------------------------------------------------------------------------------------
+
+
+def test_raw_csv_of_every_release_applies_against_olms_schema(
+    olm: Olm, api: client.ApiClient, control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    """`kubectl apply` of each released CSV file, as is, passes OLM's ClusterServiceVersion
+    schema (server-side dry run, strict field validation); what the issue found in 0.1.0's
+    first CSV (spec.skipRange, resources without a name) is refused by the same check."""
+    ns = _namespace(api, "olm-csv")
+
+    def apply(path: Path) -> subprocess.CompletedProcess[str]:
+        argv = [str(require_tool("kubectl")), "apply", "--server-side", "--dry-run=server"]
+        argv += ["--validate=strict", "-n", ns, "-f", str(path)]
+        return subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            check=False,
+            env={
+                "KUBECONFIG": str(control_plane.kubeconfig),
+                "PATH": "/usr/bin:/bin",
+                "HOME": str(tmp_path),  # kubectl's discovery cache
+            },
+        )
+
+    for version, directory in RELEASE_DIRS.items():
+        done = apply(directory / "manifests" / bundle.CSV_FILE)
+        assert done.returncode == 0, (version, done.stderr)
+        assert "serverside-applied (server dry run)" in done.stdout, done.stdout
+    good = yaml.safe_load((RELEASE_DIRS[CURRENT] / "manifests" / bundle.CSV_FILE).read_text())
+    skip_range = copy.deepcopy(good)
+    skip_range["spec"]["skipRange"] = skip_range["metadata"]["annotations"].pop("olm.skipRange")
+    nameless = copy.deepcopy(good)
+    for owned in nameless["spec"]["customresourcedefinitions"]["owned"]:
+        for resource in owned["resources"]:
+            del resource["name"]
+    for broken, expected in (
+        (skip_range, ".spec.skipRange: field not declared in schema"),
+        (nameless, "name: Required value"),
+    ):
+        path = tmp_path / "broken-csv.yaml"
+        path.write_text(yaml.safe_dump(broken))
+        done = apply(path)
+        assert done.returncode != 0 and expected in done.stderr, done.stderr
+    client.CoreV1Api(api).delete_namespace(ns)
+
+
+def test_upgrade_along_stable_keeps_live_clusters(
+    api: client.ApiClient,
+    catalogs: dict[str, CatalogServer],
+    control_plane: ControlPlane,
+    tmp_path: Path,
+) -> None:
+    """Subscribed to stable at 0.1.0 with live PostgresClusters the operator reconciles; then
+    the catalog with 0.2.0 is published and OLM, with Automatic approval, upgrades along
+    `replaces`: 0.2.0's CRD (new status fields, a new printer column) and RBAC replace 0.1.0's,
+    the clusters keep running (no pod is restarted) and keep being reconciled.
+
+    The operator from the working tree runs as the ServiceAccount OLM created for 0.1.0 and
+    keeps running through the upgrade (where a real operator pod would be replaced). OLM keeps
+    that ServiceAccount (asserted below), so its bound token stays valid, while the RBAC
+    behind it changes hands from 0.1.0's Roles to 0.2.0's.
+    """
+    ns = _namespace(api, "olm-upgrade")
+    kube = Kube(api)
+    source, took = _install_from(api, ns, catalogs["previous"], PREVIOUS)
+    TIMINGS[f"install {PREVIOUS} (Subscription to CSV Succeeded)"] = took
+    sa_uid, owners = _operator_identity(api, ns)
+    assert set(owners.values()) == {csv_name(PREVIOUS)}, owners
+    assert "PostgreSQL" not in _crd_columns(api), "0.1.0's CRD is installed"
+
+    kc = kubeconfig.for_service_account(control_plane, api, ns, PACKAGE, tmp_path / "olm-sa")
+    operator = Operator(
+        kc, control_plane.log_dir / "operator-olm-upgrade.log", args=[f"--namespace={ns}"]
+    )
+    operator.start()
+    try:
+        single = Cluster(kube, ns, "kept")
+        single.create({"instances": 1, "postgresql": {"parameters": {"work_mem": "4MB"}}})
+        ha = Cluster(kube, ns, "kept-ha")
+        ha.create({"instances": 2})
+        live = (single, ha)
+        single.wait_healthy(1, timeout=180)
+        ha.wait_healthy(2, timeout=180)
+        with ha.connect(ha.primary(), autocommit=True) as conn:
+            conn.execute("CREATE TABLE t (id int PRIMARY KEY)")
+            conn.execute("INSERT INTO t VALUES (1)")
+        before = {c.name: c.obj() for c in live}
+        pods = {c.name: _pod_uids(c) for c in live}
+        # 0.1.0's schema has no status.postgresVersion: the API server prunes what the
+        # operator writes there.
+        assert all("postgresVersion" not in (o.get("status") or {}) for o in before.values())
+
+        upgrade = _upgrade(api, ns, source, catalogs["release"])
+        TIMINGS[
+            f"upgrade {PREVIOUS} -> {CURRENT} with live clusters (published to CSV "
+            f"{CURRENT} Succeeded and {PREVIOUS} removed)"
+        ] = upgrade
+        print(f"upgrade {PREVIOUS} -> {CURRENT} with {len(live)} live clusters: {upgrade:.1f}s")
+        plan = _get(api, "subscriptions", ns, PACKAGE)["status"]["installPlanRef"]["name"]
+        steps = _get(api, "installplans", ns, plan)["status"]["plan"]
+        assert {(s["resource"]["kind"], s["resource"]["name"]) for s in steps} >= {
+            ("ClusterServiceVersion", csv_name(CURRENT)),
+            ("CustomResourceDefinition", CRD),
+        }
+        csv = _get(api, "clusterserviceversions", ns, csv_name(CURRENT))
+        assert csv["spec"]["replaces"] == csv_name(PREVIOUS)
+        image = (
+            client.AppsV1Api(api)
+            .read_namespaced_deployment(PACKAGE, ns)
+            .spec.template.spec.containers[0]
+            .image
+        )
+        assert image == f"quay.io/pgherd/pgherd-operator:v{CURRENT}"
+        wait_for("the operator Deployment Available", lambda: _deployment_available(api, ns), 60)
+        # 0.1.0's RBAC goes with its CSV: its Role and RoleBinding by garbage collection, its
+        # ClusterRole and ClusterRoleBinding by OLM's CSV finalizer. The ServiceAccount stays
+        # (same uid), owned by 0.2.0 alone now, and bound to 0.2.0's Roles and ClusterRoles.
+        # OLM removes the old objects and labels the new in no fixed order (a CI run saw the
+        # new Role before its bindings), so wait for the whole set.
+        kinds = sorted(k.split("/")[0] for k in owners)
+
+        def only_current() -> bool:
+            found = _operator_identity(api, ns)[1]
+            return set(found.values()) == {csv_name(CURRENT)} and (
+                sorted(k.split("/")[0] for k in found) == kinds
+            )
+
+        begin = time.monotonic()
+        wait_for("only 0.2.0's RBAC left, complete", only_current, timeout=60)
+        TIMINGS["upgrade (old CSV removed to new RBAC complete)"] = time.monotonic() - begin
+        assert _operator_identity(api, ns)[0] == sa_uid, "OLM re-created the ServiceAccount"
+        assert operator.running()
+
+        # The CRD is 0.2.0's, and serves the very objects: nothing changed or removed, only
+        # the defaults of 0.2.0's new optional fields added (applied as objects are read).
+        assert "PostgreSQL" in _crd_columns(api)
+        for cluster in live:
+            after = cluster.obj()
+            for key in ("uid", "generation"):
+                assert after["metadata"][key] == before[cluster.name]["metadata"][key]
+            added = _added(before[cluster.name]["spec"], after["spec"])
+            assert added == {"postgresql.allowInsecureAuthentication": False}, added
+        # What the new schema keeps: the running PostgreSQL version, now in status.
+        for cluster in live:
+            wait_for(
+                f"{cluster.name} status.postgresVersion",
+                lambda c=cluster: c.status().get("postgresVersion") == 15,
+                timeout=60,
+            )
+        # A change made after the upgrade, on 0.2.0's RBAC alone, is applied: a reload-only
+        # parameter, so the instance is not even restarted.
+        since = float(int(time.time()))  # the audit log's timestamps are whole seconds
+        single.patch_spec({"postgresql": {"parameters": {"work_mem": "8MB"}}})
+
+        def applied() -> bool:
+            with single.connect("kept-0") as conn:
+                return conn.execute("SHOW work_mem").fetchone() == ("8MB",)
+
+        wait_for("work_mem=8MB after the upgrade", applied, timeout=90)
+        status = single.wait_healthy(1, timeout=120)
+        assert status["observedGeneration"] == before["kept"]["metadata"]["generation"] + 1
+        ha.wait_healthy(2)
+        with ha.connect(ha.primary(), autocommit=True) as conn:
+            conn.execute("INSERT INTO t VALUES (2)")
+        replica = next(
+            p["metadata"]["name"] for p in ha.pods() if p["metadata"]["name"] != ha.primary()
+        )
+        wait_for(
+            "the replica streams after the upgrade",
+            lambda: _rows(ha, replica) == [1, 2],
+            timeout=60,
+        )
+        for cluster in live:
+            assert _pod_uids(cluster) == pods[cluster.name], f"{cluster.name}: a pod was re-created"
+        writes = audit_writes(control_plane, f"system:serviceaccount:{ns}:{PACKAGE}", since)
+        codes = {e["responseStatus"]["code"] for e in writes}
+        assert writes, "the operator wrote nothing after the upgrade"
+        assert not codes & {401, 403}, f"the operator was refused after the upgrade: {codes}"
+        for cluster in live:
+            kube.delete("PostgresCluster", ns, cluster.name)
+        wait_for("the instance pods gone", lambda: not any(c.pods() for c in live), timeout=60)
+    finally:
+        operator.stop()
+    _uninstall(api, ns)
+    client.CustomObjectsApi(api).delete_namespaced_custom_object(
+        GROUP, "v1alpha1", ns, "catalogsources", source
+    )
+
+
+def _added(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Paths (a.b) after has and before has not, with their values; fails on any path whose
+    value changed or that is gone."""
+    added = {}
+    for key in before.keys() | after.keys():
+        path = f"{prefix}{key}"
+        assert key in after, f"{path} is gone"
+        if key not in before:
+            added[path] = after[key]
+        elif isinstance(before[key], dict) and isinstance(after[key], dict):
+            added |= _added(before[key], after[key], f"{path}.")
+        else:
+            assert before[key] == after[key], f"{path} changed"
+    return added
+
+
+def _rows(cluster: Cluster, pod: str) -> list[int]:
+    with cluster.connect(pod, autocommit=True) as conn:
+        return [r[0] for r in conn.execute("SELECT id FROM t ORDER BY id").fetchall()]
+
+
+def test_upgrade_through_skip_range_from_a_catalog_without_the_installed_release(
+    api: client.ApiClient, catalogs: dict[str, CatalogServer], tmp_path: Path
+) -> None:
+    """Installed at 0.1.0; the catalog then published no longer has 0.1.0 (a catalog pruned to
+    its head), so no entry `replaces` it: OLM reaches 0.2.0 through 0.2.0's olm.skipRange alone.
+    The PostgresCluster stored under 0.1.0 stays, unchanged."""
+    pruned = yaml.safe_load_all(
+        (catalogs["pruned"].catalog_dir / PACKAGE / "catalog.yaml").read_text()
+    )
+    stable = next(d for d in pruned if d["schema"] == "olm.channel" and d["name"] == "stable")
+    annotations = yaml.safe_load(
+        (RELEASE_DIRS[CURRENT] / "manifests" / bundle.CSV_FILE).read_text()
+    )["metadata"]["annotations"]
+    assert stable["entries"] == [
+        {"name": csv_name(CURRENT), "skipRange": annotations["olm.skipRange"]}
+    ]
+    ns = _namespace(api, "olm-skiprange")
+    source, _ = _install_from(api, ns, catalogs["previous"], PREVIOUS)
+    kube = Kube(api)
+    Cluster(kube, ns, "stored").create({"instances": 1})
+    stored = kube.get("PostgresCluster", ns, "stored")
+    assert stored is not None
+
+    TIMINGS["upgrade through olm.skipRange (published to old CSV removed)"] = _upgrade(
+        api, ns, source, catalogs["pruned"]
+    )
+    after = kube.get("PostgresCluster", ns, "stored")
+    assert after is not None
+    assert after["metadata"]["uid"] == stored["metadata"]["uid"]
+    assert _added(stored["spec"], after["spec"]) == {
+        "postgresql.allowInsecureAuthentication": False
+    }
+    kube.delete("PostgresCluster", ns, "stored")
+    _uninstall(api, ns)
+
+
+def test_crd_safety_check_refuses_a_crd_that_invalidates_existing_objects(
+    api: client.ApiClient, catalogs: dict[str, CatalogServer], kube: Kube
+) -> None:
+    """Installed at 0.2.0 with a PostgresCluster; a next release whose CRD requires a field
+    that object lacks is published. OLM validates existing objects against the new schema and
+    fails the InstallPlan naming the object; the CRD, the running operator and the object
+    stay as they were."""
+    ns = _namespace(api, "olm-badcrd")
+    source, _ = _install_from(api, ns, catalogs["release"], CURRENT)
+    Cluster(kube, ns, "existing").create({"instances": 1})
+    crd_before = client.ApiextensionsV1Api(api).read_custom_resource_definition(CRD)
+    try:
+        _publish(api, ns, source, catalogs["bad-crd"])
+
+        def failed_plan() -> dict[str, Any] | None:
+            for plan in client.CustomObjectsApi(api).list_namespaced_custom_object(
+                GROUP, "v1alpha1", ns, "installplans"
+            )["items"]:
+                if csv_name(NEXT) in plan["spec"]["clusterServiceVersionNames"]:
+                    status = plan.get("status") or {}
+                    if status.get("phase") == "Failed":
+                        return dict(plan)
+            return None
+
+        plan = wait_for(f"the InstallPlan of {NEXT} Failed", failed_plan, timeout=120)
+        message = " ".join(c.get("message", "") for c in plan["status"].get("conditions", []))
+        assert "error validating existing CRs against new CRD's schema" in message, message
+        assert f"{ns}/existing" in message and BAD_REQUIRED_FIELD in message, message
+        crd = client.ApiextensionsV1Api(api).read_custom_resource_definition(CRD)
+        assert crd.spec.to_dict() == crd_before.spec.to_dict(), "the CRD was changed"
+        schema = crd.spec.versions[0].schema.open_apiv3_schema
+        assert BAD_REQUIRED_FIELD not in schema.properties["spec"].properties
+        # OLM created NEXT's CSV before the CRD step failed: it waits for its CRD
+        # (RequirementsNotMet) and the installed CSV shows Replacing, while the installed
+        # operator keeps running, unchanged, until a release that upgrades cleanly is published.
+        nxt = _get(api, "clusterserviceversions", ns, csv_name(NEXT)).get("status") or {}
+        assert nxt.get("phase") != "Succeeded", nxt
+        assert _get(api, "clusterserviceversions", ns, csv_name(CURRENT))["status"]["phase"] in (
+            "Succeeded",
+            "Replacing",
+        )
+        deployment = client.AppsV1Api(api).read_namespaced_deployment(PACKAGE, ns)
+        assert deployment.spec.template.spec.containers[0].image.endswith(f":v{CURRENT}")
+        assert _deployment_available(api, ns)
+        assert kube.get("PostgresCluster", ns, "existing") is not None
+    finally:
+        kube.delete("PostgresCluster", ns, "existing")
+        _uninstall(api, ns)
 
 
 def test_install_from_stable(
@@ -350,134 +762,11 @@ def _pod_uids(cluster: Cluster) -> dict[str, str]:
     return {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods()}
 
 
-def test_upgrade_from_previous_release(
-    api: client.ApiClient,
-    catalogs: dict[str, CatalogServer],
-    control_plane: ControlPlane,
-    tmp_path: Path,
-) -> None:
-    """Subscribed at N-1, with a PostgresCluster the operator reconciles; then N is published,
-    OLM moves to it along the graph, and the existing cluster keeps being reconciled.
-
-    Published as on a real cluster: the CatalogSource the Subscription follows starts serving
-    a newer catalog (its address moves from the release catalog, N-1 only, to the upgrade
-    catalog, N-1 and N, as a polled catalog image would change), and OLM, with Automatic
-    approval, upgrades by itself.
-    """
-    ns = _namespace(api, "olm-upgrade")
-    custom = client.CustomObjectsApi(api)
-    kube = Kube(api)
-    release, upgrade = catalogs["release"], catalogs["upgrade"]
-    source = "pgherd-published"
-    custom.create_namespaced_custom_object(
-        GROUP, "v1alpha1", ns, "catalogsources", release.catalog_source(ns, source)
-    )
-    _wait_catalog_ready(api, ns, source, release.address)
-    begin = time.monotonic()
-    _subscribe(
-        api,
-        ns,
-        source=source,
-        source_namespace=ns,
-        channel="stable",
-        targets=[ns],
-        starting=csv_name(CURRENT),
-    )
-    _wait_csv(api, ns, csv_name(CURRENT))
-    TIMINGS["upgrade test: install N-1 (Subscription to CSV Succeeded)"] = time.monotonic() - begin
-    sa_uid, owners = _operator_identity(api, ns)
-    assert set(owners.values()) == {csv_name(CURRENT)}, owners
-
-    # The operator from the working tree, as the ServiceAccount OLM created for N-1, kept
-    # running through the upgrade (where a real operator pod would be replaced). OLM keeps
-    # that ServiceAccount (asserted below), so its bound token stays valid, while the RBAC
-    # behind it changes hands from N-1's Roles to N's.
-    kc = kubeconfig.for_service_account(control_plane, api, ns, PACKAGE, tmp_path / "olm-sa")
-    operator = Operator(
-        kc, control_plane.log_dir / "operator-olm-upgrade.log", args=[f"--namespace={ns}"]
-    )
-    operator.start()
-    try:
-        cluster = Cluster(kube, ns, "kept")
-        cluster.create({"instances": 1, "postgresql": {"parameters": {"work_mem": "4MB"}}})
-        cluster.wait_healthy(1, timeout=180)
-        before = cluster.obj()
-        pods = _pod_uids(cluster)
-
-        begin = time.monotonic()
-        custom.patch_namespaced_custom_object(
-            GROUP, "v1alpha1", ns, "catalogsources", source, {"spec": {"address": upgrade.address}}
-        )
-        _wait_csv(api, ns, csv_name(NEXT), timeout=120)
-        wait_for(
-            "the replaced CSV removed",
-            lambda: not _get(api, "clusterserviceversions", ns, csv_name(CURRENT)),
-            timeout=60,
-        )
-        TIMINGS["upgrade (N published to CSV N Succeeded, N-1 removed)"] = time.monotonic() - begin
-        image = (
-            client.AppsV1Api(api)
-            .read_namespaced_deployment(PACKAGE, ns)
-            .spec.template.spec.containers[0]
-            .image
-        )
-        assert image == f"pgherd/pgherd-operator:v{NEXT}"
-        wait_for("the operator Deployment Available", lambda: _deployment_available(api, ns), 60)
-        # N-1's RBAC goes with its CSV: its Role and RoleBinding by garbage collection, its
-        # ClusterRole and ClusterRoleBinding by OLM's CSV finalizer. The ServiceAccount stays
-        # (same uid), owned by N alone now, and bound to N's new Roles and ClusterRoles.
-        # OLM removes N-1's objects and labels N's in no fixed order (a CI run saw N's Role
-        # before its bindings), so wait for the whole set: one of each kind N-1 had, all N's.
-        kinds = sorted(k.split("/")[0] for k in owners)
-
-        def only_next() -> bool:
-            found = _operator_identity(api, ns)[1]
-            return set(found.values()) == {csv_name(NEXT)} and (
-                sorted(k.split("/")[0] for k in found) == kinds
-            )
-
-        begin = time.monotonic()
-        wait_for("only N's RBAC left, complete", only_next, timeout=60)
-        TIMINGS["upgrade (N-1 removed to N's RBAC complete)"] = time.monotonic() - begin
-        new_uid = _operator_identity(api, ns)[0]
-        assert new_uid == sa_uid, "OLM re-created the ServiceAccount"
-        assert operator.running()
-
-        # The CRD, as N installed it, serves the very object, unchanged.
-        after = cluster.obj()
-        for key in ("uid", "generation"):
-            assert after["metadata"][key] == before["metadata"][key]
-        assert after["spec"] == before["spec"]
-        # A change made after the upgrade, on N's RBAC alone, is applied: a reload-only
-        # parameter, so the instance is not even restarted.
-        since = float(int(time.time()))  # the audit log's timestamps are whole seconds
-        cluster.patch_spec({"postgresql": {"parameters": {"work_mem": "8MB"}}})
-
-        def applied() -> bool:
-            with cluster.connect("kept-0") as conn:
-                return conn.execute("SHOW work_mem").fetchone() == ("8MB",)
-
-        wait_for("work_mem=8MB after the upgrade", applied, timeout=90)
-        status = cluster.wait_healthy(1, timeout=120)
-        assert status["observedGeneration"] == before["metadata"]["generation"] + 1
-        assert _pod_uids(cluster) == pods, "the PostgreSQL instance was re-created"
-        writes = audit_writes(control_plane, f"system:serviceaccount:{ns}:{PACKAGE}", since)
-        codes = {e["responseStatus"]["code"] for e in writes}
-        assert writes, "the operator wrote nothing after the upgrade"
-        assert not codes & {401, 403}, f"the operator was refused after the upgrade: {codes}"
-        kube.delete("PostgresCluster", ns, "kept")
-        wait_for("the instance pods gone", lambda: not cluster.pods(), timeout=60)
-    finally:
-        operator.stop()
-    _uninstall(api, ns)
-    custom.delete_namespaced_custom_object(GROUP, "v1alpha1", ns, "catalogsources", source)
-
-
 def test_switch_from_candidate_to_stable(
     api: client.ApiClient, catalogs: dict[str, CatalogServer]
 ) -> None:
     ns = _namespace(api, "olm-switch")
-    _subscribe(api, ns, source=catalogs["upgrade"].name, channel="candidate", targets=[ns])
+    _subscribe(api, ns, source=catalogs["next"].name, channel="candidate", targets=[ns])
     _wait_csv(api, ns, csv_name(CURRENT))
     client.CustomObjectsApi(api).patch_namespaced_custom_object(
         GROUP, "v1alpha1", ns, "subscriptions", PACKAGE, {"spec": {"channel": "stable"}}

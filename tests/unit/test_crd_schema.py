@@ -264,6 +264,7 @@ def test_printer_columns(version: dict[str, Any]) -> None:
         ("Instances", "integer", ".spec.instances"),
         ("Ready", "integer", ".status.readyInstances"),
         ("Primary", "string", ".status.currentPrimary"),
+        ("PostgreSQL", "integer", ".status.postgresVersion"),
         ("Phase", "string", ".status.phase"),
         ("Age", "date", ".metadata.creationTimestamp"),
     ]

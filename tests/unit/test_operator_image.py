@@ -1,4 +1,5 @@
-"""The operator image, built from the real Dockerfile, runs the operator.
+"""The operator image, built from the real Dockerfile, runs the operator; the operand image
+builds from images/postgres/Dockerfile; the bundle pins both by digest.
 
 No image registry is reachable here, so the base is made locally: hack/base-image.sh makes a
 Debian bookworm root with python3 and python3-venv by debootstrap (cached outside the clone;
@@ -6,7 +7,10 @@ about a minute the first time on a machine) and imports it into a private builda
 buildah builds Dockerfile on it (pip installs requirements-operator.lock from PyPI, hashes
 checked), the image is pushed to a local registry and its config read back from there, and
 its entrypoint runs (buildah run, chroot isolation) as the image's non-root user against an
-API server that is not there: it logs JSON and answers its liveness probe.
+API server that is not there: it logs JSON and answers its liveness probe. The operand image
+(PostgreSQL 15 from Debian, Patroni, barman-cloud, pgherd; about 4 minutes) is built on the
+same base and pushed beside it, so that `make bundle USE_IMAGE_DIGESTS=true` resolves both
+from the registry.
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from pgherd import bundle, manifests
 from pgherd_dev import processes
 from pgherd_dev.errors import DevError
-from pgherd_dev.images import Buildah, LocalRegistry, host_ca_bundle, require_command
+from pgherd_dev.images import (
+    LOCAL_BASE_IMAGE,
+    Buildah,
+    LocalRegistry,
+    host_ca_bundle,
+    require_command,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -72,6 +84,43 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         shutil.rmtree(workdir / "buildah" / "storage", ignore_errors=True)
 
 
+@pytest.fixture(scope="module")
+def operand(image: Built) -> str:
+    """images/postgres/Dockerfile built on the same base and pushed; returns its tag.
+
+    Its build has no CA-bundle secret like Dockerfile's: where TLS to PyPI is intercepted, the
+    host's CA bundle and a pip.conf naming it are mounted for the RUN steps only (buildah
+    volumes are never part of an image)."""
+    tag = f"{image.registry.host}/pgherd/postgres:15-test"
+    volumes = []
+    if ca := host_ca_bundle():
+        conf = image.workdir / "pip.conf"
+        conf.write_text("[global]\ncert = /etc/pgherd-build-ca.pem\n")
+        volumes = ["-v", f"{ca}:/etc/pgherd-build-ca.pem:ro", "-v", f"{conf}:/etc/pip.conf:ro"]
+    begin = time.monotonic()
+    try:
+        image.buildah.run(
+            "build",
+            "--isolation",
+            "chroot",
+            "-f",
+            "images/postgres/Dockerfile",
+            "--build-arg",
+            f"BASE_IMAGE={LOCAL_BASE_IMAGE}",
+            *volumes,
+            "-t",
+            tag,
+            ".",
+            cwd=REPO,
+            timeout=1500,
+        )
+        image.buildah.push(tag)
+    except DevError as e:
+        pytest.fail(str(e), pytrace=False)
+    print(f"operand image built and pushed in {time.monotonic() - begin:.0f}s")
+    return tag
+
+
 def skopeo_inspect(ref: str, *extra: str) -> dict[str, Any]:
     skopeo = require_command("skopeo")
     done = subprocess.run(
@@ -101,6 +150,67 @@ def test_config_read_back_from_the_registry(image: Built) -> None:
     assert len(manifest["layers"]) == len(local["OCIv1"]["rootfs"]["diff_ids"])
     compressed = sum(layer["size"] for layer in manifest["layers"])
     print(f"operator image: {compressed / 2**20:.0f} MiB of compressed layers in the registry")
+
+
+def test_platforms_are_the_ones_the_csv_declares(image: Built, operand: str) -> None:
+    """docs/images.md: both images are built for linux/amd64 only; the CSV's arch/os labels
+    and the operator's node affinity (pgherd.manifests.ARCHITECTURES, OPERATING_SYSTEMS) say
+    the same."""
+    for ref in (image.tag, operand):
+        config = skopeo_inspect(ref, "--config")
+        assert [config["os"]] == list(manifests.OPERATING_SYSTEMS), ref
+        assert [config["architecture"]] == list(manifests.ARCHITECTURES), ref
+    operand_config = skopeo_inspect(operand, "--config")["config"]
+    assert operand_config["User"] == "999:999"
+    assert operand_config["Entrypoint"] == ["pgherd", "instance"]
+
+
+def make_bundle(image: Built, root: Path, *variables: str) -> subprocess.CompletedProcess[str]:
+    """`make bundle USE_IMAGE_DIGESTS=true` into root, the registry reached over plain HTTP as
+    containers-registries.conf allows it (what a real registry needs no such entry for)."""
+    conf = root.parent / "registries.conf"
+    conf.write_text(f'[[registry]]\nlocation = "{image.registry.host}"\ninsecure = true\n')
+    argv = ["make", "-s", "--no-print-directory", "bundle", "USE_IMAGE_DIGESTS=true"]
+    return subprocess.run(
+        [*argv, f"GENERATE_ROOT={root}", *variables],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+        env={**os.environ, "CONTAINERS_REGISTRIES_CONF": str(conf)},
+    )
+
+
+def test_bundle_pins_the_pushed_images_by_digest(
+    image: Built, operand: str, tmp_path: Path
+) -> None:
+    """operator-sdk's convention: USE_IMAGE_DIGESTS=true resolves every image of the bundle in
+    its registry (here the local one the images were pushed to) and pins containerImage, the
+    Deployment, RELATED_IMAGE_POSTGRES and relatedImages to those digests."""
+    digest = skopeo_inspect(image.tag)["Digest"]
+    operand_digest = skopeo_inspect(operand)["Digest"]
+    root = tmp_path / "root"
+    done = make_bundle(image, root, f"IMG={image.tag}", f"OPERAND_IMAGE={operand}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    csv = yaml.safe_load((root / "bundle" / "manifests" / bundle.CSV_FILE).read_text())
+    pinned = f"{image.tag.rsplit(':', 1)[0]}@{digest}"
+    pinned_operand = f"{operand.rsplit(':', 1)[0]}@{operand_digest}"
+    (deployment,) = csv["spec"]["install"]["spec"]["deployments"]
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert csv["metadata"]["annotations"]["containerImage"] == pinned
+    assert container["image"] == pinned
+    assert env["RELATED_IMAGE_POSTGRES"] == pinned_operand
+    assert {r["image"] for r in csv["spec"]["relatedImages"]} == {pinned, pinned_operand}
+    # The pinned references pull: the registry serves exactly those manifests.
+    assert skopeo_inspect(pinned)["Digest"] == digest
+
+    # A reference the registry does not serve stops the build, naming it.
+    missing = f"{image.registry.host}/pgherd/postgres:not-pushed"
+    done = make_bundle(image, tmp_path / "again", f"IMG={image.tag}", f"OPERAND_IMAGE={missing}")
+    assert done.returncode != 0
+    assert f"cannot resolve {missing} to a digest" in done.stderr
 
 
 def in_image(image: Built, *argv: str, options: tuple[str, ...] = ()) -> list[str]:

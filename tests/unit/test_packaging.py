@@ -17,7 +17,7 @@ from tests.unit.clusters import PASSWORDS, SCENARIOS, make_cluster
 REPO = Path(__file__).resolve().parents[2]
 HISTORY = REPO / "releases" / "history.yaml"
 CSV_PATH = REPO / "bundle" / "manifests" / bundle.CSV_FILE
-IMAGE = "pgherd/pgherd-operator:v0.1.0"
+IMAGE = "quay.io/pgherd/pgherd-operator:v0.2.0"
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:
@@ -107,6 +107,13 @@ def test_deployment_is_restricted_single_and_probed() -> None:
     assert env["RELATED_IMAGE_POSTGRES"]["value"] == v1alpha1.DEFAULT_IMAGE
     assert env["WATCH_NAMESPACE"]["value"] == ""
     assert env["PGHERD_LOG_FORMAT"]["value"] == "json"
+    # Only nodes of a platform the image is built for.
+    terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    (term,) = terms["nodeSelectorTerms"]
+    assert {e["key"]: e["values"] for e in term["matchExpressions"]} == {
+        "kubernetes.io/arch": list(manifests.ARCHITECTURES),
+        "kubernetes.io/os": list(manifests.OPERATING_SYSTEMS),
+    }
 
 
 def test_olm_deployment_watches_the_operator_group_targets() -> None:
@@ -116,17 +123,23 @@ def test_olm_deployment_watches_the_operator_group_targets() -> None:
     )
 
 
-def test_samples_are_valid_clusters() -> None:
-    kinds = set()
+def test_samples_are_valid_and_the_backup_targets_a_backed_up_cluster() -> None:
+    clusters = {}
     for sample in manifests.samples():
-        kinds.add(sample["kind"])
         meta = {**sample["metadata"], "namespace": "default"}
         if sample["kind"] == v1alpha1.BACKUP_KIND:
-            v1alpha1.PostgresBackup.model_validate({**sample, "metadata": meta})
+            backup = v1alpha1.PostgresBackup.model_validate({**sample, "metadata": meta})
+            assert clusters[backup.spec.cluster].spec.backup is not None
             continue
-        v1alpha1.PostgresCluster.model_validate({**sample, "metadata": meta})
-        assert sample["spec"]["instances"] == 3
-    assert kinds == {v1alpha1.KIND, v1alpha1.BACKUP_KIND}
+        cluster = v1alpha1.PostgresCluster.model_validate({**sample, "metadata": meta})
+        clusters[cluster.metadata.name] = cluster
+    assert manifests.samples()[0]["spec"]["instances"] == 3, "the console's default example"
+    names = [
+        manifests.sample_file_name(s, manifests.samples()[:i])
+        for i, s in enumerate(manifests.samples())
+    ]
+    assert len(set(names)) == len(names)
+    assert names[0] == "pgherd.io_v1alpha1_postgrescluster.yaml"
 
 
 def test_committed_rbac_is_bound_to_the_service_account() -> None:
@@ -165,6 +178,10 @@ def test_csv_identity_and_history(csv: dict[str, Any]) -> None:
     assert csv["spec"].get("replaces") == (
         f"pgherd-operator.v{r}" if (r := history.replaces(version)) else None
     )
+    assert version == history.latest.version
+    assert csv["spec"]["replaces"] == "pgherd-operator.v0.1.0"
+    assert csv["metadata"]["annotations"]["olm.skipRange"] == ">=0.1.0 <0.2.0"
+    assert "skipRange" not in csv["spec"]
 
 
 def test_csv_examples_images_and_modes(csv: dict[str, Any]) -> None:
@@ -210,7 +227,11 @@ def test_history_graph_replaces_previous_and_skips_all_older() -> None:
         {
             "package": "pgherd-operator",
             "releases": [
-                {"version": "0.1.0", "createdAt": "2025-01-01T00:00:00Z", "channels": ["stable"]},
+                {
+                    "version": "0.1.0",
+                    "createdAt": "2025-01-01T00:00:00Z",
+                    "channels": ["candidate", "stable"],
+                },
                 {
                     "version": "0.2.0",
                     "createdAt": "2025-02-01T00:00:00Z",
@@ -219,17 +240,21 @@ def test_history_graph_replaces_previous_and_skips_all_older() -> None:
                 {
                     "version": "0.10.0",
                     "createdAt": "2025-03-01T00:00:00Z",
-                    "channels": ["candidate", "stable"],
+                    "channels": ["candidate"],
                 },
+                # The first release of a new channel.
+                {"version": "0.11.0", "createdAt": "2025-04-01T00:00:00Z", "channels": ["fast"]},
             ],
         }
     )
     assert history.replaces("0.1.0") is None
+    assert history.skip_range("0.1.0") is None
+    assert history.replaces("0.2.0") == "0.1.0"
     assert history.replaces("0.10.0") == "0.2.0"
     assert history.skip_range("0.10.0") == ">=0.1.0 <0.10.0"
-    assert history.replaces("0.10.0", "stable") == "0.1.0"
-    assert history.replaces("0.10.0", "candidate") == "0.2.0"
-    assert history.skip_range("0.10.0", "candidate") == ">=0.2.0 <0.10.0"
+    # A channel's first release replaces nothing, and still skips every older one.
+    assert history.replaces("0.11.0") is None
+    assert history.skip_range("0.11.0") == ">=0.1.0 <0.11.0"
     with pytest.raises(LookupError, match=r"releases/history\.yaml"):
         history.get("9.9.9")
 

@@ -62,18 +62,6 @@ def test_generated_files_are_fresh(tmp_path: Path) -> None:
         pytest.fail(f"stale generated files; run `make generate`:\n{diff[:6000]}", pytrace=False)
 
 
-def test_operator_sdk_bundle_validate_has_no_warnings() -> None:
-    sdk = require_tool("operator-sdk")
-    done = run(
-        [str(sdk), "bundle", "validate", "./bundle", "--select-optional", "suite=operatorframework"]
-    )
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, output
-    problems = [line for line in output.splitlines() if "level=info" not in line and line.strip()]
-    assert problems == [], output
-    assert "All validation tests have completed successfully" in output
-
-
 def test_opm_validate_catalog() -> None:
     opm = require_tool("opm")
     done = run([str(opm), "validate", "catalog"])
@@ -81,21 +69,27 @@ def test_opm_validate_catalog() -> None:
 
 
 def test_next_release_keeps_the_previous_one_in_the_catalog(tmp_path: Path) -> None:
-    """Simulates docs/releasing.md for a 0.2.0 after the committed release."""
+    """Simulates docs/releasing.md for the release after the committed one."""
     opm = require_tool("opm")
     history: dict[str, Any] = yaml.safe_load((REPO / "releases" / "history.yaml").read_text())
-    current = history["releases"][-1]["version"]
+    released = [r["version"] for r in history["releases"]]
+    current = released[-1]
+    major, minor, _ = current.split(".")
+    nxt = f"{major}.{int(minor) + 1}.0"
     history["releases"].append(
-        {"version": "0.2.0", "createdAt": "2030-01-01T00:00:00Z", "channels": ["candidate"]}
+        {"version": nxt, "createdAt": "2030-01-01T00:00:00Z", "channels": ["candidate", "stable"]}
     )
     releases_dir = tmp_path / "releases"
+    for version in released[:-1]:
+        shutil.copytree(REPO / "releases" / version, releases_dir / version)
     shutil.copytree(REPO / "bundle", releases_dir / current)  # make release-freeze
     (releases_dir / "history.yaml").write_text(yaml.safe_dump(history))
     root = tmp_path / "root"
+    base = "quay.io/pgherd/pgherd-operator"
     argv = [sys.executable, "-m", "pgherd.generate", "--root", str(root)]
-    argv += ["--history", str(releases_dir / "history.yaml"), "--version", "0.2.0"]
-    argv += ["--img", "pgherd/pgherd-operator:v0.2.0", "--image-tag-base", "pgherd/pgherd-operator"]
-    argv += ["--channels", "candidate", "--default-channel", "candidate"]
+    argv += ["--history", str(releases_dir / "history.yaml"), "--version", nxt]
+    argv += ["--img", f"{base}:v{nxt}", "--image-tag-base", base]
+    argv += ["--channels", "candidate,stable", "--default-channel", "stable"]
     argv += ["--scorecard-image", "scorecard-test:x", "--opm", str(opm), "bundle", "catalog"]
     done = run(argv)
     assert done.returncode == 0, done.stderr
@@ -105,22 +99,42 @@ def test_next_release_keeps_the_previous_one_in_the_catalog(tmp_path: Path) -> N
         yaml.safe_load_all((root / "catalog" / "pgherd-operator" / "catalog.yaml").read_text())
     )
     bundles = {d["name"]: d["image"] for d in docs if d["schema"] == "olm.bundle"}
-    assert bundles == {
-        f"pgherd-operator.v{current}": f"pgherd/pgherd-operator-bundle:v{current}",
-        "pgherd-operator.v0.2.0": "pgherd/pgherd-operator-bundle:v0.2.0",
-    }
+    assert bundles == {f"pgherd-operator.v{v}": f"{base}-bundle:v{v}" for v in [*released, nxt]}
     channels = {d["name"]: d["entries"] for d in docs if d["schema"] == "olm.channel"}
-    assert channels["stable"] == [{"name": f"pgherd-operator.v{current}"}]
-    assert channels["candidate"][-1] == {
-        "name": "pgherd-operator.v0.2.0",
-        "replaces": f"pgherd-operator.v{current}",
-        "skipRange": f">={current} <0.2.0",
-    }
+    for entries in channels.values():
+        assert entries[-1] == {
+            "name": f"pgherd-operator.v{nxt}",
+            "replaces": f"pgherd-operator.v{current}",
+            "skipRange": f">={released[0]} <{nxt}",
+        }
     csv = yaml.safe_load(
         (root / "bundle" / "manifests" / "pgherd-operator.clusterserviceversion.yaml").read_text()
     )
     assert csv["spec"]["replaces"] == f"pgherd-operator.v{current}"
+    assert csv["metadata"]["annotations"]["olm.skipRange"] == f">={released[0]} <{nxt}"
     assert csv["metadata"]["annotations"]["createdAt"] == "2030-01-01T00:00:00Z"
+
+
+def test_a_frozen_bundle_that_disagrees_with_the_history_stops_the_catalog(tmp_path: Path) -> None:
+    """A released bundle is never changed: moving a release to other channels in the history
+    after the fact is refused, naming the bundle, instead of serving two different graphs."""
+    history: dict[str, Any] = yaml.safe_load((REPO / "releases" / "history.yaml").read_text())
+    history["releases"][0]["channels"] = ["stable"]
+    path = tmp_path / "history.yaml"
+    path.write_text(yaml.safe_dump(history))
+    for release in history["releases"][:-1]:
+        shutil.copytree(REPO / "releases" / release["version"], tmp_path / release["version"])
+    argv = [sys.executable, "-m", "pgherd.generate", "--root", str(tmp_path / "root")]
+    argv += ["--history", str(path), "--version", history["releases"][-1]["version"]]
+    argv += ["--img", "x/y:z", "--image-tag-base", "x/y", "--channels", "candidate,stable"]
+    argv += ["--default-channel", "stable", "--scorecard-image", "s", "--opm"]
+    argv += [str(require_tool("opm")), "catalog"]
+    (tmp_path / "root" / "bundle").mkdir(parents=True)
+    shutil.copytree(REPO / "bundle", tmp_path / "root" / "bundle", dirs_exist_ok=True)
+    done = run(argv)
+    assert done.returncode == 2
+    assert "disagrees with releases/history.yaml" in done.stderr
+    assert "channels" in done.stderr
 
 
 def test_dockerfiles_pass_hadolint() -> None:

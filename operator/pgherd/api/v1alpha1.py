@@ -33,10 +33,13 @@ SINGULAR = "postgrescluster"
 SHORT_NAMES = ("pgc",)
 
 DEFAULT_POSTGRES_VERSION = 15
-DEFAULT_IMAGE = f"pgherd/postgres:{DEFAULT_POSTGRES_VERSION}-0.1.0"
-# What the API server stored as spec.image before the field became optional: the default of
-# its time, which must not pin an old image forever. Such a value means "unset".
-LEGACY_DEFAULT_IMAGES = frozenset({"pgherd/postgres:15-0.1.0"})
+# The operand image of this release, in the project's public registry (docs/releasing.md bumps
+# it with VERSION; the bundle lists it in relatedImages and RELATED_IMAGE_POSTGRES, which is
+# what the operator uses: pgherd.settings).
+DEFAULT_IMAGE = f"quay.io/pgherd/postgres:{DEFAULT_POSTGRES_VERSION}-0.2.0"
+# What the API server stored as spec.image when the field had a default (0.1.0): such a value
+# means "unset", and the cluster keeps the image it runs (status.image).
+LEGACY_DEFAULT_IMAGES = frozenset({"pgherd/postgres:15-0.1.0", "quay.io/pgherd/postgres:15-0.1.0"})
 MAX_INSTANCES = 9
 # The StatefulSet's controller-revision-hash label (name + 11 characters) must fit in 63.
 MAX_NAME_LENGTH = 52
