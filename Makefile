@@ -61,7 +61,7 @@ OPERATORHUB_DIR ?= build/operatorhub
 # Where `make generate` writes (a test regenerates into a temporary directory and compares).
 GENERATE_ROOT ?= .
 KUBECTL := $(TOOLS_BIN)/kubectl
-GENERATE := $(PY) -m pgherd.generate --root $(GENERATE_ROOT) --history releases/history.yaml \
+GENERATE := $(PY) -m pgherd_packaging.generate --root $(GENERATE_ROOT) --history releases/history.yaml \
 	--version $(VERSION) --img $(IMG) --image-tag-base $(IMAGE_TAG_BASE) --channels $(CHANNELS) \
 	--default-channel $(DEFAULT_CHANNEL) --scorecard-image $(SCORECARD_IMAGE) --opm $(TOOLS_BIN)/opm \
 	$(if $(OPERAND_IMAGE),--operand-image $(OPERAND_IMAGE)) \
@@ -165,7 +165,7 @@ catalog: bundle ## Regenerate the file-based catalog/ from the release history, 
 
 .PHONY: operatorhub
 operatorhub: venv ## Write the community-operators submission tree of every release to OPERATORHUB_DIR
-	@$(PY) -m pgherd.operatorhub --out $(OPERATORHUB_DIR) --history releases/history.yaml \
+	@$(PY) -m pgherd_packaging.operatorhub --out $(OPERATORHUB_DIR) --history releases/history.yaml \
 	  --version $(VERSION) --bundle bundle
 
 .PHONY: scorecard
@@ -187,11 +187,11 @@ uninstall: ## Remove the CRDs (and with them every PostgresCluster) from the clu
 
 .PHONY: deploy
 deploy: venv ## Deploy CRDs, RBAC and the operator (image IMG) to the cluster KUBECONFIG points at
-	$(PY) -m pgherd.manifests --print --image $(IMG) | $(KUBECTL) apply --server-side -f -
+	$(PY) -m pgherd_packaging.manifests --print --image $(IMG) | $(KUBECTL) apply --server-side -f -
 
 .PHONY: undeploy
 undeploy: venv ## Remove what `make deploy` created (CRDs included)
-	$(PY) -m pgherd.manifests --print --image $(IMG) | $(KUBECTL) delete --ignore-not-found -f -
+	$(PY) -m pgherd_packaging.manifests --print --image $(IMG) | $(KUBECTL) delete --ignore-not-found -f -
 
 .PHONY: base-image
 base-image: deps ## Make the Debian base LOCAL_BASE_IMAGE with debootstrap (cached) and import it into buildah

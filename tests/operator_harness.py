@@ -18,13 +18,13 @@ from typing import Any
 import psycopg
 from kubernetes import client
 
-from pgherd import crds, manifests
 from pgherd.controller.client import ApiError
 from pgherd.controller.client import Client as Kube
 from pgherd_dev import kubeconfig
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.kubelet import HOLD_ANNOTATION, PORTS_ANNOTATION
 from pgherd_dev.operator_process import OperatorProcess
+from pgherd_packaging import crds, manifests
 
 OPERATOR_NAMESPACE = "pgherd-system"
 OPERATOR_ACCOUNT = "pgherd-operator"

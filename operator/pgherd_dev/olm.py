@@ -5,7 +5,7 @@
 operators as processes with the admin kubeconfig. `CatalogServer` runs `opm serve` on a
 catalog directory; a CatalogSource with `spec.address` reaches it directly, so no registry
 pod (and no image) is needed. Catalogs served this way must carry their bundles' manifests
-inline (pgherd.catalog's inline flavour): a bundle with an image makes OLM start an unpack
+inline (pgherd_packaging.catalog's inline flavour): a bundle with an image makes OLM start an unpack
 Job that pulls it, which can never finish without a container runtime.
 
 Logs go to the control plane's log directory, so a failing cluster test shows them too.

@@ -20,12 +20,12 @@ from typing import Any
 
 import yaml
 
-from pgherd import crds, manifests
 from pgherd.controller.client import Client as Kube
 from pgherd_dev import kubeconfig, processes, svcproxy
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.errors import DevError
 from pgherd_dev.operator_process import OperatorProcess
+from pgherd_packaging import crds, manifests
 
 SAMPLE = "example"
 NAMESPACE = "default"

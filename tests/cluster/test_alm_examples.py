@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from pgherd import bundle, manifests
 from pgherd.api import v1alpha1
 from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
+from pgherd_packaging import bundle, manifests
 from tests import s3_server
 from tests.operator_harness import Cluster, Operator, wait_for
 

@@ -2,7 +2,7 @@
 
 OLM's olm and catalog operators run against the local control plane; `opm serve` serves
 catalogs whose bundles carry their manifests inline (rendered from bundle directories by
-pgherd.catalog), reached by CatalogSources with `spec.address`. The operator Deployment's
+pgherd_packaging.catalog), reached by CatalogSources with `spec.address`. The operator Deployment's
 pods run under kwok, which marks them Ready without running the image, so OLM sees the
 Deployment Available exactly as it would on a real cluster.
 
@@ -34,12 +34,12 @@ import yaml
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from pgherd import bundle, catalog, crds, releases
 from pgherd.controller.client import Client as Kube
 from pgherd_dev import kubeconfig
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.errors import DevError
 from pgherd_dev.olm import GROUP, NAMESPACE, CatalogServer, Olm
+from pgherd_packaging import bundle, catalog, crds, releases
 from tests.conftest import require_tool
 from tests.operator_harness import Cluster, Operator, audit_writes, wait_for
 
@@ -138,7 +138,7 @@ def _next_release(tmp: Path, bad_crd: bool) -> tuple[releases.History, dict[str,
     (rel / "history.yaml").write_text(yaml.safe_dump({"package": PACKAGE, "releases": data}))
     root = tmp / "root"
     base = "quay.io/pgherd/pgherd-operator"
-    argv = [sys.executable, "-m", "pgherd.generate", "--root", str(root)]
+    argv = [sys.executable, "-m", "pgherd_packaging.generate", "--root", str(root)]
     argv += ["--history", str(rel / "history.yaml"), "--version", NEXT]
     argv += ["--img", f"{base}:v{NEXT}", "--image-tag-base", base]
     argv += ["--channels", "stable", "--default-channel", "stable"]

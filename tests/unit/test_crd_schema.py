@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from pgherd import crds
 from pgherd.api import v1alpha1
-from pgherd.crd_schema import UnsupportedSchemaError, structural_schema
+from pgherd_packaging import crds
+from pgherd_packaging.crd_schema import UnsupportedSchemaError, structural_schema
 
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "manifests" / "crd"
@@ -284,7 +284,7 @@ def test_committed_manifests_are_fresh() -> None:
     )
     assert not stale, (
         f"manifests/crd is stale ({', '.join(stale)}); "
-        "regenerate with: python -m pgherd.crds manifests/crd"
+        "regenerate with: python -m pgherd_packaging.crds manifests/crd"
     )
 
 

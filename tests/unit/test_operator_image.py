@@ -29,7 +29,6 @@ from typing import Any
 import pytest
 import yaml
 
-from pgherd import bundle, manifests
 from pgherd_dev import processes
 from pgherd_dev.errors import DevError
 from pgherd_dev.images import (
@@ -39,6 +38,7 @@ from pgherd_dev.images import (
     host_ca_bundle,
     require_command,
 )
+from pgherd_packaging import bundle, manifests
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -154,8 +154,8 @@ def test_config_read_back_from_the_registry(image: Built) -> None:
 
 def test_platforms_are_the_ones_the_csv_declares(image: Built, operand: str) -> None:
     """docs/images.md: both images are built for linux/amd64 only; the CSV's arch/os labels
-    and the operator's node affinity (pgherd.manifests.ARCHITECTURES, OPERATING_SYSTEMS) say
-    the same."""
+    and the operator's node affinity (pgherd_packaging.manifests.ARCHITECTURES,
+    OPERATING_SYSTEMS) say the same."""
     for ref in (image.tag, operand):
         config = skopeo_inspect(ref, "--config")
         assert [config["os"]] == list(manifests.OPERATING_SYSTEMS), ref
@@ -203,6 +203,8 @@ def test_bundle_pins_the_pushed_images_by_digest(
     assert container["image"] == pinned
     assert env["RELATED_IMAGE_POSTGRES"] == pinned_operand
     assert {r["image"] for r in csv["spec"]["relatedImages"]} == {pinned, pinned_operand}
+    # Every image by digest, and the operator takes the operand from RELATED_IMAGE_POSTGRES.
+    assert csv["metadata"]["annotations"]["features.operators.openshift.io/disconnected"] == "true"
     # The pinned references pull: the registry serves exactly those manifests.
     assert skopeo_inspect(pinned)["Digest"] == digest
 

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 import yaml
 
-from pgherd import catalog, operatorhub, releases
 from pgherd_dev.tools import versions
+from pgherd_packaging import catalog, operatorhub, releases
 from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[2]

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from pgherd import bundle, manifests, permissions, releases
 from pgherd.api import v1alpha1
 from pgherd.render import desired_children
+from pgherd_packaging import bundle, manifests, permissions, releases
 from tests.unit.clusters import PASSWORDS, SCENARIOS, make_cluster
 
 REPO = Path(__file__).resolve().parents[2]

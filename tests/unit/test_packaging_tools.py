@@ -86,7 +86,7 @@ def test_next_release_keeps_the_previous_one_in_the_catalog(tmp_path: Path) -> N
     (releases_dir / "history.yaml").write_text(yaml.safe_dump(history))
     root = tmp_path / "root"
     base = "quay.io/pgherd/pgherd-operator"
-    argv = [sys.executable, "-m", "pgherd.generate", "--root", str(root)]
+    argv = [sys.executable, "-m", "pgherd_packaging.generate", "--root", str(root)]
     argv += ["--history", str(releases_dir / "history.yaml"), "--version", nxt]
     argv += ["--img", f"{base}:v{nxt}", "--image-tag-base", base]
     argv += ["--channels", "candidate,stable", "--default-channel", "stable"]
@@ -124,7 +124,7 @@ def test_a_frozen_bundle_that_disagrees_with_the_history_stops_the_catalog(tmp_p
     path.write_text(yaml.safe_dump(history))
     for release in history["releases"][:-1]:
         shutil.copytree(REPO / "releases" / release["version"], tmp_path / release["version"])
-    argv = [sys.executable, "-m", "pgherd.generate", "--root", str(tmp_path / "root")]
+    argv = [sys.executable, "-m", "pgherd_packaging.generate", "--root", str(tmp_path / "root")]
     argv += ["--history", str(path), "--version", history["releases"][-1]["version"]]
     argv += ["--img", "x/y:z", "--image-tag-base", "x/y", "--channels", "candidate,stable"]
     argv += ["--default-channel", "stable", "--scorecard-image", "s", "--opm"]

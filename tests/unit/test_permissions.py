@@ -1,4 +1,4 @@
-"""Least privilege: the operator's RBAC (pgherd.permissions) is exactly what its code uses.
+"""Least privilege: the operator's RBAC (pgherd_packaging.permissions) is what its code uses.
 
 What the code uses is read from the code itself: the deletes, patches and creates the plan
 makes (found in the source, with the kind each names), the kinds the informers watch and the
@@ -13,13 +13,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from pgherd import permissions
 from pgherd.api import v1alpha1
 from pgherd.controller.client import KINDS
 from pgherd.controller.runner import WATCHED
 from pgherd.controller.snapshot import expected_children
 from pgherd.render.children import desired_children
 from pgherd.render.rbac import render_rbac
+from pgherd_packaging import permissions
 from tests.unit.clusters import PASSWORDS, make_cluster
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "pgherd"

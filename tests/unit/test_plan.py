@@ -314,7 +314,7 @@ def test_stale_dcs_configmaps_of_a_deleted_namesake_are_removed_before_bootstrap
 @pytest.mark.parametrize(
     ("spec", "settings", "image"),
     [
-        ({}, Settings(), "pgherd/postgres:15-0.1.0"),
+        ({}, Settings(), "quay.io/pgherd/postgres:15-0.2.0"),
         ({}, Settings(default_image="mirror.example/pg@sha256:aa"), "mirror.example/pg@sha256:aa"),
         ({"postgresVersion": 16}, Settings(images={16: "x/pg:16"}), "x/pg:16"),
         ({"postgresVersion": 16, "image": "mine:16"}, Settings(), "mine:16"),
@@ -329,6 +329,45 @@ def test_the_image_follows_the_postgres_version(
     sts = next(a for a in plan(s, settings).actions if isinstance(a, Apply) and a.kind ==
                "StatefulSet")  # fmt: skip
     assert sts.manifest["spec"]["template"]["spec"]["containers"][0]["image"] == image
+
+
+def _sts_image(s: Snapshot, settings: Settings) -> str | None:
+    decided = plan(s, settings)
+    applied = [a for a in decided.actions if isinstance(a, Apply) and a.kind == "StatefulSet"]
+    assert decided.image is not None
+    if applied:
+        assert applied[0].manifest["spec"]["template"]["spec"]["containers"][0]["image"] == (
+            decided.image
+        )
+    return decided.image
+
+
+UPGRADED = Settings(default_image="quay.io/pgherd/postgres:15-0.3.0")
+
+
+@pytest.mark.parametrize(
+    ("spec", "status", "image"),
+    [
+        # an operator upgrade (a new default image) restarts nothing: the cluster keeps its own
+        ({}, {"image": "quay.io/pgherd/postgres:15-0.2.0"}, "quay.io/pgherd/postgres:15-0.2.0"),
+        # ... unless it asked to follow the operator
+        ({"imageUpdatePolicy": "FollowOperator"}, {"image": "quay.io/pgherd/postgres:15-0.2.0"},
+         "quay.io/pgherd/postgres:15-0.3.0"),
+        # a cluster of 0.1.0 (spec.image holding that release's default, no status.image):
+        # what its StatefulSet runs
+        ({"image": "quay.io/pgherd/postgres:15-0.1.0"}, {}, "quay.io/pgherd/postgres:15-0.1.0"),
+        # an explicit image always wins
+        ({"image": "mine:15"}, {"image": "quay.io/pgherd/postgres:15-0.2.0"}, "mine:15"),
+    ],
+)  # fmt: skip
+def test_an_operator_upgrade_never_changes_a_pinned_clusters_image(
+    spec: dict[str, Any], status: dict[str, Any], image: str
+) -> None:
+    # The live StatefulSet runs what 0.1.0's operator rendered (the stored spec.image then).
+    cluster = PostgresCluster.model_validate(cluster_raw())
+    kids = live_children(cluster, image="quay.io/pgherd/postgres:15-0.1.0")
+    s = running(spec, status=status, children=kids)
+    assert _sts_image(s, UPGRADED) == image
 
 
 def test_no_image_for_the_version_is_degraded_and_creates_no_instance() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pgherd import bundle, releases
 from pgherd_dev import scorecard
 from pgherd_dev.errors import DevError
+from pgherd_packaging import bundle, releases
 from tests.conftest import require_tool
 
 REPO = Path(__file__).resolve().parents[2]

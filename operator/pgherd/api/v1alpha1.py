@@ -1,7 +1,7 @@
 """The pgherd.io/v1alpha1 PostgresCluster API: the one typed source for the CRD and the operator.
 
-The CustomResourceDefinition schema is generated from these models (see pgherd.crds), so every
-field carries the description `kubectl explain` shows, its default and its bounds here. CEL
+The CustomResourceDefinition schema is generated from these models (pgherd_packaging.crds), so
+every field carries the description `kubectl explain` shows, its default and its bounds here. CEL
 rules (`x-kubernetes-validations`) sit on the object that holds the fields they compare, because
 transition rules (those using `oldSelf`) only run where both the old and the new value exist.
 """
@@ -815,7 +815,14 @@ class PostgresClusterSpec(ApiModel):
         description="Operand image (PostgreSQL of postgresVersion with Patroni and pgherd). "
         "When unset, the operator's image for postgresVersion is used: the one OLM (or the "
         "operator's RELATED_IMAGE_POSTGRES[_<major>] settings) names, mirrored and pinned by "
-        "digest where the catalog is.",
+        "digest where the catalog is; see imageUpdatePolicy for operator upgrades.",
+    )
+    image_update_policy: Literal["Pinned", "FollowOperator"] = Field(
+        default="Pinned",
+        description="When spec.image is unset: Pinned keeps the image the cluster runs "
+        "(status.image) across operator upgrades, so upgrading the operator never restarts "
+        "a cluster; FollowOperator takes the upgraded operator's image, with a rolling update "
+        "(replicas first, then a switchover).",
     )
     storage: StorageSpec = Field(
         default_factory=StorageSpec, description="Persistent storage of each instance."
@@ -1001,6 +1008,11 @@ class PostgresClusterStatus(ApiModel):
     )
     postgres_version: int | None = Field(
         default=None, description="PostgreSQL major version the instances run."
+    )
+    image: str | None = Field(
+        default=None,
+        description="Operand image of the instances: spec.image, or the operator's image "
+        "for postgresVersion, kept while spec.imageUpdatePolicy is Pinned.",
     )
     # pgherd.backup
     backup: ClusterBackupStatus | None = Field(

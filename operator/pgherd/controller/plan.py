@@ -82,6 +82,7 @@ class Plan:
     cluster: PostgresCluster | None = None
     # Patroni's REST API password, for act's calls (never shown).
     patroni_password: str | None = field(default=None, repr=False)
+    image: str | None = None  # the operand image chosen (status.image)
 
     @property
     def disruptive(self) -> list[Action]:
@@ -108,7 +109,7 @@ def plan(
     problems += refused
     if (bad := backups.schedule_problem(cluster, snapshot.now)) is not None:
         problems.append(bad)
-    image, no_image = choose_image(cluster, settings)
+    image, no_image = choose_image(cluster, snapshot, settings)
     if no_image is not None:
         problems.append(no_image)
     passwords, credential_actions, credential_problems = plan_credentials(
@@ -174,6 +175,7 @@ def plan(
         last_schedule,
         resolved,
         (passwords or {}).get("restapi"),
+        image,
     )
 
 
@@ -317,12 +319,30 @@ def plan_storage_growth(
     ]
 
 
-def choose_image(cluster: PostgresCluster, settings: Settings) -> tuple[str | None, Problem | None]:
-    """The operand image: spec.image, else the operator's image for spec.postgresVersion."""
+def _running_image(snapshot: Snapshot) -> str | None:
+    sts = snapshot.statefulset
+    containers = ((sts or {}).get("spec", {}).get("template", {}).get("spec", {})).get(
+        "containers"
+    ) or []
+    return next((str(c["image"]) for c in containers if c.get("image")), None)
+
+
+def choose_image(
+    cluster: PostgresCluster, snapshot: Snapshot, settings: Settings
+) -> tuple[str | None, Problem | None]:
+    """The operand image: spec.image; else, while the policy is Pinned, the image the cluster
+    runs (recorded in status.image, or its StatefulSet's for a cluster from before that), so
+    that an operator upgrade restarts nothing; else the operator's image for the major."""
     explicit = cluster.spec.image
     if explicit and explicit not in LEGACY_DEFAULT_IMAGES:
         return explicit, None
     major = cluster.spec.postgres_version
+    status = cluster.status
+    same_major = status is None or status.postgres_version in (None, major)
+    if cluster.spec.image_update_policy == "Pinned" and same_major:
+        pinned = (status.image if status else None) or _running_image(snapshot)
+        if pinned:
+            return pinned, None
     image = settings.image_for(major)
     if image is None:
         return None, Problem(

@@ -286,6 +286,7 @@ def compute(
         switchover_handled=plan.switchover_handled,
         ignored_parameters=ignored or None,
         postgres_version=next((m.report.postgres_major for m in members if m.report), None),
+        image=plan.image or previous.image,
         backup=backups.cluster_backup_status(
             cluster,
             snapshot,

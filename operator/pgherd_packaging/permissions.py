@@ -1,9 +1,9 @@
 """The one declarative list of the Kubernetes permissions the operator's code uses.
 
 Everything that grants the operator access is generated from here: the RBAC objects in
-manifests/ (`python -m pgherd.manifests`) and the `permissions` / `clusterPermissions` of the
-ClusterServiceVersion (`python -m pgherd.bundle`). Adding an API call to the operator means
-adding its rule here, and nowhere else.
+manifests/ (`python -m pgherd_packaging.manifests`) and the `permissions` /
+`clusterPermissions` of the ClusterServiceVersion (.bundle). Adding an API call to the
+operator means adding its rule here, and nowhere else.
 
 NAMESPACED rules act on objects inside the watched namespaces: OLM grants them as a Role per
 target namespace (OwnNamespace, SingleNamespace, MultiNamespace) or cluster-wide

@@ -7,7 +7,7 @@ can regenerate into a temporary root with the same settings and compare. Files i
 generated directories that the generator no longer produces are removed.
 
 `--use-image-digests` (USE_IMAGE_DIGESTS=true) pins the operator and operand images of the
-bundle by digest, read from their registry (pgherd.bundle.pin_digest); manifests/ keeps tags.
+bundle by digest, read from their registry (.bundle.pin_digest); manifests/ keeps tags.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pgherd import bundle, catalog, manifests, releases
 from pgherd.api import v1alpha1
+from pgherd_packaging import bundle, catalog, manifests, releases
 
 PARTS = ("manifests", "bundle", "catalog")
 CATALOG_FILE = "catalog/{package}/catalog.yaml"
@@ -36,7 +36,9 @@ def _sync(root: Path, directory: str, texts: dict[str, str]) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pgherd.generate", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m pgherd_packaging.generate", description=__doc__
+    )
     parser.add_argument("--root", type=Path, default=Path(), help="where to write (default .)")
     parser.add_argument("--history", type=Path, required=True, help="releases/history.yaml")
     parser.add_argument("--version", required=True, help="VERSION being built")

@@ -5,8 +5,8 @@ One file decides the upgrade graph: each release replaces the release before it 
 the newest in one step while every released bundle stays reachable. The CSV carries one
 `replaces` for all its channels (community catalogs build their channels from it, in
 "replaces-mode"), so a release must replace the same version in every channel it joins; the
-history refuses a graph where it would not. The CSV of a version (pgherd.bundle) writes the
-graph, and the catalog (pgherd.catalog) reads it back from the CSVs and checks it against here.
+history refuses a graph where it would not. The CSV of a version (.bundle) writes the graph,
+and the catalog (.catalog) reads it back from the CSVs and checks it against here.
 """
 
 from __future__ import annotations
