@@ -201,3 +201,70 @@ def test_independent_applies_go_out_together_and_the_workload_after_them() -> No
     a, b, sts, c = apply("a"), apply("b"), apply("sts", frozenset({("K", "a")})), apply("c")
     delete = Delete("x", kind="Pod", name="p")
     assert _batches([a, b, sts, c, delete, a]) == [[a, b], [sts], [c], [delete], [a]]
+
+
+# ---- observe: the only reader -----------------------------------------------------------
+def _filled_cache(with_statefulset: bool) -> Cache:
+    from pgherd.api.v1alpha1 import PostgresCluster  # noqa: PLC0415
+    from tests.unit.snapshots import cluster_raw, live_children  # noqa: PLC0415
+
+    cache = Cache()
+    clusters = cache.store("PostgresCluster")
+    cache.put(clusters, cluster_raw())
+    by_kind: dict[str, Any] = {}
+    for (kind, _name), obj in live_children(PostgresCluster.model_validate(cluster_raw())).items():
+        if kind == "StatefulSet" and not with_statefulset:
+            continue
+        store = by_kind.setdefault(kind, cache.store(kind, "pgherd.io/cluster"))
+        cache._put(store, obj)  # filling the cache as an informer would
+    return cache
+
+
+def _observe(cache: Cache, **kw: Any) -> tuple[Any, list[tuple[str, str]]]:
+    from pgherd.controller.observe import observe  # noqa: PLC0415
+    from tests.unit.snapshots import NOW  # noqa: PLC0415
+
+    probed: list[tuple[str, str]] = []
+    found = kw.pop("found", {})
+
+    def probe(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        probed.append((kind, name))
+        return found.get((kind, name))
+
+    return observe(cache, probe, "prod", "db", NOW, **kw), probed
+
+
+def test_a_cluster_whose_children_are_cached_is_observed_without_a_call() -> None:
+    snapshot, probed = _observe(_filled_cache(with_statefulset=True))
+    assert probed == []
+    assert snapshot.statefulset is not None and snapshot.foreign == frozenset()
+
+
+def test_before_the_first_instance_patronis_names_are_looked_at() -> None:
+    _, probed = _observe(_filled_cache(with_statefulset=False))
+    assert probed == [("ConfigMap", f"db-{s}") for s in ("config", "leader", "failover", "sync")]
+
+
+def test_a_name_a_create_was_refused_for_is_looked_at_and_classified() -> None:
+    neighbour = {"metadata": {"name": "db-rw", "labels": {"app": "web"}}}
+    ours = {
+        "metadata": {
+            "name": "db-ro",
+            "labels": {"pgherd.io/cluster": "db", "app.kubernetes.io/managed-by": "pgherd"},
+            "ownerReferences": [
+                {"uid": "0f6d2a3e-6b1c-4f7e-9a51-2c9d8e7f1a01", "controller": True}
+            ],
+        }
+    }
+    cache = _filled_cache(with_statefulset=True)
+    for name in ("db-rw", "db-ro"):
+        for store in cache._stores["Service"]:  # as if not cached yet
+            store.remove(("prod", name))
+    snapshot, probed = _observe(
+        cache,
+        recheck=frozenset({("Service", "db-rw"), ("Service", "db-ro")}),
+        found={("Service", "db-rw"): neighbour, ("Service", "db-ro"): ours},
+    )
+    assert sorted(probed) == [("Service", "db-ro"), ("Service", "db-rw")]
+    assert snapshot.foreign == {("Service", "db-rw")}
+    assert snapshot.unsynced == {("Service", "db-ro")}
