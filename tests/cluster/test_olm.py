@@ -528,7 +528,7 @@ def test_upgrade_along_stable_keeps_live_clusters(
             for key in ("uid", "generation"):
                 assert after["metadata"][key] == before[cluster.name]["metadata"][key]
             added = _added(before[cluster.name]["spec"], after["spec"])
-            assert added == {"postgresql.allowInsecureAuthentication": False}, added
+            assert added == ADDED_BY_0_2_0, added
         # What the new schema keeps: the running PostgreSQL version, now in status.
         for cluster in live:
             wait_for(
@@ -574,6 +574,14 @@ def test_upgrade_along_stable_keeps_live_clusters(
     client.CustomObjectsApi(api).delete_namespaced_custom_object(
         GROUP, "v1alpha1", ns, "catalogsources", source
     )
+
+
+# The defaults of 0.2.0's new optional spec fields, which an object stored by 0.1.0 shows
+# once 0.2.0's CRD serves it: nothing else of it changes.
+ADDED_BY_0_2_0 = {
+    "postgresql.allowInsecureAuthentication": False,
+    "imageUpdatePolicy": "Pinned",
+}
 
 
 def _added(before: dict[str, Any], after: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -626,9 +634,7 @@ def test_upgrade_through_skip_range_from_a_catalog_without_the_installed_release
     after = kube.get("PostgresCluster", ns, "stored")
     assert after is not None
     assert after["metadata"]["uid"] == stored["metadata"]["uid"]
-    assert _added(stored["spec"], after["spec"]) == {
-        "postgresql.allowInsecureAuthentication": False
-    }
+    assert _added(stored["spec"], after["spec"]) == ADDED_BY_0_2_0
     kube.delete("PostgresCluster", ns, "stored")
     _uninstall(api, ns)
 
