@@ -231,7 +231,7 @@ def in_image(image: Built, *argv: str, options: tuple[str, ...] = ()) -> list[st
 
 def test_the_package_runs_as_the_non_root_user(image: Built) -> None:
     script = (
-        "import getpass, os, sys, kopf, kubernetes, pgherd.handlers\n"
+        "import getpass, os, sys, kopf, kubernetes, pgherd.controller.handlers\n"
         "print(os.getuid(), os.getgid(), getpass.getuser(), sys.executable, "
         "os.path.realpath(sys.executable), '%d.%d' % sys.version_info[:2])\n"
     )
