@@ -164,7 +164,7 @@ def _backup_root_schema() -> Manifest:
 
 
 def postgresbackup_crd() -> Manifest:
-    """The PostgresBackup CustomResourceDefinition (pgherd.backup)."""
+    """The PostgresBackup CustomResourceDefinition."""
     return _crd(
         kind=v1alpha1.BACKUP_KIND,
         plural=v1alpha1.BACKUP_PLURAL,

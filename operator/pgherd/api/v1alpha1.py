@@ -369,7 +369,7 @@ def is_operator_owned(parameter: str) -> bool:
     return name in OPERATOR_OWNED_PARAMETERS or name.startswith(OPERATOR_OWNED_PREFIXES)
 
 
-# ---- backup (pgherd.backup) ---------------------------------------------------------
+# ---- backups ---------------------------------------------------------------------------
 BACKUP_KIND = "PostgresBackup"
 BACKUP_PLURAL = "postgresbackups"
 BACKUP_SINGULAR = "postgresbackup"
@@ -649,7 +649,7 @@ class BootstrapSpec(ApiModel):
         "password) holding the superuser's credentials, instead of a generated password. It "
         "must opt in to pgherd like bootstrap.secret.",
     )
-    # pgherd.backup: point-in-time restore into this new cluster.
+    # Backups: point-in-time restore into this new cluster.
     recovery: RecoverySpec | None = Field(
         default=None,
         description="Restore the cluster from a base backup and archived WAL (optionally to "
@@ -857,7 +857,7 @@ class PostgresClusterSpec(ApiModel):
     switchover: SwitchoverSpec | None = Field(
         default=None, description="Request a planned switchover."
     )
-    # pgherd.backup: WAL archiving and base backups.
+    # Backups: WAL archiving and base backups.
     backup: BackupSpec | None = Field(
         default=None,
         description="Continuous WAL archiving and base backups to an S3-compatible store.",
@@ -920,7 +920,7 @@ class SecretsStatus(ApiModel):
 
 
 class ClusterBackupStatus(ApiModel):
-    """What the cluster's WAL archive and base backups look like (pgherd.backup)."""
+    """What the cluster's WAL archive and base backups look like."""
 
     last_archived_wal: str | None = Field(default=None, description="Last WAL file archived.")
     last_archived_time: datetime | None = Field(
@@ -1014,7 +1014,7 @@ class PostgresClusterStatus(ApiModel):
         description="Operand image of the instances: spec.image, or the operator's image "
         "for postgresVersion, kept while spec.imageUpdatePolicy is Pinned.",
     )
-    # pgherd.backup
+    # Backups
     backup: ClusterBackupStatus | None = Field(
         default=None, description="WAL archive and base backups (when spec.backup is set)."
     )

@@ -50,7 +50,7 @@ PARAMETERS_IGNORED = "ParametersIgnored"
 INSECURE_AUTHENTICATION = "InsecureAuthentication"
 TRUST_ALLOWED = "TrustAuthenticationAllowed"
 
-# pgherd.backup: WAL archiving and restores.
+# Backups: WAL archiving and restores.
 CONTINUOUS_ARCHIVING = "ContinuousArchiving"
 ARCHIVING_WORKS = "ArchivingWorks"
 ARCHIVE_FAILING = "ArchiveFailing"

@@ -12,7 +12,7 @@ environment) and to the Kubernetes API as the instance's ServiceAccount:
   the cluster's ContinuousArchiving condition and status.backup. It writes only on change;
 - it takes the base backups the operator assigned to its pod (PostgresBackup
   status.instance/instanceUid): claims one (Pending -> Running, guarded by resourceVersion),
-  checks the bucket exists (pgherd.backup.bucket: pgherd never creates one), runs
+  checks the bucket exists (pgherd.operand.bucket: pgherd never creates one), runs
   barman-cloud-backup, records the result (Completed with id, WAL, times and size, or
   Failed with barman's message). While it runs, it refreshes the pod annotation
   `pgherd.io/backup-heartbeat` every HEARTBEAT_EVERY seconds: when the agent dies with its
@@ -248,7 +248,7 @@ class Agent:
             if failing:
                 with contextlib.suppress(OSError):
                     archiver["error"] = error_file(self.env).read_text()[:1000]
-            # The newest file, not pg_stat_archiver's most recent one (see pgherd.backup.wal);
+            # The newest file, not pg_stat_archiver's most recent one (see pgherd.operand.wal);
             # the time stays the last success, which is what says archiving works.
             archiver["lastArchivedWal"] = contract.newer(
                 archiver["lastArchivedWal"], wal.read_newest(self.env)

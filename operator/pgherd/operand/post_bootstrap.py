@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     with psycopg.connect(argv[1], autocommit=True) as conn:
         # Hash on the client so the plain password never reaches the server's logs.
         verifier = conn.pgconn.encrypt_password(password.encode(), user.encode(), b"scram-sha-256")
-        # A cluster restored from a backup (pgherd.backup) already has both: the role then
+        # A cluster restored from a backup (backups) already has both: the role then
         # only takes this cluster's password.
         exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone()
         verb = "ALTER" if exists else "CREATE"

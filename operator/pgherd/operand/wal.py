@@ -4,7 +4,7 @@ Thin wrappers over barman-cloud-wal-archive / -restore that take the store from 
 environment, so the commands in the (shared, secret-free) Patroni configuration never change.
 
 Before the first WAL file a data directory archives, wal-archive checks that the bucket
-exists (pgherd.backup.bucket: pgherd never creates buckets, and barman's check below would
+exists (pgherd.operand.bucket: pgherd never creates buckets, and barman's check below would
 create a missing one), then runs barman-cloud-check-wal-archive: it refuses to archive into
 a folder holding WAL of this or a later timeline, i.e. another database system's archive
 (two clusters given the same location, or a restored cluster pointed at its source). A

@@ -37,7 +37,7 @@ def dynamic_config(cluster: PostgresCluster) -> dict[str, Any]:
         "postgresql": {
             "use_pg_rewind": True,
             "use_slots": True,
-            # pgherd.backup: archive_mode/archive_command join the user's parameters.
+            # Backups: archive_mode/archive_command join the user's parameters.
             "parameters": backup_render.parameters(cluster),
         },
     }
@@ -82,7 +82,7 @@ def patroni_config(cluster: PostgresCluster) -> dict[str, Any]:
         "bootstrap": {
             "dcs": dynamic_config(cluster),
             "initdb": [{"encoding": "UTF8"}, "data-checksums"],
-            # pgherd.backup: a restore replaces initdb with the pgherd_restore method.
+            # Backups: a restore replaces initdb with the pgherd_restore method.
             **backup_render.bootstrap(cluster),
         },
         "postgresql": {

@@ -17,7 +17,7 @@ from pgherd.render.ownership import Manifest, child_metadata
 
 
 def _rules(cluster_name: str, backups: bool = False) -> list[Manifest]:
-    # pgherd.backup: the instances' backup agent reads PostgresBackups assigned to its pod
+    # Backups: the instances' backup agent reads PostgresBackups assigned to its pod
     # and writes their status (phase, result) while it runs barman-cloud-backup.
     backup_rules: list[Manifest] = [
         {

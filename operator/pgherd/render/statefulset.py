@@ -60,7 +60,7 @@ def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
         {"name": "PGHERD_APP_DATABASE", "value": cluster.spec.bootstrap.database},
         _secret_env("PGHERD_APP_USER", name, "app", "username"),
         _secret_env("PGHERD_APP_PASSWORD", name, "app", "password"),
-        # pgherd.backup: object store location and credentials (from the user's Secrets).
+        # Backups: object store location and credentials (from the user's Secrets).
         *backup_render.env(cluster),
     ]
 
@@ -120,7 +120,7 @@ def _container(cluster: PostgresCluster, image: str) -> dict[str, Any]:
             {"name": "tmp", "mountPath": contract.TMP_DIR},
             {"name": "run", "mountPath": contract.SOCKET_DIR},
             {"name": "shm", "mountPath": contract.SHM_DIR},
-            # pgherd.backup: CA bundles of the object stores, when given.
+            # Backups: CA bundles of the object stores, when given.
             *backup_render.volumes(cluster)[1],
         ],
     }
@@ -136,7 +136,7 @@ def _volumes(cluster: PostgresCluster) -> list[dict[str, Any]]:
         {"name": "run", "emptyDir": {}},
         # The container runtime's 64Mi /dev/shm is too small for parallel query workers.
         {"name": "shm", "emptyDir": {"medium": "Memory"}},
-        # pgherd.backup: CA bundles of the object stores, when given.
+        # Backups: CA bundles of the object stores, when given.
         *backup_render.volumes(cluster)[0],
     ]
 
