@@ -71,6 +71,7 @@ def pod(
     cluster: str = "db",
     ready_since: datetime | None = None,
     created: datetime | None = None,
+    deleting: bool = False,
 ) -> Manifest:
     name = f"{cluster}-{ordinal}"
     status = {
@@ -102,6 +103,7 @@ def pod(
             },
             "annotations": notes,
             "ownerReferences": [{"kind": "StatefulSet", "uid": STS_UID, "controller": True}],
+            **({"deletionTimestamp": NOW.strftime("%Y-%m-%dT%H:%M:%SZ")} if deleting else {}),
         },
         "status": {
             "phase": "Running",

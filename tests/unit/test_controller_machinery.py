@@ -268,3 +268,50 @@ def test_a_name_a_create_was_refused_for_is_looked_at_and_classified() -> None:
     assert sorted(probed) == [("Service", "db-ro"), ("Service", "db-rw")]
     assert snapshot.foreign == {("Service", "db-rw")}
     assert snapshot.unsynced == {("Service", "db-ro")}
+
+
+def _cache_with_pods(*pods: dict[str, Any]) -> Cache:
+    cache = _filled_cache(with_statefulset=True)
+    store = cache.store("Pod", "pgherd.io/cluster")
+    for p in pods:
+        cache._put(store, p)  # as an informer would
+    return cache
+
+
+@pytest.mark.parametrize(
+    ("pod_ready", "annotated", "live", "asked", "ready"),
+    [
+        # the kubelet (Patroni's /readiness) is ahead of the annotation: Patroni is asked
+        (True, "starting", "running", True, True),
+        (True, "starting", "starting", True, False),
+        (True, "starting", None, True, False),  # Patroni does not answer: not ready yet
+        # the two agree: nobody is asked
+        (True, "running", "running", False, True),
+        (False, "starting", "running", False, False),
+        (False, "running", "running", False, False),
+    ],
+)
+def test_patroni_is_asked_only_while_the_kubelet_is_ahead_of_its_annotation(
+    pod_ready: bool, annotated: str, live: str | None, asked: bool, ready: bool
+) -> None:
+    from tests.unit.snapshots import pod  # noqa: PLC0415
+
+    calls: list[str] = []
+
+    def live_state(api_url: str) -> str | None:
+        calls.append(api_url)
+        return live
+
+    cache = _cache_with_pods(pod(0, role="primary"), pod(1, state=annotated, ready=pod_ready))
+    snapshot, _ = _observe(cache, live_state=live_state)
+    member = next(m for m in snapshot.members if m.name == "db-1")
+    assert calls == (["http://10.0.0.1:8008/patroni"] if asked else [])
+    assert member.ready is ready
+
+
+def test_a_terminating_pod_is_not_asked_about() -> None:
+    from tests.unit.snapshots import pod  # noqa: PLC0415
+
+    cache = _cache_with_pods(pod(1, state="starting", deleting=True))
+    snapshot, _ = _observe(cache, live_state=lambda url: pytest.fail(f"asked {url}"))
+    assert [m.ready for m in snapshot.members] == [False]

@@ -127,6 +127,22 @@ def _rolling(pods: list[dict[str, Any]]) -> Snapshot:
         (_rev("rev1", "rev2", "rev1", ready=(True, True, False)), ["delete Pod/db-2"], "db-2"),
         # the primary outdated and no updated replica ready: wait
         (_rev("rev1", "rev2", "rev2", ready=(True, False, False)), [], "waiting for an updated"),
+        # the replica deleted last pass is still shutting down: not deleted a second time
+        (
+            [
+                pod(0, role="primary", revision="rev1"),
+                pod(1, revision="rev1", ready=False, deleting=True),
+                pod(2, revision="rev1"),
+            ],
+            [],
+            "waiting for db-1 to be re-created",
+        ),
+        # ... and once it is gone, before its StatefulSet has re-created it
+        (
+            [pod(0, role="primary", revision="rev1"), pod(2, revision="rev1")],
+            [],
+            "waiting for db-1 to be re-created",
+        ),
     ],
 )
 def test_rolling_update_order(

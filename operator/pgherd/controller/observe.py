@@ -4,7 +4,9 @@ In steady state it makes no API call. It reads the metadata of a name (never a S
 data) only where the caches cannot tell whose an object is: Patroni's DCS names before the
 cluster's first instance exists (a neighbour's ConfigMap there would be written into by
 Patroni), a child's name a create was refused for (`recheck`: a neighbour's object, or the
-cluster's own not cached yet), and a referenced Secret that has not opted in.
+cluster's own not cached yet), and a referenced Secret that has not opted in. It asks an
+instance's Patroni for its state only while the kubelet and Patroni's annotation disagree on
+whether the instance is ready.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pgherd.controller.cache import Cache
 from pgherd.controller.client import Manifest
 from pgherd.controller.snapshot import (
     CHILD_KINDS,
+    READY_STATES,
     ChildKey,
+    Member,
     Snapshot,
     expected_children,
     member_from_pod,
@@ -30,6 +34,19 @@ from pgherd.controller.snapshot import (
 from pgherd.render import labels, names, ownership
 
 Probe = Callable[[str, str, str], Manifest | None]  # (kind, namespace, name): metadata or None
+LiveState = Callable[[str], str | None]  # Patroni's api_url: the state it reports now, or None
+
+
+def _confirmed(m: Member, live_state: LiveState | None) -> Member:
+    """A member the kubelet already finds Ready while Patroni's annotation, rewritten once per
+    loop_wait, still shows an earlier state: Patroni is asked directly, so that a rolling step
+    moves on when the pod is ready rather than up to loop_wait later."""
+    if live_state is None or m.ready or not m.pod_ready or m.terminating or not m.api_url:
+        return m
+    state = live_state(m.api_url)
+    if state not in READY_STATES:
+        return m
+    return dataclasses.replace(m, ready=True, state=state)
 
 
 def _parse(raw: Manifest) -> tuple[PostgresCluster | None, str | None]:
@@ -51,9 +68,10 @@ def observe(
     now: datetime,
     *,
     recheck: frozenset[ChildKey] = frozenset(),
+    live_state: LiveState | None = None,
 ) -> Snapshot:
     """The snapshot of cluster namespace/name; probe reads the metadata of a name the caches
-    cannot see (see the module docstring for which)."""
+    cannot see (see the module docstring for which), live_state asks a member's Patroni."""
     raw = cache.get(KIND, namespace, name)
     backups = tuple(
         b for b in cache.all(BACKUP_KIND, namespace) if (b.get("spec") or {}).get("cluster") == name
@@ -103,7 +121,10 @@ def observe(
         foreign=frozenset(k for k, obj in probed.items() if not ours(k, obj)),
         unsynced=frozenset(k for k, obj in probed.items() if ours(k, obj)),
         members=tuple(
-            sorted((member_from_pod(p) for p in pods if selected(p)), key=lambda m: m.ordinal)
+            sorted(
+                (_confirmed(member_from_pod(p), live_state) for p in pods if selected(p)),
+                key=lambda m: m.ordinal,
+            )
         ),
         claims=tuple(c for c in claims if selected(c)),
         usable_secrets=usable,

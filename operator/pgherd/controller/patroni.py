@@ -1,4 +1,5 @@
-"""Calls to Patroni's REST API on an instance: switchover, dynamic configuration, restart.
+"""Calls to Patroni's REST API on an instance: its state, switchover, dynamic configuration,
+restart.
 
 The address comes from the member's own record in the DCS (api_url), so the operator
 reaches the instance the way Patroni itself advertises it. Requests carry the cluster's
@@ -66,3 +67,16 @@ class Client:
 
     def restart(self, api_url: str) -> str:
         return self._request(api_url, "POST", "/restart", {})
+
+
+def member_state(api_url: str, *, timeout: float) -> str | None:
+    """The state Patroni reports for itself now (GET /patroni, which needs no credentials),
+    or None when it does not answer in time."""
+    req = urllib.request.Request(_base(api_url) + "/patroni", method="GET")  # noqa: S310
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - Patroni's own
+            state = json.loads(resp.read()).get("state")
+    except (OSError, ValueError, urllib.error.URLError) as e:
+        log.debug("GET /patroni at %s: %s", _base(api_url), e)
+        return None
+    return state if isinstance(state, str) else None

@@ -561,6 +561,29 @@ def _update(snapshot: Snapshot, m: Member, *, recreate: bool, why: str) -> list[
     return [Restart(why, member=m.name, api_url=m.api_url)]
 
 
+def _missing(snapshot: Snapshot) -> list[str]:
+    """Pods the StatefulSet is to have that the caches do not show (deleted, not re-created
+    yet)."""
+    replicas = ((snapshot.statefulset or {}).get("spec") or {}).get("replicas")
+    present = {m.ordinal for m in snapshot.members}
+    wanted = range(replicas) if isinstance(replicas, int) else ()
+    return [names.pod(snapshot.name, i) for i in wanted if i not in present]
+
+
+def _roll_replica(
+    snapshot: Snapshot, replicas: list[Member], reason: str, why: str, *, recreate: bool
+) -> tuple[list[Action], Activity | None]:
+    # A down replica is updated at once (the new template may be its cure); a healthy one
+    # only while every instance is ready, so at most one is ever down.
+    down = [m for m in replicas if not m.ready]
+    m = down[0] if down else replicas[0]
+    if not down and not all(x.ready for x in snapshot.members):
+        return [], Activity(reason, f"waiting for every instance to be ready before {m.name}")
+    return _update(snapshot, m, recreate=recreate, why=why), Activity(
+        reason, f"updating replica {m.name}"
+    )
+
+
 def plan_roll(snapshot: Snapshot, primary: Member) -> tuple[list[Action], Activity | None]:
     """One step of a rolling update or restart: replicas first, then a switchover, then the
     old primary; nothing when nothing is out of date."""
@@ -578,17 +601,15 @@ def plan_roll(snapshot: Snapshot, primary: Member) -> tuple[list[Action], Activi
     reason = c.ROLLING_UPDATE if outdated else c.RESTARTING
     why = "rolling update: the pod template changed" if outdated else "parameters need a restart"
     todo = outdated or restart
+    # The step under way: a deleted pod keeps its old revision (and soon stops being ready)
+    # until it is gone, then it is missing until its StatefulSet re-creates it. Neither may
+    # count as "every instance ready": that would take a second instance down.
+    going = [m.name for m in members if m.terminating] + _missing(snapshot)
+    if going:
+        return [], Activity(reason, f"waiting for {going[0]} to be re-created")
     replicas = [m for m in todo if m.name != primary.name]
     if replicas:
-        # A down replica is updated at once (the new template may be its cure); a healthy one
-        # only while every instance is ready, so at most one is ever down.
-        down = [m for m in replicas if not m.ready]
-        m = down[0] if down else replicas[0]
-        if not down and not all(x.ready for x in members):
-            return [], Activity(reason, f"waiting for every instance to be ready before {m.name}")
-        return _update(snapshot, m, recreate=bool(outdated), why=why), Activity(
-            reason, f"updating replica {m.name}"
-        )
+        return _roll_replica(snapshot, replicas, reason, why, recreate=bool(outdated))
     # Only the primary is left.
     candidates = [
         m

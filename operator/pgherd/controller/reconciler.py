@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 from pgherd.api.v1alpha1 import PostgresClusterStatus
 from pgherd.controller import conditions as c
+from pgherd.controller import patroni
 from pgherd.controller import status as st
 from pgherd.controller.act import Actor
 from pgherd.controller.cache import Cache
@@ -73,10 +74,16 @@ class Reconciler:
         self.probes += 1
         return self.client.get_metadata(kind, namespace, name)
 
+    def _live_state(self, api_url: str) -> str | None:
+        return patroni.member_state(api_url, timeout=self.settings.patroni_timeout_seconds)
+
     def reconcile(self, namespace: str, name: str) -> PassResult:
         started = time.monotonic()
         recheck = self._recheck.pop((namespace, name), frozenset())
-        snapshot = observe(self.cache, self._probe, namespace, name, self.clock(), recheck=recheck)
+        snapshot = observe(
+            self.cache, self._probe, namespace, name, self.clock(),
+            recheck=recheck, live_state=self._live_state,
+        )  # fmt: skip
         try:
             result = self._pass(snapshot)
         except Exception as e:

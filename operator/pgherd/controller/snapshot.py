@@ -84,6 +84,11 @@ class Member:
     # Since when the pod has not been Ready (its Ready condition's last transition), or
     # since it was created when it never was.
     unready_since: datetime | None = None
+    # Deleted, still shutting down: its StatefulSet re-creates it once it is gone.
+    terminating: bool = False
+    # The kubelet's Ready alone: its probe is Patroni's /readiness (running, streaming, not
+    # lagging), fresher than Patroni's annotation, which is rewritten once per loop_wait.
+    pod_ready: bool = False
     controller_uid: str | None = None
     uid: str | None = None
     report: InstanceReport | None = None
@@ -129,6 +134,8 @@ def member_from_pod(pod: Manifest) -> Member:
             _time(ready_condition.get("lastTransitionTime")) if ready_condition else None
         )
         or created,
+        terminating=bool(meta.get("deletionTimestamp")),
+        pod_ready=conditions.get("Ready") == "True",
         controller_uid=controller.get("uid") if controller else None,
         uid=meta.get("uid"),
         report=InstanceReport.from_annotation(annotations.get(contract.INSTANCE_ANNOTATION)),
