@@ -28,6 +28,33 @@ def _base(api_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+def _send(
+    api_url: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None,
+    *,
+    timeout: float,
+    authorization: str | None = None,
+) -> str:
+    data = json.dumps(body).encode() if body is not None else None
+    headers = {"Content-Type": "application/json"}
+    if authorization:
+        headers["Authorization"] = authorization
+    req = urllib.request.Request(  # noqa: S310 - the URL is Patroni's own http(s) api_url
+        _base(api_url) + path, data=data, method=method, headers=headers
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return str(resp.read().decode(errors="replace"))
+    except urllib.error.HTTPError as e:
+        raise PatroniError(
+            f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')[:300]}"
+        ) from None
+    except (OSError, urllib.error.URLError) as e:
+        raise PatroniError(f"{method} {path}: {e}") from None
+
+
 class Client:
     """Patroni's REST API with the cluster's credentials (its unsafe endpoints require them)."""
 
@@ -40,22 +67,9 @@ class Client:
         return "patroni.Client(<credentials>)"
 
     def _request(self, api_url: str, method: str, path: str, body: dict[str, Any] | None) -> str:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(  # noqa: S310 - the URL is Patroni's own http(s) api_url
-            _base(api_url) + path,
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json", "Authorization": self._authorization},
+        return _send(
+            api_url, method, path, body, timeout=self._timeout, authorization=self._authorization
         )
-        try:
-            with urllib.request.urlopen(req, timeout=self._timeout) as resp:  # noqa: S310
-                return str(resp.read().decode(errors="replace"))
-        except urllib.error.HTTPError as e:
-            raise PatroniError(
-                f"{method} {path}: HTTP {e.code}: {e.read().decode(errors='replace')[:300]}"
-            ) from None
-        except (OSError, urllib.error.URLError) as e:
-            raise PatroniError(f"{method} {path}: {e}") from None
 
     def switchover(self, api_url: str, leader: str, candidate: str) -> str:
         return self._request(
@@ -72,11 +86,9 @@ class Client:
 def member_state(api_url: str, *, timeout: float) -> str | None:
     """The state Patroni reports for itself now (GET /patroni, which needs no credentials),
     or None when it does not answer in time."""
-    req = urllib.request.Request(_base(api_url) + "/patroni", method="GET")  # noqa: S310
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - Patroni's own
-            state = json.loads(resp.read()).get("state")
-    except (OSError, ValueError, urllib.error.URLError) as e:
+        state = json.loads(_send(api_url, "GET", "/patroni", None, timeout=timeout)).get("state")
+    except (PatroniError, ValueError, AttributeError) as e:
         log.debug("GET /patroni at %s: %s", _base(api_url), e)
         return None
     return state if isinstance(state, str) else None
