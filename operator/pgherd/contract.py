@@ -45,6 +45,31 @@ def rooted(root: str, path: str) -> str:
 
 PGPASS = f"{TMP_DIR}/pgpass"
 
+# TLS: the <cluster>-tls Secret is mounted at TLS_MOUNT (beside /etc/pgherd, not inside its
+# read-only ConfigMap mount, where a runtime could not create the mount point). `pgherd
+# instance` copies it to TLS_DIR, mode 0600 and owned by the server's user as PostgreSQL and
+# libpq demand of keys, and copies again, then reloads, whenever the kubelet updates it.
+TLS_VOLUME = "tls"
+TLS_MOUNT = "/etc/pgherd-tls"
+TLS_DIR = "/run/pgherd-tls"  # a memory emptyDir: private keys never reach the node's disk
+TLS_PRIVATE_VOLUME = "tls-private"
+TLS_CERT = "tls.crt"  # the server certificate (also Patroni's REST API's)
+TLS_KEY = "tls.key"
+TLS_CA = "ca.crt"  # what clients verify the server with
+TLS_CLIENT_CA = "client-ca.crt"  # what the server verifies client certificates with
+TLS_REPLICATION_CERT = "replication.crt"  # the replication role's client certificate
+TLS_REPLICATION_KEY = "replication.key"
+TLS_FILES = (TLS_CERT, TLS_KEY, TLS_CA, TLS_CLIENT_CA, TLS_REPLICATION_CERT, TLS_REPLICATION_KEY)
+# How often the instance looks for renewed files (the kubelet itself refreshes Secret
+# volumes about once a minute).
+TLS_POLL_SECONDS = 5.0
+
+
+def tls_path(name: str) -> str:
+    """Where the instance's processes read a TLS file (the private copy)."""
+    return f"{TLS_DIR}/{name}"
+
+
 # uid/gid 999 is `postgres` in Debian's postgresql packages and the official postgres image,
 # which the operand image builds on; files on the data volume stay owned consistently.
 POSTGRES_UID = 999

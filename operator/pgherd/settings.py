@@ -10,6 +10,9 @@ typed and validated, then passed to what needs them. Nothing reads the environme
 | PGHERD_STUCK_AFTER_SECONDS | 300 | an instance unready this long makes the cluster Degraded |
 | PGHERD_BACKUP_STALE_SECONDS | 60 | a Running backup whose agent is silent this long fails |
 | PGHERD_PATRONI_TIMEOUT_SECONDS | 5 | deadline of every call to Patroni's REST API |
+| PGHERD_TLS_CA_LIFETIME_SECONDS | 157680000 (5 years) | lifetime of each cluster's CA |
+| PGHERD_TLS_CERTIFICATE_LIFETIME_SECONDS | 7776000 (90 days) | lifetime of leaf certificates |
+| PGHERD_TLS_RENEW_FRACTION | 0.6667 | share of its lifetime after which a certificate is renewed |
 | RELATED_IMAGE_POSTGRES | (built in) | operand image for the default PostgreSQL major |
 | RELATED_IMAGE_POSTGRES_<major> | | operand image for another major (e.g. _16) |
 | PGHERD_LOG_FORMAT | plain | plain or json |
@@ -47,6 +50,13 @@ def _number(env: Mapping[str, str], name: str, default: float, *, minimum: float
     return value
 
 
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    value = _number(env, name, default, minimum=0.05)
+    if value >= 1:
+        raise SettingsError(f"{name}={value:g} must be below 1 (renew before expiry)")
+    return value
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the operator is configured with (see the module docstring)."""
@@ -58,6 +68,9 @@ class Settings:
     stuck_after_seconds: float = 300.0
     backup_stale_seconds: float = 60.0
     patroni_timeout_seconds: float = 5.0
+    tls_ca_lifetime_seconds: float = 5 * 365 * 86400.0
+    tls_certificate_lifetime_seconds: float = 90 * 86400.0
+    tls_renew_fraction: float = 2 / 3
     default_image: str = DEFAULT_IMAGE
     # Operand images by PostgreSQL major (RELATED_IMAGE_POSTGRES_<major>).
     images: Mapping[int, str] = field(default_factory=dict)
@@ -96,6 +109,13 @@ class Settings:
             patroni_timeout_seconds=_number(
                 env, "PGHERD_PATRONI_TIMEOUT_SECONDS", 5.0, minimum=0.1
             ),
+            tls_ca_lifetime_seconds=_number(
+                env, "PGHERD_TLS_CA_LIFETIME_SECONDS", 5 * 365 * 86400.0, minimum=60
+            ),
+            tls_certificate_lifetime_seconds=_number(
+                env, "PGHERD_TLS_CERTIFICATE_LIFETIME_SECONDS", 90 * 86400.0, minimum=60
+            ),
+            tls_renew_fraction=_fraction(env, "PGHERD_TLS_RENEW_FRACTION", 2 / 3),
             default_image=env.get(IMAGE_PREFIX, "").strip() or DEFAULT_IMAGE,
             images=images,
             log_format="json" if log_format == "json" else "plain",

@@ -89,10 +89,14 @@ async def _serve(
         f"\nPostgresCluster {SAMPLE} is Healthy: primary {status['currentPrimary']}, "
         f"{status['readyInstances']} instances ready."
     )
-    print("Connect (this port always reaches the current primary, like the -rw Service):")
+    ca_file = cp.workdir / f"{SAMPLE}-ca.crt"
+    ca_file.write_text(data.get("ca.crt", ""))
+    print("Connect over TLS, verifying the server as the app Secret says (this port always")
+    print("reaches the current primary, like the -rw Service, whose name is checked):")
     print(
-        f"  psql 'postgresql://{data.get('username')}:{data.get('password')}"
-        f"@127.0.0.1:{port}/{data.get('dbname')}'"
+        f"  psql 'host={data.get('host')} hostaddr=127.0.0.1 port={port} "
+        f"dbname={data.get('dbname')} user={data.get('username')} password={data.get('password')} "
+        f"sslmode={data.get('sslmode')} sslrootcert={ca_file}'"
     )
     print(f"  export KUBECONFIG={cp.kubeconfig}   # then: .tools/bin/kubectl get pgc,pods")
     print("The operator runs until Ctrl-C; `make cluster-down` stops everything.")

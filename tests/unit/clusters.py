@@ -17,6 +17,20 @@ PASSWORDS: dict[SecretKind, str] = {
     "restapi": "api-Pa55word",
 }
 
+# The data of <cluster>-ca and <cluster>-tls as the operator's pass would hand it to the
+# renderers (which only place it): stand-ins, since rendering never reads certificates.
+TLS: tuple[dict[str, str], dict[str, str]] = (
+    {"ca.crt": "<CA certificate>", "ca.key": "<CA key>", "trust.crt": "<CA bundle>"},
+    {
+        "tls.crt": "<server certificate>",
+        "tls.key": "<server key>",
+        "ca.crt": "<CA bundle>",
+        "client-ca.crt": "<CA bundle>",
+        "replication.crt": "<replication certificate>",
+        "replication.key": "<replication key>",
+    },
+)
+
 SCENARIOS: dict[str, dict[str, Any]] = {
     "default": {},
     "customised": {
@@ -32,6 +46,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "bootstrap": {"database": "orders", "owner": "orders_owner"},
         "patroni": {"ttl": 40, "loopWait": 10, "retryTimeout": 15},
         "synchronousMode": "strict",
+        "tls": {"minProtocolVersion": "TLSv1.3", "allowPlainText": True},
         "scheduling": {
             "antiAffinity": "required",
             "nodeSelector": {"node-role.example/db": "true"},

@@ -5,12 +5,14 @@ the way the caches hold them."""
 from __future__ import annotations
 
 import copy
+import functools
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.controller import certificates
 from pgherd.controller.diff import stamped
 from pgherd.controller.snapshot import Snapshot, member_from_pod
 from pgherd.render import labels, names
@@ -128,12 +130,26 @@ def dcs(name: str, annotations: dict[str, str], cluster: str = "db") -> Manifest
     }
 
 
+@functools.cache
+def tls_data(name: str = "db", namespace: str = "prod") -> tuple[dict[str, str], dict[str, str]]:
+    """Real certificates of cluster namespace/name, issued at NOW by the default policy
+    (one set per test session: minting is the only slow part of a plan)."""
+    cluster = PostgresCluster.model_validate({"metadata": {"name": name, "namespace": namespace}})
+    outcome = certificates.plan_tls(
+        cluster, None, None, {}, refused=False, now=NOW, policy=certificates.Policy(),
+        mint=certificates.Mint(),
+    )  # fmt: skip
+    assert outcome.ca is not None and outcome.tls is not None
+    return outcome.ca, outcome.tls
+
+
 def live_children(
     cluster: PostgresCluster, *, update_revision: str = "rev1", image: str | None = None
 ) -> dict[tuple[str, str], Manifest]:
     """Every child as the API would hold it after an apply of exactly what is rendered now."""
     out = {}
-    for child in desired_children(cluster, PASSWORDS, image=image):
+    tls = tls_data(cluster.metadata.name, cluster.metadata.namespace)
+    for child in desired_children(cluster, PASSWORDS, tls=tls, image=image):
         live = copy.deepcopy(stamped(child))
         live["metadata"]["resourceVersion"] = "7"
         live["metadata"]["uid"] = STS_UID if child["kind"] == "StatefulSet" else "child-uid"

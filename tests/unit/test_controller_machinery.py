@@ -298,7 +298,7 @@ def test_patroni_is_asked_only_while_the_kubelet_is_ahead_of_its_annotation(
 
     calls: list[str] = []
 
-    def live_state(api_url: str) -> str | None:
+    def live_state(api_url: str, cadata: str | None) -> str | None:
         calls.append(api_url)
         return live
 
@@ -313,5 +313,5 @@ def test_a_terminating_pod_is_not_asked_about() -> None:
     from tests.unit.snapshots import pod  # noqa: PLC0415
 
     cache = _cache_with_pods(pod(1, state="starting", deleting=True))
-    snapshot, _ = _observe(cache, live_state=lambda url: pytest.fail(f"asked {url}"))
+    snapshot, _ = _observe(cache, live_state=lambda url, _ca: pytest.fail(f"asked {url}"))
     assert [m.ready for m in snapshot.members] == [False]

@@ -24,6 +24,9 @@ OPTIONAL_SPEC_FIELDS = {
     "spec.scheduling.affinity",
     "spec.scheduling.topologySpreadConstraints",
     "spec.switchover",
+    # The operator's own CA serves unless the user brings a certificate.
+    "spec.tls.serverSecret",
+    "spec.tls.caSecret",
     # pgherd.backup: optional sections (their required fields have no default by design).
     "spec.backup",
     "spec.bootstrap.recovery",

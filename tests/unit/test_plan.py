@@ -69,9 +69,14 @@ def test_a_cluster_that_matches_its_spec_plans_nothing() -> None:
 def test_a_new_cluster_applies_every_child_in_order() -> None:
     s = snapshot({"instances": 3}, children={})
     assert planned(s) == [
+        "event Normal CertificateAuthorityCreated",
+        "event Normal CertificateIssued",
+        "event Normal CertificateIssued",
         "apply ServiceAccount/db-instance",
         "apply Role/db-instance",
         "apply RoleBinding/db-instance",
+        "apply Secret/db-ca",
+        "apply Secret/db-tls",
         "apply Secret/db-vault",
         "apply Secret/db-superuser",
         "apply Secret/db-replication",

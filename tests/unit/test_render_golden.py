@@ -12,14 +12,15 @@ from pathlib import Path
 import pytest
 
 from pgherd.render import desired_children, yaml_text
-from tests.unit.clusters import PASSWORDS, SCENARIOS, make_cluster
+from tests.unit.clusters import PASSWORDS, SCENARIOS, TLS, make_cluster
 
 GOLDEN_DIR = Path(__file__).resolve().parents[1] / "golden"
 
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_golden(scenario: str) -> None:
-    rendered = yaml_text.dump_all(desired_children(make_cluster(SCENARIOS[scenario]), PASSWORDS))
+    cluster = make_cluster(SCENARIOS[scenario])
+    rendered = yaml_text.dump_all(desired_children(cluster, PASSWORDS, tls=TLS))
     golden = GOLDEN_DIR / f"{scenario}.yaml"
     if os.environ.get("PGHERD_UPDATE_GOLDEN") == "1":
         golden.parent.mkdir(parents=True, exist_ok=True)

@@ -61,9 +61,21 @@ def test_kubernetes_dcs_settings() -> None:
 def test_no_password_in_the_config_file() -> None:
     config = patroni_config(make_cluster())
     assert not {k for k in all_keys(config) if "password" in k}
+    tls = "/run/pgherd-tls"
+    # Replication authenticates by its client certificate; both verify the server's.
     assert config["postgresql"]["authentication"] == {
-        "superuser": {"username": "postgres"},
-        "replication": {"username": "replicator"},
+        "superuser": {
+            "username": "postgres",
+            "sslmode": "verify-ca",
+            "sslrootcert": f"{tls}/ca.crt",
+        },
+        "replication": {
+            "username": "replicator",
+            "sslmode": "verify-ca",
+            "sslrootcert": f"{tls}/ca.crt",
+            "sslcert": f"{tls}/replication.crt",
+            "sslkey": f"{tls}/replication.key",
+        },
     }
 
 
@@ -93,12 +105,44 @@ def test_synchronous_modes(mode: str, sync: bool, strict: bool) -> None:
     assert (config["synchronous_mode"], config["synchronous_mode_strict"]) == (sync, strict)
 
 
-def test_pg_hba_order() -> None:
-    lines = pg_hba(make_cluster({"postgresql": {"pgHba": ["host all all 10.0.0.0/8 md5"]}}))
-    assert lines[1] == "host replication replicator all scram-sha-256"
-    assert lines.index("host all all 10.0.0.0/8 md5") == 2
-    assert lines[-1] == "host all all all scram-sha-256"
-    assert not [line for line in lines if line.split()[-1] == "trust"]
+@pytest.mark.parametrize(
+    ("tls", "expected"),
+    [
+        # TLS only: plain TCP is refused before any user rule is read.
+        (
+            {},
+            [
+                "local all all scram-sha-256",
+                "hostssl replication replicator all cert",
+                "hostnossl all all all reject",
+                "host all all 10.0.0.0/8 md5",
+                "hostssl all all all scram-sha-256",
+            ],
+        ),
+        # Legacy clients allowed: still a password, and replication still by certificate.
+        (
+            {"allowPlainText": True},
+            [
+                "local all all scram-sha-256",
+                "hostssl replication replicator all cert",
+                "host all all 10.0.0.0/8 md5",
+                "host all all all scram-sha-256",
+            ],
+        ),
+    ],
+)
+def test_pg_hba_order(tls: dict[str, Any], expected: list[str]) -> None:
+    cluster = make_cluster({"postgresql": {"pgHba": ["host all all 10.0.0.0/8 md5"]}, "tls": tls})
+    assert pg_hba(cluster) == expected
+
+
+def test_tls_parameters() -> None:
+    params = patroni_config(make_cluster({"tls": {"minProtocolVersion": "TLSv1.3"}}))["postgresql"][
+        "parameters"
+    ]
+    assert params["ssl"] == "on" and params["ssl_min_protocol_version"] == "TLSv1.3"
+    # Client certificates are verified against the cluster's CA only (client-ca.crt).
+    assert params["ssl_ca_file"] == "/run/pgherd-tls/client-ca.crt"
 
 
 def test_config_hash_is_put_on_the_pod_template() -> None:

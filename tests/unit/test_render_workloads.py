@@ -83,8 +83,9 @@ def test_container_contract() -> None:
         ("postgresql", 5432),
         ("patroni", 8008),
     }
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readiness", "port": "patroni"}
-    assert c["livenessProbe"]["httpGet"] == {"path": "/liveness", "port": "patroni"}
+    https = {"port": "patroni", "scheme": "HTTPS"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readiness", **https}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/liveness", **https}
     env = {e["name"]: e for e in c["env"]}
     assert env["PGDATA"]["value"] == "/var/lib/postgresql/data/pgdata"
     assert env["PGHERD_CONFIG"]["value"] == "/etc/pgherd/patroni.yaml"

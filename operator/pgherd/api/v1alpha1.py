@@ -235,6 +235,9 @@ OPERATOR_OWNED_PARAMETERS: tuple[str, ...] = (
     "ssl_dh_params_file",
     "ssl_passphrase_command",
     "ssl_passphrase_command_supports_reload",
+    # spec.tls decides these: TLS is on, with at least spec.tls.minProtocolVersion.
+    "ssl",
+    "ssl_min_protocol_version",
     # Patroni's own: replication topology and synchronous replication.
     "cluster_name",
     "hot_standby",
@@ -611,6 +614,58 @@ class RecoverySpec(ApiModel):
     )
 
 
+# ---- TLS ---------------------------------------------------------------------------------
+TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+
+
+class TlsSpec(ApiModel):
+    """TLS of every connection: clients, replication and Patroni's REST API.
+
+    By default the operator runs a certificate authority per cluster and issues the server
+    certificate and the replication client certificate itself, renewing them before they
+    expire. serverSecret (and caSecret) bring the user's own server certificate instead.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "!has(self.caSecret) || has(self.serverSecret)",
+                    "tls.caSecret is the CA of tls.serverSecret: set serverSecret too",
+                    ".caSecret",
+                ),
+            ]
+        }
+    )
+
+    server_secret: SecretReference | None = Field(
+        default=None,
+        description="A kubernetes.io/tls Secret (tls.crt, tls.key, and ca.crt unless caSecret "
+        "is set) with the server certificate to use instead of one from the cluster's own CA, "
+        "for example issued by cert-manager. Its names must cover the cluster's Services "
+        "(<cluster>-rw, -ro, -r and *.<cluster>-headless, each as name, name.namespace and "
+        "name.namespace.svc). It must opt in to pgherd like every Secret the spec names "
+        '(label pgherd.io/use: "true"). A Secret that is missing, malformed, expired or does '
+        "not cover the names makes the cluster Degraded; the instances keep the certificate "
+        "they have.",
+    )
+    ca_secret: SecretReference | None = Field(
+        default=None,
+        description="A Secret with key ca.crt: the CA (bundle) that signed serverSecret, "
+        "handed to clients in the <cluster>-app Secret. Defaults to serverSecret's ca.crt.",
+    )
+    min_protocol_version: Literal["TLSv1.2", "TLSv1.3"] = Field(
+        default="TLSv1.2",
+        description="Oldest TLS version PostgreSQL accepts (ssl_min_protocol_version).",
+    )
+    allow_plain_text: bool = Field(
+        default=False,
+        description="Also accept clients without TLS (pg_hba host rules instead of hostssl), "
+        "for legacy clients only. Replication always uses TLS with a client certificate. The "
+        "cluster then carries the condition InsecureAuthentication=True as a standing warning.",
+    )
+
+
 class BootstrapSpec(ApiModel):
     """What the first primary creates when the cluster is initialised. Immutable."""
 
@@ -857,6 +912,10 @@ class PostgresClusterSpec(ApiModel):
     switchover: SwitchoverSpec | None = Field(
         default=None, description="Request a planned switchover."
     )
+    tls: TlsSpec = Field(
+        default_factory=TlsSpec,
+        description="TLS on every connection (always on; see allowPlainText for legacy clients).",
+    )
     # Backups: WAL archiving and base backups.
     backup: BackupSpec | None = Field(
         default=None,
@@ -962,6 +1021,30 @@ class IgnoredParameter(ApiModel):
     reason: str = Field(description="Why it is not in effect.")
 
 
+class TlsStatus(ApiModel):
+    """The certificates the instances serve with."""
+
+    source: Literal["operator", "user"] | None = Field(
+        default=None,
+        description="operator: issued by the cluster's own CA; user: spec.tls.serverSecret.",
+    )
+    server_not_after: datetime | None = Field(
+        default=None, description="When the server certificate expires."
+    )
+    ca_not_after: datetime | None = Field(
+        default=None,
+        description="When the cluster's CA (the one issuing now) expires; it is rotated "
+        "before, with both CAs trusted during the overlap.",
+    )
+    replication_not_after: datetime | None = Field(
+        default=None, description="When the replication client certificate expires."
+    )
+    renew_at: datetime | None = Field(
+        default=None,
+        description="When the operator renews the first of its certificates next.",
+    )
+
+
 class PostgresClusterStatus(ApiModel):
     """Observed state of the cluster; written by the operator only."""
 
@@ -1014,6 +1097,7 @@ class PostgresClusterStatus(ApiModel):
         description="Operand image of the instances: spec.image, or the operator's image "
         "for postgresVersion, kept while spec.imageUpdatePolicy is Pinned.",
     )
+    tls: TlsStatus | None = Field(default=None, description="Certificates and their expiry.")
     # Backups
     backup: ClusterBackupStatus | None = Field(
         default=None, description="WAL archive and base backups (when spec.backup is set)."

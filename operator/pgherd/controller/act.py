@@ -82,12 +82,17 @@ class Actor:
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act")
 
     def act(
-        self, snapshot: Snapshot, actions: Sequence[Action], patroni_password: str | None
+        self,
+        snapshot: Snapshot,
+        actions: Sequence[Action],
+        patroni_password: str | None,
+        patroni_ca: str | None = None,
     ) -> Outcome:
         outcome = Outcome()
         rest = patroni.Client(
-            RESTAPI_USERNAME, patroni_password or "", timeout=self.patroni_timeout
-        )
+            RESTAPI_USERNAME, patroni_password or "", timeout=self.patroni_timeout,
+            cadata=patroni_ca,
+        )  # fmt: skip
         for batch in _batches(actions):
             runnable = [
                 a for a in batch if not (isinstance(a, Apply) and a.requires & outcome.taken)

@@ -36,6 +36,7 @@ CHILD_REJECTED = "ChildRejected"
 SECRET_NOT_FOUND = "SecretNotFound"
 SECRET_NOT_PERMITTED = "SecretNotPermitted"
 SECRET_INVALID = "SecretInvalid"
+TLS_CERTIFICATE_INVALID = "TLSCertificateInvalid"
 REFERENCED_SECRET_CHANGED = "ReferencedSecretChanged"
 INVALID_SPEC = "InvalidSpec"
 INVALID_SCHEDULE = "InvalidSchedule"
@@ -49,6 +50,7 @@ PARAMETERS_IGNORED = "ParametersIgnored"
 # A standing warning: pg_hba lets TCP clients in without a password.
 INSECURE_AUTHENTICATION = "InsecureAuthentication"
 TRUST_ALLOWED = "TrustAuthenticationAllowed"
+PLAIN_TEXT_ALLOWED = "PlainTextAllowed"
 
 # Backups: WAL archiving and restores.
 CONTINUOUS_ARCHIVING = "ContinuousArchiving"

@@ -18,6 +18,7 @@ from datetime import datetime
 from pydantic import ValidationError
 
 from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, PostgresCluster
+from pgherd.contract import TLS_CA
 from pgherd.controller import references
 from pgherd.controller.backups import recovery_source_store
 from pgherd.controller.cache import Cache
@@ -34,16 +35,17 @@ from pgherd.controller.snapshot import (
 from pgherd.render import labels, names, ownership
 
 Probe = Callable[[str, str, str], Manifest | None]  # (kind, namespace, name): metadata or None
-LiveState = Callable[[str], str | None]  # Patroni's api_url: the state it reports now, or None
+# (Patroni's api_url, the CA bundle to verify it with): the state it reports now, or None.
+LiveState = Callable[[str, str | None], str | None]
 
 
-def _confirmed(m: Member, live_state: LiveState | None) -> Member:
+def _confirmed(m: Member, live_state: LiveState | None, cadata: str | None) -> Member:
     """A member the kubelet already finds Ready while Patroni's annotation, rewritten once per
     loop_wait, still shows an earlier state: Patroni is asked directly, so that a rolling step
     moves on when the pod is ready rather than up to loop_wait later."""
     if live_state is None or m.ready or not m.pod_ready or m.terminating or not m.api_url:
         return m
-    state = live_state(m.api_url)
+    state = live_state(m.api_url, cadata)
     if state not in READY_STATES:
         return m
     return dataclasses.replace(m, ready=True, state=state)
@@ -105,6 +107,12 @@ def observe(
             return ownership.owns_dcs(name, obj)
         return cluster is not None and ownership.owns(cluster, key[0], obj)
 
+    tls = children.get(("Secret", names.tls_secret(name)))
+    trust = (
+        references.decoded(tls, TLS_CA)
+        if tls is not None and ours(("Secret", names.tls_secret(name)), tls)
+        else None
+    )
     usable = {
         s["metadata"]["name"]: s
         for s in cache.all("Secret", namespace)
@@ -122,7 +130,7 @@ def observe(
         unsynced=frozenset(k for k, obj in probed.items() if ours(k, obj)),
         members=tuple(
             sorted(
-                (_confirmed(member_from_pod(p), live_state) for p in pods if selected(p)),
+                (_confirmed(member_from_pod(p), live_state, trust) for p in pods if selected(p)),
                 key=lambda m: m.ordinal,
             )
         ),

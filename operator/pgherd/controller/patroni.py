@@ -3,14 +3,20 @@ restart.
 
 The address comes from the member's own record in the DCS (api_url), so the operator
 reaches the instance the way Patroni itself advertises it. Requests carry the cluster's
-`<cluster>-restapi` credentials; they are never logged.
+`<cluster>-restapi` credentials; they are never logged. The REST API speaks TLS: its
+certificate is verified against the cluster's CA bundle (ca.crt of `<cluster>-tls`), without
+a host name check, because api_url holds the pod's IP, which no cluster-wide certificate
+names; only this cluster's CA signs it (pgherd.controller.certificates). No request goes out
+unverified: without a CA bundle an https call fails.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
+import ssl
 import urllib.error
 import urllib.request
 from typing import Any
@@ -28,6 +34,14 @@ def _base(api_url: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
+@functools.lru_cache(maxsize=256)
+def _context(cadata: str) -> ssl.SSLContext:
+    # One context per CA bundle: building one parses the bundle, and every pass calls.
+    context = ssl.create_default_context(cadata=cadata)
+    context.check_hostname = False  # verify-ca: see the module docstring
+    return context
+
+
 def _send(
     api_url: str,
     method: str,
@@ -35,8 +49,17 @@ def _send(
     body: dict[str, Any] | None,
     *,
     timeout: float,
+    cadata: str | None,
     authorization: str | None = None,
 ) -> str:
+    context = None
+    if urlsplit(api_url).scheme == "https":
+        if not cadata:
+            raise PatroniError(f"{method} {path}: no CA bundle to verify the instance with")
+        try:
+            context = _context(cadata)
+        except (ssl.SSLError, ValueError) as e:
+            raise PatroniError(f"{method} {path}: the CA bundle does not load: {e}") from None
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
     if authorization:
@@ -45,7 +68,7 @@ def _send(
         _base(api_url) + path, data=data, method=method, headers=headers
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:  # noqa: S310
             return str(resp.read().decode(errors="replace"))
     except urllib.error.HTTPError as e:
         raise PatroniError(
@@ -58,18 +81,18 @@ def _send(
 class Client:
     """Patroni's REST API with the cluster's credentials (its unsafe endpoints require them)."""
 
-    def __init__(self, username: str, password: str, *, timeout: float) -> None:
+    def __init__(self, username: str, password: str, *, timeout: float, cadata: str | None) -> None:
         token = base64.b64encode(f"{username}:{password}".encode()).decode("ascii")
         self._authorization = f"Basic {token}"
         self._timeout = timeout
+        self._cadata = cadata
 
     def __repr__(self) -> str:
         return "patroni.Client(<credentials>)"
 
     def _request(self, api_url: str, method: str, path: str, body: dict[str, Any] | None) -> str:
-        return _send(
-            api_url, method, path, body, timeout=self._timeout, authorization=self._authorization
-        )
+        return _send(api_url, method, path, body, timeout=self._timeout, cadata=self._cadata,
+                     authorization=self._authorization)  # fmt: skip
 
     def switchover(self, api_url: str, leader: str, candidate: str) -> str:
         return self._request(
@@ -83,11 +106,12 @@ class Client:
         return self._request(api_url, "POST", "/restart", {})
 
 
-def member_state(api_url: str, *, timeout: float) -> str | None:
+def member_state(api_url: str, *, timeout: float, cadata: str | None) -> str | None:
     """The state Patroni reports for itself now (GET /patroni, which needs no credentials),
     or None when it does not answer in time."""
     try:
-        state = json.loads(_send(api_url, "GET", "/patroni", None, timeout=timeout)).get("state")
+        answer = _send(api_url, "GET", "/patroni", None, timeout=timeout, cadata=cadata)
+        state = json.loads(answer).get("state")
     except (PatroniError, ValueError, AttributeError) as e:
         log.debug("GET /patroni at %s: %s", _base(api_url), e)
         return None

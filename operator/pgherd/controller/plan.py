@@ -30,7 +30,7 @@ from pgherd.api.v1alpha1 import (
     PostgresCluster,
     RecoverySource,
 )
-from pgherd.controller import backups, credentials, references
+from pgherd.controller import backups, certificates, credentials, references
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import (
     Action,
@@ -83,6 +83,8 @@ class Plan:
     # Patroni's REST API password, for act's calls (never shown).
     patroni_password: str | None = field(default=None, repr=False)
     image: str | None = None  # the operand image chosen (status.image)
+    # The certificates settled on (status.tls; the CA bundle act verifies Patroni with).
+    tls: certificates.Outcome | None = None
 
     @property
     def disruptive(self) -> list[Action]:
@@ -91,7 +93,10 @@ class Plan:
 
 # ---- the whole pass ---------------------------------------------------------------------
 def plan(
-    snapshot: Snapshot, settings: Settings, new_password: Generator = credentials.generate
+    snapshot: Snapshot,
+    settings: Settings,
+    new_password: Generator = credentials.generate,
+    mint: certificates.Mint | None = None,
 ) -> Plan:
     """The actions for one pass over the cluster, and why."""
     stale_after = timedelta(seconds=settings.backup_stale_seconds)
@@ -107,6 +112,9 @@ def plan(
     resolved, gate = backups.resolve(cluster, snapshot)
     refused, adopted = check_references(resolved, snapshot)
     problems += refused
+    tls = plan_certificates(resolved, snapshot, settings, refused, mint or certificates.Mint())
+    actions += [Event(reason, message=message) for reason, message in tls.issued]
+    problems += tls.problems
     if (bad := backups.schedule_problem(cluster, snapshot.now)) is not None:
         problems.append(bad)
     image, no_image = choose_image(cluster, snapshot, settings)
@@ -121,8 +129,11 @@ def plan(
         resolved,
         snapshot,
         passwords=passwords,
+        tls=(tls.ca, tls.tls) if tls.ca is not None and tls.tls is not None else None,
         image=image,
-        hold_workload=gate.blocked or any(p.reason in HOLDS_WORKLOAD for p in problems),
+        hold_workload=gate.blocked
+        or tls.tls is None
+        or any(p.reason in HOLDS_WORKLOAD for p in problems),
     )
     actions += children
     problems += conflicts
@@ -176,6 +187,7 @@ def plan(
         resolved,
         (passwords or {}).get("restapi"),
         image,
+        tls,
     )
 
 
@@ -233,6 +245,7 @@ def plan_children(
     passwords: Mapping[SecretKind, str] | None,
     image: str | None,
     hold_workload: bool,
+    tls: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
 ) -> tuple[list[Action], list[Problem]]:
     """Apply every rendered child that differs from its live one; none of a neighbour's."""
     actions: list[Action] = []
@@ -243,7 +256,7 @@ def plan_children(
     # Scaling down removes the highest ordinals: never the primary's (it moves first).
     if live_sts is not None and primary is not None and primary.ordinal >= cluster.spec.instances:
         replicas = int(live_sts["spec"]["replicas"])
-    rendered = desired_children(cluster, passwords, image=image, replicas=replicas)
+    rendered = desired_children(cluster, passwords, tls=tls, image=image, replicas=replicas)
 
     def neighbours(kind: str, name: str) -> bool:
         live = snapshot.child(kind, name)
@@ -372,6 +385,37 @@ def check_references(
             kind: SecretKind = "superuser" if ref.field.endswith("superuserSecret") else "app"
             adopted[kind] = None if problem else references.decoded(secret or {}, "password")
     return problems, adopted
+
+
+def plan_certificates(
+    cluster: PostgresCluster,
+    snapshot: Snapshot,
+    settings: Settings,
+    refused: list[Problem],
+    mint: certificates.Mint,
+) -> certificates.Outcome:
+    """The cluster's certificates (pgherd.controller.certificates), from its own Secrets and
+    the opted-in ones spec.tls names."""
+    name = cluster.metadata.name
+
+    def own(secret_name: str) -> Manifest | None:
+        secret = snapshot.child("Secret", secret_name)
+        return secret if secret is not None and ownership.owns(cluster, "Secret", secret) else None
+
+    return certificates.plan_tls(
+        cluster,
+        own(names.ca_secret(name)),
+        own(names.tls_secret(name)),
+        snapshot.usable_secrets,
+        refused=any(p.message.startswith("spec.tls.") for p in refused),
+        now=snapshot.now,
+        policy=certificates.Policy(
+            ca_lifetime=timedelta(seconds=settings.tls_ca_lifetime_seconds),
+            certificate_lifetime=timedelta(seconds=settings.tls_certificate_lifetime_seconds),
+            renew_fraction=settings.tls_renew_fraction,
+        ),
+        mint=mint,
+    )
 
 
 def plan_credentials(

@@ -74,8 +74,10 @@ class Reconciler:
         self.probes += 1
         return self.client.get_metadata(kind, namespace, name)
 
-    def _live_state(self, api_url: str) -> str | None:
-        return patroni.member_state(api_url, timeout=self.settings.patroni_timeout_seconds)
+    def _live_state(self, api_url: str, cadata: str | None) -> str | None:
+        return patroni.member_state(
+            api_url, timeout=self.settings.patroni_timeout_seconds, cadata=cadata
+        )
 
     def reconcile(self, namespace: str, name: str) -> PassResult:
         started = time.monotonic()
@@ -95,7 +97,10 @@ class Reconciler:
 
     def _pass(self, snapshot: Snapshot) -> PassResult:
         decided = plan(snapshot, self.settings)
-        outcome = self.actor.act(snapshot, decided.actions, decided.patroni_password)
+        outcome = self.actor.act(
+            snapshot, decided.actions, decided.patroni_password,
+            decided.tls.server_trust if decided.tls else None,
+        )  # fmt: skip
         # Names held by something the caches do not show are looked at again next pass, for
         # as long as they are: a neighbour's object stays a conflict, not a create refused.
         held = outcome.taken | snapshot.foreign | snapshot.unsynced

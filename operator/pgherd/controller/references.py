@@ -76,6 +76,12 @@ def references(
     source = restore_store or (recovery.source.object_store if recovery else None)
     if source is not None:
         refs += _store_refs("spec.bootstrap.recovery.source.objectStore", source)
+    if spec.tls.server_secret is not None:
+        refs.append(
+            Reference("spec.tls.serverSecret", spec.tls.server_secret.name, ("tls.crt", "tls.key"))
+        )
+    if spec.tls.ca_secret is not None:
+        refs.append(Reference("spec.tls.caSecret", spec.tls.ca_secret.name, ("ca.crt",)))
     adopted = (
         ("spec.bootstrap.secret", spec.bootstrap.secret, spec.bootstrap.owner),
         ("spec.bootstrap.superuserSecret", spec.bootstrap.superuser_secret, SUPERUSER_USERNAME),

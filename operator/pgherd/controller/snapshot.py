@@ -245,6 +245,8 @@ def expected_children(cluster: str) -> list[ChildKey]:
         ("Role", names.instance_account(cluster)),
         ("RoleBinding", names.instance_account(cluster)),
         ("Secret", names.vault(cluster)),
+        ("Secret", names.ca_secret(cluster)),
+        ("Secret", names.tls_secret(cluster)),
         *(("Secret", names.secret(cluster, k)) for k in names.SECRET_KINDS),
         ("ConfigMap", names.patroni_configmap(cluster)),
         ("Service", names.service_headless(cluster)),

@@ -238,6 +238,14 @@ def compute(
             "pg_hba lets TCP clients in without a password (allowInsecureAuthentication): "
             + "; ".join(insecure),
         )
+    elif spec.tls.allow_plain_text:
+        put(
+            c.INSECURE_AUTHENTICATION,
+            "True",
+            c.PLAIN_TEXT_ALLOWED,
+            "clients may connect without TLS (spec.tls.allowPlainText): their passwords and "
+            "data cross the network unencrypted; remove it once no legacy client needs it",
+        )
     else:
         conds = [x for x in conds if x.type != c.INSECURE_AUTHENTICATION]
     if spec.backup is None:
@@ -287,6 +295,7 @@ def compute(
         ignored_parameters=ignored or None,
         postgres_version=next((m.report.postgres_major for m in members if m.report), None),
         image=plan.image or previous.image,
+        tls=plan.tls.status if plan.tls and plan.tls.status else previous.tls,
         backup=backups.cluster_backup_status(
             cluster,
             snapshot,

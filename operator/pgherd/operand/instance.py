@@ -27,6 +27,7 @@ import yaml
 
 from pgherd import contract
 from pgherd.contract import rooted
+from pgherd.operand import tls_files
 
 _DEFAULT_BIN_ROOT = Path("/usr/lib/postgresql")
 
@@ -76,17 +77,38 @@ def find_bin_dir(env: Mapping[str, str], base: Path = _DEFAULT_BIN_ROOT) -> str:
     return str(majors[-1])
 
 
+# Settings of patroni.yaml that name files (TLS material), per section.
+_PATH_KEYS = {
+    "restapi": ("certfile", "keyfile", "cafile"),
+    "ctl": ("certfile", "keyfile", "cacert"),
+    "authentication": ("sslrootcert", "sslcert", "sslkey"),
+    "parameters": ("ssl_cert_file", "ssl_key_file", "ssl_ca_file"),
+}
+
+
+def _rooted_paths(section: Mapping[str, Any], keys: tuple[str, ...], root: str) -> dict[str, Any]:
+    return {k: rooted(root, v) if k in keys and isinstance(v, str) else v
+            for k, v in section.items()}  # fmt: skip
+
+
 def final_config(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
     """patroni.yaml as mounted, with paths mapped under PGHERD_ROOT and the binaries found."""
     root = env.get("PGHERD_ROOT", "/")
     out = dict(config)
+    for section in ("restapi", "ctl"):
+        if isinstance(out.get(section), dict):
+            out[section] = _rooted_paths(out[section], _PATH_KEYS[section], root)
     pg = dict(out.get("postgresql", {}))
     pg["bin_dir"] = find_bin_dir(env)
-    params = dict(pg.get("parameters", {}))
+    params = _rooted_paths(pg.get("parameters", {}), _PATH_KEYS["parameters"], root)
     params["unix_socket_directories"] = rooted(
         root, str(params.get("unix_socket_directories", contract.SOCKET_DIR))
     )
     pg["parameters"] = params
+    pg["authentication"] = {
+        role: _rooted_paths(auth, _PATH_KEYS["authentication"], root)
+        for role, auth in (pg.get("authentication") or {}).items()
+    }
     bootstrap = dict(out.get("bootstrap", {}))
     # Creates the application database and its owner once, on the first primary.
     bootstrap["post_bootstrap"] = f"{sys.executable} -m pgherd.operand.post_bootstrap"
@@ -105,6 +127,11 @@ def run(env: Mapping[str, str]) -> int:
         raise InstanceError(f"cannot read Patroni configuration {source}: {e}") from None
     patroni_env = patroni_environment(env)
     Path(rooted(root, contract.SOCKET_DIR)).mkdir(parents=True, exist_ok=True)
+    tls_source = Path(rooted(root, contract.TLS_MOUNT))
+    tls_target = Path(rooted(root, contract.TLS_DIR))
+    tls_files.sync(tls_source, tls_target)
+    if absent := tls_files.missing(tls_target):
+        raise InstanceError(f"TLS files missing from {contract.TLS_MOUNT}: {', '.join(absent)}")
     target = Path(rooted(root, contract.TMP_DIR)) / "patroni.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
     final = final_config(config, env)
@@ -119,15 +146,22 @@ def run(env: Mapping[str, str]) -> int:
         [sys.executable, "-m", "patroni", str(target)],
         {**env, **patroni_env},
         bin_dir=str(final["postgresql"]["bin_dir"]),
+        tls=(tls_source, tls_target),
     )
 
 
 _FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1)
 
 
-def supervise(command: list[str], env: dict[str, str], *, bin_dir: str) -> int:
-    """Run Patroni, pass its output (PostgreSQL's included) to ours, report the instance;
-    returns Patroni's exit status."""
+def supervise(
+    command: list[str],
+    env: dict[str, str],
+    *,
+    bin_dir: str,
+    tls: tuple[Path, Path] | None = None,
+) -> int:
+    """Run Patroni, pass its output (PostgreSQL's included) to ours, report the instance,
+    keep the TLS files (source, private copy) current; returns Patroni's exit status."""
     from pgherd.operand import report as instance_report  # noqa: PLC0415
 
     watch = instance_report.LogWatch()
@@ -148,6 +182,9 @@ def supervise(command: list[str], env: dict[str, str], *, bin_dir: str) -> int:
 
     threading.Thread(target=relay, name="relay", daemon=True).start()
     instance_report.start(env, watch, bin_dir)
+    if tls is not None:
+        # SIGHUP: Patroni reloads its REST API certificate and PostgreSQL's configuration.
+        tls_files.keep_current(*tls, lambda: child.send_signal(signal.SIGHUP), threading.Event())
     return _reap_until(child)
 
 

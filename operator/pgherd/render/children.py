@@ -9,12 +9,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.contract import TLS_CA
 from pgherd.render.names import SecretKind
 from pgherd.render.ownership import Manifest
 from pgherd.render.patroni_config import render_patroni_configmap
 from pgherd.render.pdb import render_pdb
 from pgherd.render.rbac import render_rbac
-from pgherd.render.secrets import render_secrets
+from pgherd.render.secrets import render_secrets, render_tls_secrets
 from pgherd.render.services import render_services
 from pgherd.render.statefulset import render_statefulset
 
@@ -23,6 +24,7 @@ def desired_children(
     cluster: PostgresCluster,
     passwords: Mapping[SecretKind, str] | None = None,
     *,
+    tls: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
     image: str | None = None,
     replicas: int | None = None,
 ) -> list[Manifest]:
@@ -30,13 +32,18 @@ def desired_children(
 
     Secrets are included only when `passwords` (superuser, replication and app) are given:
     passwords are never made up here; the operator keeps them in the cluster's vault or
-    generates them once. image: the operand image the operator chose for the cluster's
-    PostgreSQL version (spec.image, else the default); replicas: the StatefulSet's size when
-    it must differ from spec.instances for now (scaling down waits for the primary to move).
+    generates them once. tls: the data of `<cluster>-ca` and `<cluster>-tls` (the operator's
+    pass makes certificates, not this); without it neither is rendered. image: the operand
+    image the operator chose for the cluster's PostgreSQL version (spec.image, else the
+    default); replicas: the StatefulSet's size when it must differ from spec.instances for
+    now (scaling down waits for the primary to move).
     """
     children = render_rbac(cluster)
+    if tls is not None:
+        children += render_tls_secrets(cluster, *tls)
     if passwords is not None:
-        children += render_secrets(cluster, passwords)
+        trust = tls[1].get(TLS_CA) if tls is not None else None
+        children += render_secrets(cluster, passwords, trust)
     children.append(render_patroni_configmap(cluster))
     children += render_services(cluster)
     children.append(render_statefulset(cluster, image=image, replicas=replicas))

@@ -43,6 +43,28 @@ def vault(cluster: str) -> str:
     return f"{cluster}-vault"
 
 
+def ca_secret(cluster: str) -> str:
+    """The cluster's certificate authority (key included): the operator's alone."""
+    return f"{cluster}-ca"
+
+
+def tls_secret(cluster: str) -> str:
+    """What the instances mount: server and replication certificates, the CA bundles."""
+    return f"{cluster}-tls"
+
+
+def server_names(cluster: str, namespace: str) -> list[str]:
+    """Every DNS name a client may reach an instance by: each Service's short, namespaced
+    and cluster-domain names, and each pod's through the headless Service."""
+    out: list[str] = []
+    hosts = [service_rw(cluster), service_ro(cluster), service_any(cluster)]
+    hosts += [f"*.{service_headless(cluster)}", service_headless(cluster)]
+    for host in hosts:
+        out += [host, f"{host}.{namespace}", f"{host}.{namespace}.svc",
+                f"{host}.{namespace}.svc.cluster.local"]  # fmt: skip
+    return out
+
+
 def service_rw(cluster: str) -> str:
     return f"{cluster}-rw"
 

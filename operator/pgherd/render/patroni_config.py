@@ -49,16 +49,57 @@ def dynamic_config(cluster: PostgresCluster) -> dict[str, Any]:
 def pg_hba(cluster: PostgresCluster) -> list[str]:
     """pg_hba.conf lines: the operator's rules around the user's.
 
-    Replication comes first so a user rule cannot lock replicas out; the final rule asks every
-    other connection for a scram-sha-256 password, so nothing is ever let in without one
-    unless a user rule says so.
+    Replication comes first so a user rule cannot lock replicas out: over TLS, by the
+    replication role's client certificate (no password to leak or rotate). Then, unless
+    spec.tls.allowPlainText, every TCP connection without TLS is refused before any user rule
+    is read. The final rule asks every other connection for a scram-sha-256 password, so
+    nothing is ever let in without one unless a user rule says so.
     """
+    tls = cluster.spec.tls
     return [
         "local all all scram-sha-256",
-        f"host replication {REPLICATION_USERNAME} all scram-sha-256",
+        f"hostssl replication {REPLICATION_USERNAME} all cert",
+        *([] if tls.allow_plain_text else ["hostnossl all all all reject"]),
         *cluster.spec.postgresql.pg_hba,
-        "host all all all scram-sha-256",
+        f"{'host' if tls.allow_plain_text else 'hostssl'} all all all scram-sha-256",
     ]
+
+
+def tls_parameters(cluster: PostgresCluster) -> dict[str, str]:
+    """PostgreSQL's TLS settings: the mounted server certificate, client certificates
+    verified against the cluster's CA (replication), the oldest protocol allowed."""
+    return {
+        "ssl": "on",
+        "ssl_cert_file": contract.tls_path(contract.TLS_CERT),
+        "ssl_key_file": contract.tls_path(contract.TLS_KEY),
+        "ssl_ca_file": contract.tls_path(contract.TLS_CLIENT_CA),
+        "ssl_min_protocol_version": cluster.spec.tls.min_protocol_version,
+    }
+
+
+def _peer_tls(*, client_certificate: bool = False) -> dict[str, str]:
+    # verify-ca, not verify-full: members reach each other by pod IP, which no cluster-wide
+    # certificate can name; the cluster's own CA signs nothing but this cluster's
+    # certificates, so a certificate it signed is an instance of this cluster.
+    out = {"sslmode": "verify-ca", "sslrootcert": contract.tls_path(contract.TLS_CA)}
+    if client_certificate:
+        out["sslcert"] = contract.tls_path(contract.TLS_REPLICATION_CERT)
+        out["sslkey"] = contract.tls_path(contract.TLS_REPLICATION_KEY)
+    return out
+
+
+def _restapi_files() -> dict[str, str]:
+    return {
+        "certfile": contract.tls_path(contract.TLS_CERT),
+        "keyfile": contract.tls_path(contract.TLS_KEY),
+    }
+
+
+def _ctl_tls() -> dict[str, Any]:
+    # Patroni's calls to other members (leader race, switchover checks) verify their
+    # certificate against the CA; `insecure` with a client certificate skips only the host
+    # name check, as verify-ca does (see _peer_tls).
+    return {**_restapi_files(), "cacert": contract.tls_path(contract.TLS_CA), "insecure": True}
 
 
 def patroni_config(cluster: PostgresCluster) -> dict[str, Any]:
@@ -78,7 +119,11 @@ def patroni_config(cluster: PostgresCluster) -> dict[str, Any]:
             # Bypassing needs read access to Endpoints in `default`, outside the cluster's Role.
             "bypass_api_service": False,
         },
-        "restapi": {"listen": f"0.0.0.0:{contract.PATRONI_PORT}"},
+        "restapi": {
+            "listen": f"0.0.0.0:{contract.PATRONI_PORT}",
+            **_restapi_files(),
+        },
+        "ctl": _ctl_tls(),
         "bootstrap": {
             "dcs": dynamic_config(cluster),
             "initdb": [{"encoding": "UTF8"}, "data-checksums"],
@@ -90,10 +135,16 @@ def patroni_config(cluster: PostgresCluster) -> dict[str, Any]:
             "use_unix_socket": True,
             "pgpass": contract.PGPASS,
             "authentication": {
-                "superuser": {"username": SUPERUSER_USERNAME},
-                "replication": {"username": REPLICATION_USERNAME},
+                "superuser": {"username": SUPERUSER_USERNAME, **_peer_tls()},
+                "replication": {
+                    "username": REPLICATION_USERNAME,
+                    **_peer_tls(client_certificate=True),
+                },
             },
-            "parameters": {"unix_socket_directories": contract.SOCKET_DIR},
+            "parameters": {
+                "unix_socket_directories": contract.SOCKET_DIR,
+                **tls_parameters(cluster),
+            },
             "pg_hba": pg_hba(cluster),
             "basebackup": [{"checkpoint": "fast"}],
         },

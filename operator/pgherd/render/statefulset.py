@@ -67,7 +67,8 @@ def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
 
 def _http_probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
     return {
-        "httpGet": {"path": path, "port": contract.PATRONI_PORT_NAME},
+        # Patroni serves its REST API over TLS; kubelets do not verify probe certificates.
+        "httpGet": {"path": path, "port": contract.PATRONI_PORT_NAME, "scheme": "HTTPS"},
         "periodSeconds": period,
         "timeoutSeconds": 5,
         "failureThreshold": failures,
@@ -117,6 +118,8 @@ def _container(cluster: PostgresCluster, image: str) -> dict[str, Any]:
         "volumeMounts": [
             {"name": contract.DATA_VOLUME, "mountPath": contract.DATA_MOUNT},
             {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
+            {"name": contract.TLS_VOLUME, "mountPath": contract.TLS_MOUNT, "readOnly": True},
+            {"name": contract.TLS_PRIVATE_VOLUME, "mountPath": contract.TLS_DIR},
             {"name": "tmp", "mountPath": contract.TMP_DIR},
             {"name": "run", "mountPath": contract.SOCKET_DIR},
             {"name": "shm", "mountPath": contract.SHM_DIR},
@@ -132,6 +135,12 @@ def _volumes(cluster: PostgresCluster) -> list[dict[str, Any]]:
             "name": "config",
             "configMap": {"name": names.patroni_configmap(cluster.metadata.name)},
         },
+        {
+            "name": contract.TLS_VOLUME,
+            # Readable by the pod's group only; `pgherd instance` makes private copies.
+            "secret": {"secretName": names.tls_secret(cluster.metadata.name), "defaultMode": 0o440},
+        },
+        {"name": contract.TLS_PRIVATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
         {"name": "tmp", "emptyDir": {}},
         {"name": "run", "emptyDir": {}},
         # The container runtime's 64Mi /dev/shm is too small for parallel query workers.
