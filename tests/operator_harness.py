@@ -10,6 +10,7 @@ import difflib
 import json
 import os
 import signal
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,31 +152,39 @@ class Cluster:
 
         return field("username"), field("password"), field("dbname")
 
+    def tls(self, pod: str) -> dict[str, str]:
+        """libpq settings that verify the pod's certificate fully (its DNS name through the
+        headless Service, the CA bundle of the app Secret) while connecting to its local
+        port."""
+        secret = self.kube.get("Secret", self.namespace, f"{self.name}-app")
+        assert secret is not None
+        ca = Path(tempfile.gettempdir()) / f"pgherd-{self.namespace}-{self.name}-ca.crt"
+        ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+        return {
+            "host": f"{pod}.{self.name}-headless.{self.namespace}.svc",
+            "hostaddr": "127.0.0.1",
+            "sslmode": "verify-full",
+            "sslrootcert": str(ca),
+        }
+
     def connect(self, pod: str, **kwargs: Any) -> psycopg.Connection[Any]:
         user, password, dbname = self.app_credentials()
         return psycopg.connect(
-            host="127.0.0.1",
-            port=self.port(pod),
-            user=user,
-            password=password,
-            dbname=dbname,
-            connect_timeout=3,
-            **kwargs,
-        )
+            **(self.tls(pod) | {"port": str(self.port(pod)), "user": user, "password": password,
+                                "dbname": dbname, "connect_timeout": "3"} | kwargs)
+        )  # fmt: skip
 
     def connect_superuser(self, pod: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
         """A connection as the postgres superuser (the primary's, unless pod is given)."""
         secret = self.kube.get("Secret", self.namespace, f"{self.name}-superuser")
         assert secret is not None
+        pod = pod or self.primary()
+        password = base64.b64decode(secret["data"]["password"]).decode()
         return psycopg.connect(
-            host="127.0.0.1",
-            port=self.port(pod or self.primary()),
-            user="postgres",
-            password=base64.b64decode(secret["data"]["password"]).decode(),
-            dbname="postgres",
-            connect_timeout=3,
-            **kwargs,
-        )
+            **(self.tls(pod) | {"port": str(self.port(pod)), "user": "postgres",
+                                "password": password, "dbname": "postgres",
+                                "connect_timeout": "3"} | kwargs)
+        )  # fmt: skip
 
     def kill(self, pod: str, cp: ControlPlane, *, hold: bool) -> None:
         """Kill the pod's processes, as a crashed container (hold: a lost node)."""

@@ -4,6 +4,7 @@ kwok schedules pods and marks them Running, but runs nothing. For pods labelled
 `app.kubernetes.io/managed-by=pgherd` and `app.kubernetes.io/component=database` this
 controller does what a kubelet would, with real processes on this machine:
 
+- probes over HTTP or HTTPS (without verifying the certificate, as a kubelet);
 - resolves the container's environment from the API (values, `$(VAR)` references,
   fieldRef, secretKeyRef, configMapKeyRef, envFrom) and its volumes (ConfigMap and Secret
   files, emptyDirs, and PersistentVolumeClaims through their hostPath PersistentVolume,
@@ -38,6 +39,7 @@ import pwd
 import re
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -450,9 +452,13 @@ class Kubelet:
             local = next((v for k, v in pp.ports.items() if k == str(port)), None)
         if local is None:
             return False
-        url = f"http://{POD_IP}:{local}{probe.get('path', '/')}"
+        scheme = str(probe.get("scheme", "HTTP")).lower()
+        url = f"{scheme}://{POD_IP}:{local}{probe.get('path', '/')}"
+        # As a kubelet does: an HTTPS probe does not verify the server's certificate.
+        context = ssl._create_unverified_context() if scheme == "https" else None  # noqa: S323
+        timeout = float(spec.get("timeoutSeconds", 1))
         try:
-            with urllib.request.urlopen(url, timeout=float(spec.get("timeoutSeconds", 1))) as r:
+            with urllib.request.urlopen(url, timeout=timeout, context=context) as r:  # noqa: S310
                 return 200 <= int(r.status) < 400
         except OSError:
             return False
