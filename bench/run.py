@@ -7,9 +7,11 @@ Writes bench-results/bench.json. Not a test: it asserts nothing, it measures.
   - failover time (primary killed to writes accepted again), default and tuned Patroni timings;
   - switchover write outage;
   - backup and restore time of a database of PGHERD_BENCH_BACKUP_MIB (default 1024) MiB;
+  - TLS: connection set-up with verify-full vs plain TCP, and the write outage while the
+    server certificate is replaced;
   - WAL archive lag under a steady insert load of PGHERD_BENCH_WAL_ROWS rows/s (default
     5000) for PGHERD_BENCH_WAL_SECONDS (default 60) seconds, archiving to moto.
-PGHERD_BENCH_ONLY=latency,ha,backup,wal runs some sections only (default: all), writing
+PGHERD_BENCH_ONLY=latency,ha,backup,wal,tls runs some sections only (default: all), writing
 bench-results/bench-<sections>.json instead.
 Clusters in the latency runs park their pods off every node (nodeSelector), so only the
 operator's work is timed and 600 PostgreSQL servers are not needed.
@@ -397,7 +399,55 @@ def _backups(kube: Kube, tmp: Path, sections: set[str], results: dict[str, Any])
         s3.stop()
 
 
-SECTIONS = ("latency", "ha", "backup", "wal")
+SECTIONS = ("latency", "ha", "backup", "wal", "tls")
+
+
+def _connect_ms(cluster: Cluster, pod: str, count: int, **kw: Any) -> dict[str, float]:
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        with cluster.connect(pod, **kw) as conn:
+            conn.execute("SELECT 1")
+        times.append((time.perf_counter() - started) * 1000)
+    return {"p50": round(_pct(times, 0.5), 2), "p99": round(_pct(times, 0.99), 2)}
+
+
+def tls_costs(kube: Kube, ns: str, count: int = 300) -> dict[str, Any]:
+    """Connection set-up (connect, SELECT 1, close) with verify-full TLS vs plain TCP, and the
+    write outage while the server certificate is replaced (its Secret deleted: the operator
+    issues a new one, the instances reload it)."""
+    cluster = Cluster(kube, ns, "tls")
+    cluster.create({"instances": 1, "tls": {"allowPlainText": True}})
+    cluster.wait_healthy(1, timeout=300)
+    with cluster.connect(cluster.primary(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE beat (t timestamptz)")
+    pod = cluster.primary()
+    out: dict[str, Any] = {
+        "connect_ms_tls_verify_full": _connect_ms(cluster, pod, count),
+        "connect_ms_plain": _connect_ms(cluster, pod, count, sslmode="disable"),
+    }
+    writer = Writer(cluster)
+    writer.start()
+    wait_for("writes", lambda: len(writer.ok) > 20, 30)
+    before = kube.get("Secret", ns, "tls-tls")
+    kube.delete("Secret", ns, "tls-tls")
+    wait_for(
+        "a new certificate",
+        lambda: (
+            (s := kube.get("Secret", ns, "tls-tls")) is not None
+            and s["data"]["tls.crt"] != (before or {}).get("data", {}).get("tls.crt")
+        ),
+        60,
+    )
+    # The kubelet and the instance pick it up within ~10 s; keep writing through that.
+    time.sleep(20)
+    writer.stop.set()
+    writer.join()
+    gaps = [b - a for a, b in zip(writer.ok, writer.ok[1:], strict=False)]
+    out["renewal_failed_writes"] = len(writer.failed)
+    out["renewal_max_write_gap_seconds"] = round(max(gaps), 3)
+    kube.delete("PostgresCluster", ns, "tls")
+    return out
 
 
 def main() -> int:
@@ -441,6 +491,8 @@ def main() -> int:
                 _ha(kube, cp, results)
             if sections & {"backup", "wal"}:
                 _backups(kube, Path(tmp), sections, results)
+            if "tls" in sections:
+                results["tls"] = tls_costs(kube, _ns(kube, "bench-tls"))
             op.stop(signal.SIGTERM)
         finally:
             cp.down()
