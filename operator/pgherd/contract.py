@@ -9,6 +9,7 @@ operator reads. The operator (pgherd.render, pgherd.controller) and the operand
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from pgherd.api.v1alpha1 import ObjectStoreSpec
@@ -63,6 +64,24 @@ TLS_FILES = (TLS_CERT, TLS_KEY, TLS_CA, TLS_CLIENT_CA, TLS_REPLICATION_CERT, TLS
 # How often the instance looks for renewed files (the kubelet itself refreshes Secret
 # volumes about once a minute).
 TLS_POLL_SECONDS = 5.0
+
+
+# The superuser's password reaches the instance as a mounted Secret, not an environment
+# variable, so that a rotation reaches the running Patroni (a reload) and the backup agent
+# without a restart.
+SUPERUSER_MOUNT = "/etc/pgherd-superuser"
+SUPERUSER_PASSWORD_FILE = f"{SUPERUSER_MOUNT}/password"
+SUPERUSER_VOLUME = "superuser"
+
+
+def read_superuser_password(env: Mapping[str, str]) -> str:
+    """The superuser's password as the mounted Secret holds it now ("" when unreadable)."""
+    path = rooted(env.get("PGHERD_ROOT", "/"), env.get("PGHERD_SUPERUSER_PASSWORD_FILE",
+                                                          SUPERUSER_PASSWORD_FILE))  # fmt: skip
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
 
 
 def tls_path(name: str) -> str:

@@ -264,9 +264,11 @@ class Kubelet:
                 self._write_files(target, {k: v.encode() for k, v in (cm.data or {}).items()})
             elif "secret" in vol:
                 sec = self.core.read_namespaced_secret(vol["secret"]["secretName"], pp.namespace)
-                self._write_files(
-                    target, {k: base64.b64decode(v) for k, v in (sec.data or {}).items()}
-                )
+                data = {k: base64.b64decode(v) for k, v in (sec.data or {}).items()}
+                if items := vol["secret"].get("items"):
+                    # As a kubelet does: only the keys listed, at the paths given.
+                    data = {i["path"]: data[i["key"]] for i in items if i["key"] in data}
+                self._write_files(target, data)
             elif "emptyDir" in vol:
                 target.mkdir(parents=True, exist_ok=True)
             elif "persistentVolumeClaim" in vol:

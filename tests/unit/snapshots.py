@@ -80,6 +80,7 @@ def pod(
         "role": "primary" if role == "primary" else "replica",
         "state": "running" if role == "primary" and state == "streaming" else state,
         "api_url": f"http://10.0.0.{ordinal}:8008/patroni",
+        "conn_url": f"postgres://10.0.0.{ordinal}:5432/postgres",
         "xlog_location": lsn,
         "timeline": 1,
     }

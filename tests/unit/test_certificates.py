@@ -234,3 +234,15 @@ def test_the_ca_secret_of_a_users_bundle_wins_over_its_ca_crt() -> None:
     outcome = _pass(None, T0, cluster, user)
     assert outcome.problems == ()
     assert outcome.tls is not None and outcome.tls[contract.TLS_CA] == USER_CA.cert_pem
+
+
+def test_a_users_secret_that_went_away_leaves_the_serving_certificate_alone() -> None:
+    cluster = _with_tls({"serverSecret": {"name": "corp-tls"}})
+    user = {"corp-tls": _secret(_user_case("good"), "corp-tls")}
+    serving = _pass(None, T0, cluster, user)
+    assert serving.tls is not None
+    # Deleted (or no longer opted in): the reference check reports it; what serves stays.
+    later = _pass(serving, T0 + timedelta(hours=1), cluster, {}, refused=True)
+    assert later.tls is not None
+    assert later.tls[contract.TLS_CERT] == GOOD.cert_pem
+    assert later.tls[contract.TLS_CA] == USER_CA.cert_pem

@@ -614,6 +614,47 @@ class RecoverySpec(ApiModel):
     )
 
 
+# ---- credentials -------------------------------------------------------------------------
+
+
+class CredentialRotation(ApiModel):
+    """One counter per password: raising it rotates that password once."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.app >= oldSelf.app && self.superuser >= oldSelf.superuser",
+                    "credentials.rotate counters only go up: raise one to rotate again",
+                ),
+            ]
+        }
+    )
+
+    app: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Raise to rotate the application owner's password (<cluster>-app).",
+    )
+    superuser: int = Field(
+        default=0,
+        ge=0,
+        le=1_000_000,
+        description="Raise to rotate the postgres superuser's password (<cluster>-superuser).",
+    )
+
+
+class CredentialsSpec(ApiModel):
+    """Password rotation on request. The new password is set in PostgreSQL first, then in the
+    Secret; open connections stay open. status.credentials records each rotation."""
+
+    rotate: CredentialRotation = Field(
+        default_factory=CredentialRotation,
+        description="Rotation counters; each rotation is carried out once per increase.",
+    )
+
+
 # ---- TLS ---------------------------------------------------------------------------------
 TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
 
@@ -912,6 +953,10 @@ class PostgresClusterSpec(ApiModel):
     switchover: SwitchoverSpec | None = Field(
         default=None, description="Request a planned switchover."
     )
+    credentials: CredentialsSpec = Field(
+        default_factory=CredentialsSpec,
+        description="Password rotation on request (replication authenticates by certificate).",
+    )
     tls: TlsSpec = Field(
         default_factory=TlsSpec,
         description="TLS on every connection (always on; see allowPlainText for legacy clients).",
@@ -1021,6 +1066,24 @@ class IgnoredParameter(ApiModel):
     reason: str = Field(description="Why it is not in effect.")
 
 
+class CredentialStatus(ApiModel):
+    """The rotations of one password."""
+
+    rotation: int = Field(default=0, description="The last spec.credentials.rotate value done.")
+    last_rotated: datetime | None = Field(
+        default=None, description="When the password was last rotated."
+    )
+
+
+class CredentialsStatus(ApiModel):
+    """Rotations carried out, per password."""
+
+    app: CredentialStatus | None = Field(default=None, description="The app owner's password.")
+    superuser: CredentialStatus | None = Field(
+        default=None, description="The postgres superuser's password."
+    )
+
+
 class TlsStatus(ApiModel):
     """The certificates the instances serve with."""
 
@@ -1098,6 +1161,9 @@ class PostgresClusterStatus(ApiModel):
         "for postgresVersion, kept while spec.imageUpdatePolicy is Pinned.",
     )
     tls: TlsStatus | None = Field(default=None, description="Certificates and their expiry.")
+    credentials: CredentialsStatus | None = Field(
+        default=None, description="Password rotations carried out."
+    )
     # Backups
     backup: ClusterBackupStatus | None = Field(
         default=None, description="WAL archive and base backups (when spec.backup is set)."

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from pgherd.controller import conditions as c
-from pgherd.controller import events, patroni
+from pgherd.controller import events, patroni, postgres
 from pgherd.controller.actions import (
     CREATE_ONLY,
     Action,
@@ -27,6 +27,7 @@ from pgherd.controller.actions import (
     Patch,
     PatroniConfig,
     Restart,
+    SetPassword,
     Switchover,
 )
 from pgherd.controller.cache import Cache
@@ -37,7 +38,12 @@ from pgherd.render.names import RESTAPI_USERNAME
 
 log = logging.getLogger(__name__)
 # What disruptive actions are announced as.
-ANNOUNCE = {Delete: "RollingUpdate", Restart: "Restart", Switchover: "Switchover"}
+ANNOUNCE = {
+    Delete: "RollingUpdate",
+    Restart: "Restart",
+    Switchover: "Switchover",
+    SetPassword: "PasswordRotated",
+}
 
 
 @dataclass
@@ -111,7 +117,7 @@ class Actor:
     ) -> Exception | None:
         try:
             self._one(snapshot, action, rest)
-        except (ApiError, patroni.PatroniError) as e:
+        except (ApiError, patroni.PatroniError, postgres.PostgresError) as e:
             return e
         return None
 
@@ -129,12 +135,12 @@ class Actor:
         elif isinstance(error, ApiError):
             outcome.failures.append(self._refused(action, error))
             outcome.retry = outcome.retry or error.status in (0, 429, 500, 503, 504)
-        elif isinstance(error, patroni.PatroniError):
+        elif isinstance(error, patroni.PatroniError | postgres.PostgresError):
             log.warning("%s failed: %s", where, error)
             outcome.retry = True
         else:
             outcome.done.append(f"{action.describe()} ({action.reason})")
-            if action.disruptive or isinstance(action, Switchover):
+            if action.disruptive or isinstance(action, Switchover | SetPassword):
                 self.announce(snapshot, action)
 
     def _one(self, snapshot: Snapshot, action: Action, rest: patroni.Client) -> None:
@@ -160,6 +166,17 @@ class Actor:
             rest.switchover(action.api_url, action.primary, action.candidate)
         elif isinstance(action, Restart):
             rest.restart(action.api_url)
+        elif isinstance(action, SetPassword):
+            postgres.set_password(
+                action.conn_url,
+                superuser_passwords=action.superuser_passwords,
+                cadata=action.cadata,
+                role=action.role,
+                password=action.password,
+                timeout=self.patroni_timeout,
+            )
+            for then in action.then:
+                self._one(snapshot, then, rest)
         elif isinstance(action, Event):
             self.post(snapshot, action)
         else:

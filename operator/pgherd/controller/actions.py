@@ -135,6 +135,24 @@ class Switchover(Action):
 
 
 @dataclass(frozen=True)
+class SetPassword(Action):
+    """Set a role's password on the primary (as the superuser, over TLS verified against the
+    cluster's CA), then, only if that worked, apply `then` (the vault and the Secret with the
+    new password): the database has a password before any Secret says so."""
+
+    role: str = ""
+    conn_url: str = ""
+    password: str = field(default="", repr=False)
+    # Tried in order (a superuser rotation cut short may have changed the superuser's).
+    superuser_passwords: tuple[str, ...] = field(default=(), repr=False)
+    cadata: str = field(default="", repr=False)
+    then: tuple[Apply, ...] = ()
+
+    def describe(self) -> str:
+        return f"set the password of role {self.role}"
+
+
+@dataclass(frozen=True)
 class Restart(Action):
     """Restart PostgreSQL in one member through Patroni (pending parameters)."""
 

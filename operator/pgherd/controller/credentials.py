@@ -10,6 +10,14 @@ Secrets (and is built that way for clusters from before it existed).
 
 New passwords come from the operating system's CSPRNG (the `secrets` module), or, once at
 creation, from a Secret the spec names (spec.bootstrap.secret / superuserSecret). Never logged.
+
+Rotation (spec.credentials.rotate, a counter per password) goes through the vault too, so that
+a crash at any point loses nothing: the new password is first kept in the vault as
+`<kind>.next`; then it is set in PostgreSQL, and only after that the vault's `<kind>` and the
+published Secret take it, with `<kind>.rotation` (the counter carried out) and
+`<kind>.rotated-at`. A pass that finds `<kind>.next` sets the same password again
+(idempotent) before finishing, so the database and the Secrets never disagree for longer
+than a rotation takes.
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ import base64
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from pgherd.render.names import SECRET_KINDS, SecretKind
@@ -84,3 +93,43 @@ def resolve(
             if has_data:
                 regenerated.append(kind)
     return Credentials(out, regenerated, changed)
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """Where the rotation of one password stands, as the vault records it."""
+
+    done: int = 0  # the spec.credentials.rotate counter last carried out
+    rotated_at: datetime | None = None
+    pending: str | None = field(default=None, repr=False)  # the next password, once chosen
+
+
+def pending_key(kind: SecretKind) -> str:
+    return f"{kind}.next"
+
+
+def rotation_keys(kind: SecretKind) -> tuple[str, str]:
+    return f"{kind}.rotation", f"{kind}.rotated-at"
+
+
+def rotation(vault: Manifest | None, kind: SecretKind) -> Rotation:
+    counter_key, at_key = rotation_keys(kind)
+    counter, at = _value(vault, counter_key), _value(vault, at_key)
+    return Rotation(
+        done=int(counter) if counter and counter.isdigit() else 0,
+        rotated_at=datetime.fromisoformat(at) if at else None,
+        pending=_value(vault, pending_key(kind)),
+    )
+
+
+def rotation_record(kind: SecretKind, state: Rotation) -> dict[str, str]:
+    """The vault keys (beside the passwords) that keep a rotation's state."""
+    counter_key, at_key = rotation_keys(kind)
+    out: dict[str, str] = {}
+    if state.done:
+        out[counter_key] = str(state.done)
+    if state.rotated_at is not None:
+        out[at_key] = state.rotated_at.isoformat()
+    if state.pending is not None:
+        out[pending_key(kind)] = state.pending
+    return out

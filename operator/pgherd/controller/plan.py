@@ -19,6 +19,7 @@ Rules it keeps:
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -27,6 +28,7 @@ from typing import Any
 from pgherd.api.v1alpha1 import (
     LEGACY_DEFAULT_IMAGES,
     LIBRARY_PARAMETERS,
+    CredentialsStatus,
     PostgresCluster,
     RecoverySource,
 )
@@ -40,6 +42,7 @@ from pgherd.controller.actions import (
     Patch,
     PatroniConfig,
     Restart,
+    SetPassword,
     Switchover,
 )
 from pgherd.controller.conditions import Activity, Problem
@@ -49,6 +52,7 @@ from pgherd.render import names, ownership
 from pgherd.render.children import desired_children
 from pgherd.render.names import SecretKind
 from pgherd.render.patroni_config import dynamic_config
+from pgherd.render.secrets import render_secret, render_vault, username_for
 from pgherd.settings import Settings
 
 Manifest = dict[str, Any]
@@ -85,6 +89,7 @@ class Plan:
     image: str | None = None  # the operand image chosen (status.image)
     # The certificates settled on (status.tls; the CA bundle act verifies Patroni with).
     tls: certificates.Outcome | None = None
+    credentials: CredentialsStatus | None = None  # rotations carried out (status.credentials)
 
     @property
     def disruptive(self) -> list[Action]:
@@ -125,11 +130,13 @@ def plan(
     )
     actions += credential_actions
     problems += credential_problems
+    rotation = plan_rotation(cluster, snapshot, passwords, new_password, tls.server_trust)
     children, conflicts = plan_children(
         resolved,
         snapshot,
         passwords=passwords,
         tls=(tls.ca, tls.tls) if tls.ca is not None and tls.tls is not None else None,
+        vault_extra=rotation.vault_extra,
         image=image,
         hold_workload=gate.blocked
         or tls.tls is None
@@ -150,21 +157,13 @@ def plan(
     activity: Activity | None = None
     primary = snapshot.primary
     if primary is not None and passwords is not None:
-        # One disruptive step per pass; the next pass observes its effect first.
-        switch_actions, switch_activity, switchover_handled = plan_switchover_request(
-            cluster, snapshot, primary
+        step_actions, activity, switchover_handled = plan_disruption(
+            cluster, snapshot, primary, config_activity
         )
-        steps: list[tuple[list[Action], Activity | None]] = [
-            ([], config_activity),
-            (switch_actions, switch_activity),
-            plan_roll(snapshot, primary),
-            plan_scale_down(cluster, snapshot, primary),
-        ]
-        for step_actions, step_activity in steps:
-            if step_activity is not None:
-                actions += step_actions
-                activity = step_activity
-                break
+        actions += step_actions
+    if rotation.activity is not None and not any(a.disruptive for a in actions):
+        actions += rotation.actions
+        activity = activity or rotation.activity
     activity = activity or config_activity or scaling_activity(cluster, snapshot)
 
     actions += backups.plan_backups(snapshot, stale_after)
@@ -188,7 +187,30 @@ def plan(
         (passwords or {}).get("restapi"),
         image,
         tls,
+        rotation.status,
     )
+
+
+def plan_disruption(
+    cluster: PostgresCluster,
+    snapshot: Snapshot,
+    primary: Member,
+    config_activity: Activity | None,
+) -> tuple[list[Action], Activity | None, str | None]:
+    """One disruptive step per pass, the first that applies (the next pass observes its
+    effect first): parameters being applied, a switchover asked for, a rolling update, a
+    scale-down."""
+    switch_actions, switch_activity, handled = plan_switchover_request(cluster, snapshot, primary)
+    steps: list[tuple[list[Action], Activity | None]] = [
+        ([], config_activity),
+        (switch_actions, switch_activity),
+        plan_roll(snapshot, primary),
+        plan_scale_down(cluster, snapshot, primary),
+    ]
+    for step_actions, step_activity in steps:
+        if step_activity is not None:
+            return step_actions, step_activity, handled
+    return [], None, handled
 
 
 # ---- ownership and children -------------------------------------------------------------
@@ -246,6 +268,7 @@ def plan_children(
     image: str | None,
     hold_workload: bool,
     tls: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
+    vault_extra: Mapping[str, str] | None = None,
 ) -> tuple[list[Action], list[Problem]]:
     """Apply every rendered child that differs from its live one; none of a neighbour's."""
     actions: list[Action] = []
@@ -256,7 +279,9 @@ def plan_children(
     # Scaling down removes the highest ordinals: never the primary's (it moves first).
     if live_sts is not None and primary is not None and primary.ordinal >= cluster.spec.instances:
         replicas = int(live_sts["spec"]["replicas"])
-    rendered = desired_children(cluster, passwords, tls=tls, image=image, replicas=replicas)
+    rendered = desired_children(
+        cluster, passwords, tls=tls, vault_extra=vault_extra, image=image, replicas=replicas
+    )
 
     def neighbours(kind: str, name: str) -> bool:
         live = snapshot.child(kind, name)
@@ -461,12 +486,109 @@ def plan_credentials(
             c.REFERENCED_SECRET_CHANGED,
             "the password in the Secret named by spec.bootstrap "
             f"({'superuserSecret' if kind == 'superuser' else 'secret'}) changed after the "
-            "cluster was created; pgherd does not change passwords yet: put the previous "
-            f"password back (it is in {names.secret(name, kind)})",
+            "cluster was created; the cluster keeps its password (in "
+            f"{names.secret(name, kind)}): put it back, or rotate it with "
+            f"spec.credentials.rotate.{kind}",
         )
         for kind in resolved.adopted_changed
+        # Once rotated, the adopted Secret is no longer where the password comes from.
+        if credentials.rotation(vault, kind).done == 0
     ]
     return resolved.passwords, events, problems
+
+
+@dataclass(frozen=True)
+class RotationPlan:
+    """Password rotations of one pass (see pgherd.controller.credentials)."""
+
+    actions: tuple[Action, ...] = ()
+    vault_extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+    activity: Activity | None = None
+    status: CredentialsStatus | None = None
+
+
+def plan_rotation(
+    cluster: PostgresCluster,
+    snapshot: Snapshot,
+    passwords: Mapping[SecretKind, str] | None,
+    new_password: Generator,
+    trust: str | None,
+) -> RotationPlan:
+    """Rotations asked for by spec.credentials.rotate, one step per pass: choose and keep the
+    next password (in the vault), then set it in PostgreSQL and, only after that, in the vault
+    and the Secret. One password is committed per pass."""
+    name = cluster.metadata.name
+    vault = snapshot.child("Secret", names.vault(name))
+    if vault is not None and not ownership.owns(cluster, "Secret", vault):
+        vault = None
+    states = {kind: credentials.rotation(vault, kind) for kind in names.ROTATABLE_KINDS}
+    rotated = {
+        kind: {"rotation": st.done, "lastRotated": st.rotated_at}
+        for kind, st in states.items()
+        if st.done
+    }
+    status = CredentialsStatus.model_validate(rotated) if rotated else None
+    if passwords is None:
+        return RotationPlan(status=status)
+    wanted = {kind: getattr(cluster.spec.credentials.rotate, kind) for kind in states}
+    asked = [kind for kind in states if wanted[kind] > states[kind].done]
+    for kind in asked:
+        if states[kind].pending is None:
+            states[kind] = dataclasses.replace(states[kind], pending=new_password())
+
+    def extra(of: Mapping[SecretKind, credentials.Rotation]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for kind, st in of.items():
+            out |= credentials.rotation_record(kind, st)
+        return out
+
+    kept = extra(states)
+    if not asked:
+        return RotationPlan(vault_extra=kept, status=status)
+    kind = asked[0]
+    activity = Activity(c.ROTATING_CREDENTIALS,
+                        f"rotating the {kind} password (rotation {wanted[kind]})")  # fmt: skip
+    live_pending = credentials.rotation(vault, kind).pending
+    primary = snapshot.primary
+    published = snapshot.child("Secret", names.secret(name, kind))
+    if (
+        live_pending is None  # the next password is kept first (this pass's vault apply)
+        or vault is None
+        or published is None
+        or primary is None
+        or not primary.ready
+        or not primary.conn_url
+        or not trust
+    ):
+        return RotationPlan(vault_extra=kept, activity=activity, status=status)
+    done = {**states, kind: credentials.Rotation(wanted[kind], snapshot.now, None)}
+    rotated = {**passwords, kind: live_pending}
+    then = (
+        Apply(
+            f"the {kind} password is set in PostgreSQL",
+            manifest=stamped(render_vault(cluster, rotated, extra(done))),
+            resource_version=str(vault["metadata"].get("resourceVersion")),
+        ),
+        Apply(
+            f"the {kind} password is set in PostgreSQL",
+            manifest=stamped(
+                render_secret(cluster, kind, username_for(cluster, kind), live_pending, trust)
+            ),
+            resource_version=str(published["metadata"].get("resourceVersion")),
+        ),
+    )
+    action = SetPassword(
+        f"spec.credentials.rotate.{kind} is {wanted[kind]}, last carried out {states[kind].done}",
+        role=username_for(cluster, kind),
+        conn_url=primary.conn_url,
+        password=live_pending,
+        # A superuser rotation cut short may have set the new password already.
+        superuser_passwords=(passwords["superuser"],)
+        + ((live_pending,) if kind == "superuser" else ()),
+        cadata=trust,
+        then=then,
+    )
+    return RotationPlan((action,), kept, activity, status)
 
 
 # ---- Patroni's dynamic configuration ------------------------------------------------------

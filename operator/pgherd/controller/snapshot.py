@@ -93,6 +93,8 @@ class Member:
     uid: str | None = None
     report: InstanceReport | None = None
     annotations: Mapping[str, str] = field(default_factory=dict)
+    # postgres://host:port/postgres, as Patroni advertises the instance's PostgreSQL.
+    conn_url: str | None = None
 
 
 def _time(value: str | None) -> datetime | None:
@@ -140,6 +142,7 @@ def member_from_pod(pod: Manifest) -> Member:
         uid=meta.get("uid"),
         report=InstanceReport.from_annotation(annotations.get(contract.INSTANCE_ANNOTATION)),
         annotations=annotations,
+        conn_url=patroni.get("conn_url") if isinstance(patroni.get("conn_url"), str) else None,
     )
 
 

@@ -296,6 +296,7 @@ def compute(
         postgres_version=next((m.report.postgres_major for m in members if m.report), None),
         image=plan.image or previous.image,
         tls=plan.tls.status if plan.tls and plan.tls.status else previous.tls,
+        credentials=plan.credentials,
         backup=backups.cluster_backup_status(
             cluster,
             snapshot,

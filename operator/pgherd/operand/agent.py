@@ -140,7 +140,8 @@ class Agent:
             "host": contract.rooted(self.env.get("PGHERD_ROOT", "/"), contract.SOCKET_DIR),
             "port": int(self.env.get("PGHERD_PG_PORT", contract.POSTGRES_PORT)),
             "user": self.env.get("PATRONI_SUPERUSER_USERNAME", "postgres"),
-            "password": self.env.get("PATRONI_SUPERUSER_PASSWORD", ""),
+            # Read at each use: a rotation changes the mounted file, not the environment.
+            "password": contract.read_superuser_password(self.env),
             "dbname": "postgres",
             "connect_timeout": 5,
             "application_name": "pgherd.operand.agent",

@@ -14,12 +14,13 @@ never sets it; pgherd's test kubelet does, so that many pods can share one machi
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +110,38 @@ def final_config(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, An
         role: _rooted_paths(auth, _PATH_KEYS["authentication"], root)
         for role, auth in (pg.get("authentication") or {}).items()
     }
+    if password := contract.read_superuser_password(env):
+        superuser = dict(pg["authentication"].get("superuser") or {})
+        pg["authentication"]["superuser"] = superuser | {"password": password}
     bootstrap = dict(out.get("bootstrap", {}))
     # Creates the application database and its owner once, on the first primary.
     bootstrap["post_bootstrap"] = f"{sys.executable} -m pgherd.operand.post_bootstrap"
     out["bootstrap"] = bootstrap
     out["postgresql"] = pg
     return out
+
+
+class ConfigFile:
+    """Patroni's final configuration file, written again when what it is made of changes
+    (a rotated superuser password); 0600, as it holds that password."""
+
+    def __init__(self, config: dict[str, Any], env: Mapping[str, str], target: Path) -> None:
+        self.config, self.env, self.target = config, env, target
+        self.final: dict[str, Any] = {}
+        self.refresh()
+
+    def refresh(self) -> bool:
+        """Write the file if its contents changed; whether they did."""
+        final = final_config(self.config, self.env)
+        if final == self.final:
+            return False
+        tmp = self.target.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(yaml.safe_dump(final, sort_keys=False))
+        tmp.replace(self.target)
+        self.final = final
+        return True
 
 
 def run(env: Mapping[str, str]) -> int:
@@ -132,11 +159,11 @@ def run(env: Mapping[str, str]) -> int:
     tls_files.sync(tls_source, tls_target)
     if absent := tls_files.missing(tls_target):
         raise InstanceError(f"TLS files missing from {contract.TLS_MOUNT}: {', '.join(absent)}")
+    if not contract.read_superuser_password(env):
+        raise InstanceError(f"no superuser password in {contract.SUPERUSER_PASSWORD_FILE}")
     target = Path(rooted(root, contract.TMP_DIR)) / "patroni.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
-    final = final_config(config, env)
-    target.write_text(yaml.safe_dump(final, sort_keys=False))
-    target.chmod(0o600)
+    config_file = ConfigFile(config, env, target)
     if env.get("PGHERD_BACKUP_DESTINATION"):
         # The backup agent runs beside Patroni (see pgherd.operand.agent).
         from pgherd.operand import agent  # noqa: PLC0415
@@ -145,8 +172,9 @@ def run(env: Mapping[str, str]) -> int:
     return supervise(
         [sys.executable, "-m", "patroni", str(target)],
         {**env, **patroni_env},
-        bin_dir=str(final["postgresql"]["bin_dir"]),
+        bin_dir=str(config_file.final["postgresql"]["bin_dir"]),
         tls=(tls_source, tls_target),
+        refresh=config_file.refresh,
     )
 
 
@@ -159,9 +187,11 @@ def supervise(
     *,
     bin_dir: str,
     tls: tuple[Path, Path] | None = None,
+    refresh: Callable[[], bool] | None = None,
 ) -> int:
     """Run Patroni, pass its output (PostgreSQL's included) to ours, report the instance,
-    keep the TLS files (source, private copy) current; returns Patroni's exit status."""
+    keep the TLS files (source, private copy) and the configuration (refresh) current, with
+    a reload when either changed; returns Patroni's exit status."""
     from pgherd.operand import report as instance_report  # noqa: PLC0415
 
     watch = instance_report.LogWatch()
@@ -184,7 +214,9 @@ def supervise(
     instance_report.start(env, watch, bin_dir)
     if tls is not None:
         # SIGHUP: Patroni reloads its REST API certificate and PostgreSQL's configuration.
-        tls_files.keep_current(*tls, lambda: child.send_signal(signal.SIGHUP), threading.Event())
+        tls_files.keep_current(
+            *tls, lambda: child.send_signal(signal.SIGHUP), threading.Event(), refresh=refresh
+        )
     return _reap_until(child)
 
 
@@ -206,6 +238,10 @@ def _reap_until(child: subprocess.Popen[bytes]) -> int:
 
 
 def main() -> int:
+    # The supervisor's own lines (reloads, reports) go to the container log beside Patroni's.
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s pgherd instance: %(message)s", stream=sys.stderr
+    )
     try:
         return run(os.environ)
     except InstanceError as e:

@@ -1,5 +1,6 @@
 """The instance's TLS files: private copies of the mounted `<cluster>-tls` Secret, kept
-current, with a reload of Patroni (and through it PostgreSQL) whenever they change.
+current, with a reload of Patroni (and through it PostgreSQL) whenever they change (or the
+configuration file does: a rotated superuser password).
 
 PostgreSQL and libpq refuse a private key that others can read or that another user owns; a
 Secret volume's files belong to root and the pod's group. So `pgherd instance` copies the
@@ -57,19 +58,24 @@ def keep_current(
     target: Path,
     reload: Callable[[], None],
     stop: threading.Event,
+    *,
     every: float = contract.TLS_POLL_SECONDS,
+    refresh: Callable[[], bool] | None = None,
 ) -> threading.Thread:
-    """Start a thread that syncs every `every` seconds and calls reload after a change."""
+    """Start a thread that syncs every `every` seconds and calls reload after a change, of
+    the TLS files or of what refresh rewrites (it returns whether it did)."""
 
     def loop() -> None:
         while not stop.wait(every):
             try:
                 changed = sync(source, target)
+                if refresh is not None and refresh():
+                    changed.append("the configuration")
             except OSError as e:
-                log.warning("cannot copy TLS files from %s: %s", source, e)
+                log.warning("cannot refresh the TLS files or the configuration: %s", e)
                 continue
             if changed:
-                log.info("TLS files renewed (%s): reloading", ", ".join(changed))
+                log.info("renewed %s: reloading", ", ".join(changed))
                 reload()
 
     thread = threading.Thread(target=loop, name="tls-files", daemon=True)

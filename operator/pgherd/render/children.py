@@ -25,6 +25,7 @@ def desired_children(
     passwords: Mapping[SecretKind, str] | None = None,
     *,
     tls: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
+    vault_extra: Mapping[str, str] | None = None,
     image: str | None = None,
     replicas: int | None = None,
 ) -> list[Manifest]:
@@ -33,7 +34,8 @@ def desired_children(
     Secrets are included only when `passwords` (superuser, replication and app) are given:
     passwords are never made up here; the operator keeps them in the cluster's vault or
     generates them once. tls: the data of `<cluster>-ca` and `<cluster>-tls` (the operator's
-    pass makes certificates, not this); without it neither is rendered. image: the operand
+    pass makes certificates, not this); without it neither is rendered. vault_extra: what
+    the vault keeps beside the passwords (rotation state). image: the operand
     image the operator chose for the cluster's PostgreSQL version (spec.image, else the
     default); replicas: the StatefulSet's size when it must differ from spec.instances for
     now (scaling down waits for the primary to move).
@@ -43,7 +45,7 @@ def desired_children(
         children += render_tls_secrets(cluster, *tls)
     if passwords is not None:
         trust = tls[1].get(TLS_CA) if tls is not None else None
-        children += render_secrets(cluster, passwords, trust)
+        children += render_secrets(cluster, passwords, trust, vault_extra)
     children.append(render_patroni_configmap(cluster))
     children += render_services(cluster)
     children.append(render_statefulset(cluster, image=image, replicas=replicas))

@@ -6,6 +6,8 @@ from typing import Literal
 
 SecretKind = Literal["superuser", "replication", "app", "restapi"]
 SECRET_KINDS: tuple[SecretKind, ...] = ("superuser", "replication", "app", "restapi")
+# Passwords spec.credentials.rotate can rotate (the fields of CredentialRotation).
+ROTATABLE_KINDS: tuple[SecretKind, ...] = ("app", "superuser")
 # The account the operator uses on Patroni's REST API (its unsafe endpoints need it).
 RESTAPI_USERNAME = "pgherd"
 

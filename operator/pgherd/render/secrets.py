@@ -86,18 +86,21 @@ def _credential_metadata(cluster: PostgresCluster, name: str) -> dict[str, objec
     return metadata
 
 
-def render_vault(cluster: PostgresCluster, passwords: Mapping[SecretKind, str]) -> Manifest:
-    """Secret `<cluster>-vault`: the operator's own copy of every password (pgherd.passwords),
-    which the published Secrets are rendered from. Not for clients."""
+def render_vault(
+    cluster: PostgresCluster,
+    passwords: Mapping[SecretKind, str],
+    extra: Mapping[str, str] | None = None,
+) -> Manifest:
+    """Secret `<cluster>-vault`: the operator's own copy of every password, which the
+    published Secrets are rendered from, and (extra) the state of password rotations
+    (pgherd.controller.credentials). Not for clients."""
+    values = {kind: passwords[kind] for kind in SECRET_KINDS} | dict(extra or {})
     return {
         "apiVersion": "v1",
         "kind": "Secret",
         "metadata": _credential_metadata(cluster, names.vault(cluster.metadata.name)),
         "type": "Opaque",
-        "data": {
-            kind: base64.b64encode(passwords[kind].encode()).decode("ascii")
-            for kind in SECRET_KINDS
-        },
+        "data": {k: base64.b64encode(v.encode()).decode("ascii") for k, v in values.items()},
     }
 
 
@@ -105,13 +108,14 @@ def render_secrets(
     cluster: PostgresCluster,
     passwords: Mapping[SecretKind, str],
     server_trust: str | None = None,
+    vault_extra: Mapping[str, str] | None = None,
 ) -> list[Manifest]:
     """The vault, then one Secret per kind in SECRET_KINDS; `passwords` must hold them all."""
     missing = [kind for kind in SECRET_KINDS if kind not in passwords]
     if missing:
         raise ValueError(f"passwords missing for {', '.join(missing)}")
     return [
-        render_vault(cluster, passwords),
+        render_vault(cluster, passwords, vault_extra),
         *(
             render_secret(cluster, kind, username_for(cluster, kind), passwords[kind], server_trust)
             for kind in SECRET_KINDS

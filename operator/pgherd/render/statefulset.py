@@ -50,7 +50,8 @@ def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
         {"name": "PGDATA", "value": contract.PGDATA},
         {"name": "PGHERD_CONFIG", "value": contract.CONFIG_FILE},
         _secret_env("PATRONI_SUPERUSER_USERNAME", name, "superuser", "username"),
-        _secret_env("PATRONI_SUPERUSER_PASSWORD", name, "superuser", "password"),
+        # The password is a file (see contract.SUPERUSER_MOUNT): rotations reach it live.
+        {"name": "PGHERD_SUPERUSER_PASSWORD_FILE", "value": contract.SUPERUSER_PASSWORD_FILE},
         _secret_env("PATRONI_REPLICATION_USERNAME", name, "replication", "username"),
         _secret_env("PATRONI_REPLICATION_PASSWORD", name, "replication", "password"),
         # Without these Patroni's unsafe endpoints (switchover, restart, config) are open to
@@ -120,6 +121,11 @@ def _container(cluster: PostgresCluster, image: str) -> dict[str, Any]:
             {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},
             {"name": contract.TLS_VOLUME, "mountPath": contract.TLS_MOUNT, "readOnly": True},
             {"name": contract.TLS_PRIVATE_VOLUME, "mountPath": contract.TLS_DIR},
+            {
+                "name": contract.SUPERUSER_VOLUME,
+                "mountPath": contract.SUPERUSER_MOUNT,
+                "readOnly": True,
+            },
             {"name": "tmp", "mountPath": contract.TMP_DIR},
             {"name": "run", "mountPath": contract.SOCKET_DIR},
             {"name": "shm", "mountPath": contract.SHM_DIR},
@@ -141,6 +147,14 @@ def _volumes(cluster: PostgresCluster) -> list[dict[str, Any]]:
             "secret": {"secretName": names.tls_secret(cluster.metadata.name), "defaultMode": 0o440},
         },
         {"name": contract.TLS_PRIVATE_VOLUME, "emptyDir": {"medium": "Memory", "sizeLimit": "1Mi"}},
+        {
+            "name": contract.SUPERUSER_VOLUME,
+            "secret": {
+                "secretName": names.secret(cluster.metadata.name, "superuser"),
+                "items": [{"key": "password", "path": "password"}],
+                "defaultMode": 0o440,
+            },
+        },
         {"name": "tmp", "emptyDir": {}},
         {"name": "run", "emptyDir": {}},
         # The container runtime's 64Mi /dev/shm is too small for parallel query workers.
