@@ -174,12 +174,15 @@ class Cluster:
                                 "dbname": dbname, "connect_timeout": "3"} | kwargs)
         )  # fmt: skip
 
-    def connect_superuser(self, pod: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
-        """A connection as the postgres superuser (the primary's, unless pod is given)."""
+    def superuser_password(self) -> str:
         secret = self.kube.get("Secret", self.namespace, f"{self.name}-superuser")
         assert secret is not None
+        return base64.b64decode(secret["data"]["password"]).decode()
+
+    def connect_superuser(self, pod: str | None = None, **kwargs: Any) -> psycopg.Connection[Any]:
+        """A connection as the postgres superuser (the primary's, unless pod is given)."""
         pod = pod or self.primary()
-        password = base64.b64decode(secret["data"]["password"]).decode()
+        password = self.superuser_password()
         return psycopg.connect(
             **(self.tls(pod) | {"port": str(self.port(pod)), "user": "postgres",
                                 "password": password, "dbname": "postgres",

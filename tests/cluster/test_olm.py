@@ -581,6 +581,8 @@ def test_upgrade_along_stable_keeps_live_clusters(
 ADDED_BY_0_2_0 = {
     "postgresql.allowInsecureAuthentication": False,
     "imageUpdatePolicy": "Pinned",
+    "tls": {"minProtocolVersion": "TLSv1.2", "allowPlainText": False},
+    "credentials": {"rotate": {"app": 0, "superuser": 0}},
 }
 
 
