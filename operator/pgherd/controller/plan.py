@@ -522,12 +522,12 @@ def plan_rotation(
     if vault is not None and not ownership.owns(cluster, "Secret", vault):
         vault = None
     states = {kind: credentials.rotation(vault, kind) for kind in names.ROTATABLE_KINDS}
-    rotated = {
+    carried_out = {
         kind: {"rotation": st.done, "lastRotated": st.rotated_at}
         for kind, st in states.items()
         if st.done
     }
-    status = CredentialsStatus.model_validate(rotated) if rotated else None
+    status = CredentialsStatus.model_validate(carried_out) if carried_out else None
     if passwords is None:
         return RotationPlan(status=status)
     wanted = {kind: getattr(cluster.spec.credentials.rotate, kind) for kind in states}
