@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -187,6 +188,11 @@ def test_patroni_refuses_unsafe_requests_without_credentials(basic: Cluster) -> 
     secret = basic.kube.get("Secret", basic.namespace, "basic-restapi")
     assert secret is not None
     assert base64.b64decode(secret["data"]["username"]).decode() == "pgherd"
+    # Over TLS, verified against the cluster's CA (not the name: api_url holds the pod IP).
+    tls = basic.kube.get("Secret", basic.namespace, "basic-tls")
+    assert tls is not None and base.startswith("https://")
+    context = ssl.create_default_context(cadata=base64.b64decode(tls["data"]["ca.crt"]).decode())
+    context.check_hostname = False
     for auth in (None, "Basic " + base64.b64encode(b"pgherd:wrong").decode()):
         req = urllib.request.Request(  # noqa: S310 - the instance's own REST API on a pod IP
             base + "/restart",
@@ -195,9 +201,9 @@ def test_patroni_refuses_unsafe_requests_without_credentials(basic: Cluster) -> 
             headers=({"Authorization": auth} if auth else {}),
         )
         with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(req, timeout=10)  # noqa: S310
+            urllib.request.urlopen(req, timeout=10, context=context)  # noqa: S310
         assert refused.value.code == 401
-    with urllib.request.urlopen(base + "/patroni", timeout=10) as resp:  # noqa: S310
+    with urllib.request.urlopen(base + "/patroni", timeout=10, context=context) as resp:  # noqa: S310
         assert json.loads(resp.read())["role"] in ("master", "primary")
 
 

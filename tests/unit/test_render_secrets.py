@@ -81,5 +81,12 @@ def test_pods_read_credentials_from_the_rendered_secrets() -> None:
         for e in sts["spec"]["template"]["spec"]["containers"][0]["env"]
         if "secretKeyRef" in e.get("valueFrom", {})
     ]
-    assert len(refs) == 8  # four Secrets, username and password each
+    # Four Secrets, username and password each, but the superuser's password: a mounted file
+    # (a rotation reaches the running instance), from the same Secret.
+    assert len(refs) == 7
     assert all(r["key"] in keys[r["name"]] for r in refs)
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    mounted = volumes["superuser"]["secret"]
+    assert mounted["secretName"] == "db-superuser"
+    assert [i["key"] for i in mounted["items"]] == ["password"]
+    assert "password" in keys["db-superuser"]

@@ -121,6 +121,23 @@ def final_config(config: dict[str, Any], env: Mapping[str, str]) -> dict[str, An
     return out
 
 
+def clear_stale_socket_locks(directory: Path) -> list[str]:
+    """Remove PostgreSQL's socket lock files (and sockets) left by the previous container.
+
+    The socket directory is an emptyDir, which outlives a crashed container. Its lock file
+    names the old postmaster's PID, and in the new container's PID namespace that number may
+    already belong to another process (PIDs start again from 1): PostgreSQL then takes the
+    lock for a live postmaster's and refuses to start. A container that is starting runs no
+    postmaster, so whatever is there is stale.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    removed = []
+    for path in directory.glob(".s.PGSQL.*"):
+        path.unlink(missing_ok=True)
+        removed.append(path.name)
+    return removed
+
+
 class ConfigFile:
     """Patroni's final configuration file, written again when what it is made of changes
     (a rotated superuser password); 0600, as it holds that password."""
@@ -153,7 +170,7 @@ def run(env: Mapping[str, str]) -> int:
     except OSError as e:
         raise InstanceError(f"cannot read Patroni configuration {source}: {e}") from None
     patroni_env = patroni_environment(env)
-    Path(rooted(root, contract.SOCKET_DIR)).mkdir(parents=True, exist_ok=True)
+    clear_stale_socket_locks(Path(rooted(root, contract.SOCKET_DIR)))
     tls_source = Path(rooted(root, contract.TLS_MOUNT))
     tls_target = Path(rooted(root, contract.TLS_DIR))
     tls_files.sync(tls_source, tls_target)

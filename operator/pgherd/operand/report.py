@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import ssl
 import subprocess
 import threading
 import time
@@ -146,7 +147,9 @@ class Reporter:
         self.core = client.CoreV1Api()
         self.pod = env["POD_NAME"]
         self.namespace = env["POD_NAMESPACE"]
-        self.api = f"http://{env['POD_IP']}:{env.get('PGHERD_API_PORT', contract.PATRONI_PORT)}"
+        self.api = f"https://{env['POD_IP']}:{env.get('PGHERD_API_PORT', contract.PATRONI_PORT)}"
+        self.ca_file = contract.rooted(env.get("PGHERD_ROOT", "/"),
+                                       contract.tls_path(contract.TLS_CA))  # fmt: skip
         self.watch = watch
         self.bin_dir = bin_dir
         self.major, self.version_num = server_version(bin_dir)
@@ -156,9 +159,13 @@ class Reporter:
 
     def _get(self, path: str) -> dict[str, Any] | None:
         try:
+            # Patroni's REST API speaks TLS with the cluster's certificate; verified against
+            # the CA as the instance has it now (a renewal replaces the file), not by name.
+            context = ssl.create_default_context(cafile=self.ca_file)
+            context.check_hostname = False
             # Patroni's read-only endpoints answer without credentials, also with HTTP 503
             # when the server is not running (the body still says why).
-            with urllib.request.urlopen(self.api + path, timeout=5) as resp:  # noqa: S310
+            with urllib.request.urlopen(self.api + path, timeout=5, context=context) as resp:  # noqa: S310
                 body = resp.read()
         except urllib.error.HTTPError as e:
             body = e.read()
