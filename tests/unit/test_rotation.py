@@ -33,9 +33,16 @@ def _decoded(secret: dict[str, Any]) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
 
 
-def _world(rotate: dict[str, int], vault_extra: dict[str, str], **kw: Any) -> Any:
+def _world(
+    rotate: dict[str, int],
+    vault_extra: dict[str, str],
+    children_override: dict[Any, Any] | None = None,
+    **kw: Any,
+) -> Any:
     spec = {"credentials": {"rotate": rotate}}
-    kids = live_children(PostgresCluster.model_validate(cluster_raw(spec)))
+    kids = dict(
+        children_override or live_children(PostgresCluster.model_validate(cluster_raw(spec)))
+    )
     # The vault as the operator last applied it, with the rotation state given.
     vault = render_vault(PostgresCluster.model_validate(cluster_raw(spec)), PASSWORDS, vault_extra)
     live = copy.deepcopy(stamped(vault))
@@ -112,3 +119,14 @@ def test_status_records_each_rotation() -> None:
     assert decided.credentials is not None and decided.credentials.app is not None
     assert decided.credentials.app.rotation == 3 and decided.credentials.app.last_rotated == NOW
     assert decided.credentials.superuser is None
+
+
+def test_a_neighbours_secret_with_the_childs_name_is_never_written_by_a_rotation() -> None:
+    s = _world({"app": 1}, {"app.next": "n3w-pa55word"})
+    foreign = copy.deepcopy(s.children[("Secret", "db-app")])
+    foreign["metadata"]["ownerReferences"] = [
+        {"kind": "Deployment", "uid": "x", "controller": True}
+    ]
+    kids = {**s.children, ("Secret", "db-app"): foreign}
+    decided = _plan(_world({"app": 1}, {"app.next": "n3w-pa55word"}, children_override=kids))
+    assert not [a for a in decided.actions if isinstance(a, SetPassword)]

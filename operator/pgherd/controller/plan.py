@@ -115,9 +115,11 @@ def plan(
     if not problems:
         actions += clear_stale_dcs(cluster, snapshot)
     resolved, gate = backups.resolve(cluster, snapshot)
-    refused, adopted = check_references(resolved, snapshot)
+    refused, adopted, refused_fields = check_references(resolved, snapshot)
     problems += refused
-    tls = plan_certificates(resolved, snapshot, settings, refused, mint or certificates.Mint())
+    tls = plan_certificates(
+        resolved, snapshot, settings, refused_fields, mint or certificates.Mint()
+    )
     actions += [Event(reason, message=message) for reason, message in tls.issued]
     problems += tls.problems
     if (bad := backups.schedule_problem(cluster, snapshot.now)) is not None:
@@ -394,11 +396,12 @@ def choose_image(
 # ---- Secrets ----------------------------------------------------------------------------
 def check_references(
     cluster: PostgresCluster, snapshot: Snapshot
-) -> tuple[list[Problem], dict[SecretKind, str | None]]:
-    """Problems with the Secrets the spec names, and the passwords of those adopted at
-    bootstrap (None while the adopted Secret cannot be used)."""
+) -> tuple[list[Problem], dict[SecretKind, str | None], frozenset[str]]:
+    """Problems with the Secrets the spec names, the passwords of those adopted at bootstrap
+    (None while the adopted Secret cannot be used), and the fields whose Secret is refused."""
     problems: list[Problem] = []
     adopted: dict[SecretKind, str | None] = {}
+    refused_fields: set[str] = set()
     for ref in references.references(cluster):
         secret = snapshot.usable_secrets.get(ref.secret)
         problem = references.check(
@@ -406,17 +409,18 @@ def check_references(
         )
         if problem is not None:
             problems.append(problem)
+            refused_fields.add(ref.field)
         if ref.username is not None:
             kind: SecretKind = "superuser" if ref.field.endswith("superuserSecret") else "app"
             adopted[kind] = None if problem else references.decoded(secret or {}, "password")
-    return problems, adopted
+    return problems, adopted, frozenset(refused_fields)
 
 
 def plan_certificates(
     cluster: PostgresCluster,
     snapshot: Snapshot,
     settings: Settings,
-    refused: list[Problem],
+    refused_fields: frozenset[str],
     mint: certificates.Mint,
 ) -> certificates.Outcome:
     """The cluster's certificates (pgherd.controller.certificates), from its own Secrets and
@@ -432,7 +436,7 @@ def plan_certificates(
         own(names.ca_secret(name)),
         own(names.tls_secret(name)),
         snapshot.usable_secrets,
-        refused=any(p.message.startswith("spec.tls.") for p in refused),
+        refused=bool(refused_fields & {"spec.tls.serverSecret", "spec.tls.caSecret"}),
         now=snapshot.now,
         policy=certificates.Policy(
             ca_lifetime=timedelta(seconds=settings.tls_ca_lifetime_seconds),
@@ -551,6 +555,8 @@ def plan_rotation(
     live_pending = credentials.rotation(vault, kind).pending
     primary = snapshot.primary
     published = snapshot.child("Secret", names.secret(name, kind))
+    if published is not None and not ownership.owns(cluster, "Secret", published):
+        published = None  # a neighbour's Secret with the child's name is never written
     if (
         live_pending is None  # the next password is kept first (this pass's vault apply)
         or vault is None
