@@ -21,6 +21,17 @@ POSTGRES_PORT = 5432
 POSTGRES_PORT_NAME = "postgresql"
 PATRONI_PORT = 8008
 PATRONI_PORT_NAME = "patroni"
+# Each instance's Prometheus exporter (pgherd.operand.metrics), served by `pgherd instance`
+# over plain HTTP: metrics carry no secret, and a scraper needs no CA (as postgres_exporter's
+# default port, so dashboards and network policies written for it fit).
+METRICS_PORT = 9187
+METRICS_PORT_NAME = "metrics"
+METRICS_PATH = "/metrics"
+METRICS_PORT_ENV = "PGHERD_METRICS_PORT"
+# User-defined queries (spec.monitoring.customQueries): each ConfigMap key is a file here, in
+# postgres_exporter's queries.yaml format; the exporter reads every *.yaml of the directory.
+METRICS_QUERIES_DIR = "/etc/pgherd-metrics"
+METRICS_QUERIES_ENV = "PGHERD_METRICS_QUERIES_DIR"
 
 # The data volume is mounted one level above PGDATA: a fresh filesystem's root holds
 # lost+found, and initdb refuses a non-empty directory.
