@@ -15,8 +15,9 @@ include hack/versions.env
 
 # Debian packages the tests and `make run` use (installed when missing and running as root).
 # buildah, docker-registry and skopeo prove the bundle image without a container engine;
-# debootstrap makes the local Debian base the operator image is built on (`make base-image`).
-DEB_PACKAGES := postgresql-15 postgresql-client-15 buildah docker-registry skopeo debootstrap
+# debootstrap makes the local Debian base the operator image is built on (`make base-image`);
+# prometheus (with promtool) runs the alerting rules' tests and scrapes real instances in a test.
+DEB_PACKAGES := postgresql-15 postgresql-client-15 buildah docker-registry skopeo debootstrap prometheus
 
 PYTEST_ARGS ?=
 
