@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from pgherd.api.v1alpha1 import RESTARTED_AT_ANNOTATION
 from pgherd.render import labels
 from pgherd.render.pdb import render_pdb
 from pgherd.render.rbac import render_rbac
@@ -209,3 +210,24 @@ def test_rbac_grants_what_patroni_needs_and_nothing_else() -> None:
         {"kind": "ServiceAccount", "name": "db-instance", "namespace": "prod"}
     ]
     assert pod_spec()["serviceAccountName"] == "db-instance"
+
+
+def test_restart_request_is_a_new_pod_template_revision() -> None:
+    """`pgherd.io/restartedAt` on the cluster goes into the pod template (as `kubectl rollout
+    restart` does), so each new value is a new revision the rollout restarts pods for; other
+    annotations of the cluster stay off the pods."""
+    plain = make_cluster()
+    asked = make_cluster()
+    asked.metadata.annotations = {
+        RESTARTED_AT_ANNOTATION: "2026-11-30T10:00:00Z",
+        "team": "payments",
+    }
+    again = make_cluster()
+    again.metadata.annotations = {RESTARTED_AT_ANNOTATION: "2026-11-30T11:00:00Z"}
+    templates = [render_statefulset(c)["spec"]["template"] for c in (plain, asked, again)]
+    assert RESTARTED_AT_ANNOTATION not in templates[0]["metadata"]["annotations"]
+    assert templates[1]["metadata"]["annotations"][RESTARTED_AT_ANNOTATION] == (
+        "2026-11-30T10:00:00Z"
+    )
+    assert "team" not in templates[1]["metadata"]["annotations"]
+    assert templates[0] != templates[1] != templates[2]

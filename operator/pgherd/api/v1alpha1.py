@@ -28,6 +28,11 @@ GROUP = "pgherd.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "PostgresCluster"
+# A rolling restart request, as `kubectl rollout restart` makes one for a Deployment: the
+# operator copies the value into the pod template, so a new value is a new revision, rolled
+# out like any other (replicas first, then a switchover, then the old primary). Set by
+# `kubectl pgherd restart`; any value works, the time of the request by convention.
+RESTARTED_AT_ANNOTATION = "pgherd.io/restartedAt"
 PLURAL = "postgresclusters"
 SINGULAR = "postgrescluster"
 SHORT_NAMES = ("pgc",)

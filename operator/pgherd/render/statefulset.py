@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pgherd import contract
-from pgherd.api.v1alpha1 import DEFAULT_IMAGE, PostgresCluster
+from pgherd.api.v1alpha1 import DEFAULT_IMAGE, RESTARTED_AT_ANNOTATION, PostgresCluster
 from pgherd.render import backup as backup_render
 from pgherd.render import labels, names
 from pgherd.render.names import SecretKind
@@ -178,12 +178,14 @@ def _pod_security_context() -> dict[str, Any]:
 
 def _pod_template(cluster: PostgresCluster, image: str) -> dict[str, Any]:
     name = cluster.metadata.name
+    annotations = {CONFIG_HASH_ANNOTATION: config_hash(cluster)}
+    restarted_at = cluster.metadata.annotations.get(RESTARTED_AT_ANNOTATION)
+    if restarted_at:
+        annotations[RESTARTED_AT_ANNOTATION] = restarted_at
     return {
         "metadata": {
             "labels": labels.common_labels(name),
-            "annotations": {
-                CONFIG_HASH_ANNOTATION: config_hash(cluster),
-            },
+            "annotations": annotations,
         },
         "spec": {
             "serviceAccountName": names.instance_account(name),
