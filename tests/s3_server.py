@@ -30,8 +30,18 @@ REGION = "us-east-1"
 USER = "pgherd-tests"
 S3_FULL_ACCESS = {
     "Version": "2012-10-17",
-    "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}],
+    "Statement": [
+        {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
+        # So that a test can take the key's right to write away and give it back, as an
+        # administrator's IAM change would (S3Server.deny_writes).
+        {
+            "Effect": "Allow",
+            "Action": ["iam:PutUserPolicy", "iam:DeleteUserPolicy"],
+            "Resource": "*",
+        },
+    ],
 }
+DENY_WRITES = "deny-writes"
 # The IAM actions start-up makes before authentication starts: create_user,
 # put_user_policy, create_access_key. Each must be sent once (no retries), or the count
 # would be off by the retries.
@@ -87,6 +97,30 @@ class S3Server:
             for p in pages.paginate(Bucket=bucket, Prefix=prefix)
             for o in p.get("Contents", [])
         ]
+
+    def _iam(self) -> Any:
+        return boto3.client(
+            "iam",
+            endpoint_url=self.url,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name=REGION,
+            config=_NO_RETRIES,
+        )
+
+    def deny_writes(self) -> None:
+        """From now on the key pair may read but not write (AccessDenied on PutObject): WAL
+        archiving and base backups fail as with credentials whose rights were revoked."""
+        deny = {
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Deny", "Action": "s3:PutObject", "Resource": "*"}],
+        }
+        self._iam().put_user_policy(
+            UserName=USER, PolicyName=DENY_WRITES, PolicyDocument=json.dumps(deny)
+        )
+
+    def allow_writes(self) -> None:
+        self._iam().delete_user_policy(UserName=USER, PolicyName=DENY_WRITES)
 
     def stop(self) -> None:
         self.proc.terminate()
