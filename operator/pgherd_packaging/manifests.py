@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib.resources import files as package_files
 from pathlib import Path
 from typing import Any
 
@@ -313,6 +314,14 @@ def files(image: str) -> dict[str, str]:
         "resources": resources,
     }
     out["kustomization.yaml"] = GENERATED_HEADER + yaml_text.dump(kustomization)
+    # Outside the kustomization: the PrometheusRule CRD exists only with the Prometheus
+    # Operator (docs/monitoring.md). Its source is hand-written, with comments.
+    out["monitoring/prometheusrule.yaml"] = (
+        "# Generated from pgherd_packaging/templates/prometheusrule.yaml; do not edit.\n"
+        + package_files("pgherd_packaging")
+        .joinpath("templates", "prometheusrule.yaml")
+        .read_text(encoding="utf-8")
+    )
     return out
 
 

@@ -128,6 +128,13 @@ NAMESPACED: tuple[Rule, ...] = (
         (*CACHED, "create", "patch"),
         "the instance pods' Role and RoleBinding (Patroni's Kubernetes DCS)",
     ),
+    Rule(
+        "monitoring.coreos.com",
+        ("podmonitors",),
+        ("list", "watch", "create", "patch", "delete"),
+        "the cluster's PodMonitor (spec.monitoring.enablePodMonitor), where the Prometheus "
+        "Operator's CRD is installed",
+    ),
 )
 
 CLUSTER: tuple[Rule, ...] = (

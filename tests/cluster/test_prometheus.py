@@ -16,9 +16,12 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
@@ -230,3 +233,80 @@ def test_prometheus_scrapes_every_panel_and_sees_archiving_fail_and_recover(
         lambda: "PgherdWALArchivingFailing" not in firing(prometheus),
         timeout=120,
     )
+
+
+# The Prometheus Operator's PodMonitor CRD, reduced to what the API server needs to serve
+# the kind (the real one's full schema validates fields pgherd does not set): installed for
+# this test only, on the real API server.
+POD_MONITOR_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1",
+    "kind": "CustomResourceDefinition",
+    "metadata": {"name": "podmonitors.monitoring.coreos.com"},
+    "spec": {
+        "group": "monitoring.coreos.com",
+        "scope": "Namespaced",
+        "names": {
+            "plural": "podmonitors",
+            "singular": "podmonitor",
+            "kind": "PodMonitor",
+            "listKind": "PodMonitorList",
+        },
+        "versions": [
+            {
+                "name": "v1",
+                "served": True,
+                "storage": True,
+                "schema": {
+                    "openAPIV3Schema": {
+                        "type": "object",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                    }
+                },
+            }
+        ],
+    },
+}
+
+
+def test_pod_monitor_follows_the_spec_once_its_crd_is_installed(
+    operator: Operator, kube: Kube, namespace: str, api: client.ApiClient
+) -> None:
+    """Asked for before the CRD exists: status says why there is none; once the CRD is
+    installed the operator notices it (no restart) and creates it; turned off, deletes it."""
+    extensions = client.ApiextensionsV1Api(api)
+    cluster = Cluster(kube, namespace, "scraped")
+    cluster.create({"instances": 1, "monitoring": {"enablePodMonitor": True}})
+    cluster.wait_healthy(1)
+    message = wait_for(
+        "status.monitoring.message",
+        lambda: (cluster.status().get("monitoring") or {}).get("message"),
+        timeout=60,
+    )
+    assert "is not installed" in message, message
+    extensions.create_custom_resource_definition(POD_MONITOR_CRD)
+    try:
+        custom = client.CustomObjectsApi(api)
+
+        def pod_monitor() -> dict[str, Any] | None:
+            try:
+                found: dict[str, Any] = custom.get_namespaced_custom_object(
+                    "monitoring.coreos.com", "v1", namespace, "podmonitors", "scraped"
+                )
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+            return found
+
+        monitor = wait_for("the PodMonitor", pod_monitor, timeout=120)
+        assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+        assert monitor["metadata"]["ownerReferences"][0]["name"] == "scraped"
+        wait_for(
+            "status.monitoring.podMonitor",
+            lambda: (cluster.status().get("monitoring") or {}).get("podMonitor") == "scraped",
+            timeout=60,
+        )
+        cluster.patch_spec({"monitoring": {"enablePodMonitor": False}})
+        wait_for("the PodMonitor deleted", lambda: pod_monitor() is None, timeout=60)
+    finally:
+        extensions.delete_custom_resource_definition(POD_MONITOR_CRD["metadata"]["name"])

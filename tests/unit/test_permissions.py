@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pgherd.api import v1alpha1
 from pgherd.controller.client import KINDS
-from pgherd.controller.runner import WATCHED
+from pgherd.controller.runner import OPTIONAL, WATCHED
 from pgherd.controller.snapshot import expected_children
 from pgherd.render.children import desired_children
 from pgherd.render.rbac import render_rbac
@@ -102,12 +102,12 @@ def client_calls() -> set[tuple[str, str, str]]:
     rendered children are server-side applied (a PATCH, which the API server authorizes as
     create when the object is new); status is patched; Events are posted."""
     used: set[tuple[str, str, str]] = set()
-    for kind, _selector in (*WATCHED, ("StorageClass", "")):
+    for kind, _selector in (*WATCHED, *OPTIONAL, ("StorageClass", "")):
         used |= {(*_resource(kind), "list"), (*_resource(kind), "watch")}
     for kind, _name in expected_children("db"):
         used.add((*_resource(kind), "get"))
     used.add((*_resource("Secret"), "get"))  # referenced Secrets that did not opt in
-    for child in desired_children(make_cluster(WITH_BACKUP), PASSWORDS):
+    for child in desired_children(make_cluster(WITH_BACKUP), PASSWORDS, pod_monitor=True):
         used |= {(*_resource(child["kind"]), "patch"), (*_resource(child["kind"]), "create")}
     used.add((*_resource(v1alpha1.KIND, "status"), "patch"))
     used.add((*_resource("Event"), "create"))

@@ -868,6 +868,17 @@ class ServiceSpec(ApiModel):
     )
 
 
+class MonitoringSpec(ApiModel):
+    """Prometheus metrics: every instance serves them on its `metrics` port (9187)."""
+
+    enable_pod_monitor: bool = Field(
+        default=False,
+        description="Create a Prometheus Operator PodMonitor `<cluster>` for the instances, "
+        "when the PodMonitor CRD (monitoring.coreos.com/v1) is installed; without it, "
+        "status.monitoring says so. Turning it off deletes the PodMonitor.",
+    )
+
+
 class SwitchoverSpec(ApiModel):
     """A planned switchover request, carried out once: status.switchoverHandled records it.
     Remove spec.switchover (or name another instance) to request another one."""
@@ -957,6 +968,10 @@ class PostgresClusterSpec(ApiModel):
     service: ServiceSpec = Field(default_factory=ServiceSpec, description="The client Services.")
     switchover: SwitchoverSpec | None = Field(
         default=None, description="Request a planned switchover."
+    )
+    monitoring: MonitoringSpec = Field(
+        default_factory=MonitoringSpec,
+        description="Prometheus metrics of the instances (docs/monitoring.md).",
     )
     credentials: CredentialsSpec = Field(
         default_factory=CredentialsSpec,
@@ -1113,6 +1128,17 @@ class TlsStatus(ApiModel):
     )
 
 
+class MonitoringStatus(ApiModel):
+    """Where the instances' metrics are scraped from."""
+
+    pod_monitor: str | None = Field(
+        default=None, description="The cluster's PodMonitor, when it exists."
+    )
+    message: str | None = Field(
+        default=None, description="Why no PodMonitor exists although one was asked for."
+    )
+
+
 class PostgresClusterStatus(ApiModel):
     """Observed state of the cluster; written by the operator only."""
 
@@ -1168,6 +1194,9 @@ class PostgresClusterStatus(ApiModel):
     tls: TlsStatus | None = Field(default=None, description="Certificates and their expiry.")
     credentials: CredentialsStatus | None = Field(
         default=None, description="Password rotations carried out."
+    )
+    monitoring: MonitoringStatus | None = Field(
+        default=None, description="The PodMonitor (spec.monitoring.enablePodMonitor)."
     )
     # Backups
     backup: ClusterBackupStatus | None = Field(

@@ -110,6 +110,7 @@ class Store:
     selector: str | None = None  # None: fed by something else (kopf), holds what it is given
     objects: dict[Key, Manifest] = field(default_factory=dict)
     by_cluster: dict[Key, dict[str, Manifest]] = field(default_factory=dict)
+    listed: bool = False  # its informer has listed once: an empty store means "none exist"
 
     def _index(self, obj: Manifest, add: bool) -> None:
         cluster = ((obj["metadata"].get("labels") or {}).get(CLUSTER)) or None
@@ -187,6 +188,12 @@ class Cache:
                     return obj
         return None
 
+    def listed(self, kind: str) -> bool:
+        """Whether the kind is watched and listed: an optional kind (a CRD that may not be
+        installed, as PodMonitor) is only then known present or absent."""
+        with self._lock:
+            return any(s.listed for s in self._stores.get(kind, ()))
+
     def of_cluster(self, kind: str, namespace: str, cluster: str) -> list[Manifest]:
         """Objects of a kind labelled pgherd.io/cluster=<cluster> in the namespace."""
         with self._lock:
@@ -224,6 +231,7 @@ class Cache:
     def _replace(self, store: Store, items: Iterable[Manifest]) -> list[Manifest]:
         """Make the store hold exactly items; returns what changed (gone ones included)."""
         with self._lock:
+            store.listed = True
             fresh = {_key(o): o for o in items}
             changed = [old for key, old in list(store.objects.items()) if key not in fresh]
             for key in [k for k in store.objects if k not in fresh]:

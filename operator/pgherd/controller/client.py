@@ -51,6 +51,8 @@ KINDS: dict[str, Kind] = {
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     "StatefulSet": Kind("apps/v1", "statefulsets"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
+    # The Prometheus Operator's, when installed (spec.monitoring.enablePodMonitor).
+    "PodMonitor": Kind("monitoring.coreos.com/v1", "podmonitors"),
     "PostgresCluster": Kind("pgherd.io/v1alpha1", "postgresclusters"),
     "PostgresBackup": Kind("pgherd.io/v1alpha1", "postgresbackups"),
     "StorageClass": Kind("storage.k8s.io/v1", "storageclasses", namespaced=False),
@@ -152,6 +154,17 @@ class Client:
         return json.loads(raw) if raw else {}
 
     # ---- reads ----------------------------------------------------------------------
+    def serves(self, kind: str) -> bool:
+        """Whether the API server serves the kind now (discovery; any user may ask): a CRD
+        that is not installed is not."""
+        where = KINDS[kind]
+        base = "/api/v1" if where.group_version == "v1" else f"/apis/{where.group_version}"
+        try:
+            found = self.request("GET", base)
+        except NotFound:
+            return False
+        return any(r.get("name") == where.plural for r in found.get("resources", []))
+
     def get(self, kind: str, namespace: str | None, name: str) -> Manifest | None:
         try:
             result: Manifest = self.request("GET", KINDS[kind].path(namespace, name))

@@ -137,6 +137,7 @@ def observe(
         claims=tuple(c for c in claims if selected(c)),
         usable_secrets=usable,
         backups=backups,
+        pod_monitors_served=cache.listed("PodMonitor"),
     )
     if cluster is None:
         return snapshot

@@ -262,6 +262,10 @@ def clear_stale_dcs(cluster: PostgresCluster, snapshot: Snapshot) -> list[Action
     ]
 
 
+def wants_pod_monitor(cluster: PostgresCluster) -> bool:
+    return cluster.spec.monitoring.enable_pod_monitor
+
+
 def plan_children(
     cluster: PostgresCluster,
     snapshot: Snapshot,
@@ -281,9 +285,22 @@ def plan_children(
     # Scaling down removes the highest ordinals: never the primary's (it moves first).
     if live_sts is not None and primary is not None and primary.ordinal >= cluster.spec.instances:
         replicas = int(live_sts["spec"]["replicas"])
+    pod_monitor = wants_pod_monitor(cluster) and snapshot.pod_monitors_served
     rendered = desired_children(
-        cluster, passwords, tls=tls, vault_extra=vault_extra, image=image, replicas=replicas
-    )
+        cluster, passwords, tls=tls, vault_extra=vault_extra, image=image, replicas=replicas,
+        pod_monitor=pod_monitor,
+    )  # fmt: skip
+    monitor = snapshot.child("PodMonitor", names.pod_monitor(cluster.metadata.name))
+    if not pod_monitor and monitor is not None and ownership.owns(cluster, "PodMonitor", monitor):
+        # Turned off: the cluster's own PodMonitor goes (a neighbour's never).
+        actions.append(
+            Delete(
+                "spec.monitoring.enablePodMonitor is off",
+                kind="PodMonitor",
+                name=monitor["metadata"]["name"],
+                uid=monitor["metadata"].get("uid"),
+            )
+        )
 
     def neighbours(kind: str, name: str) -> bool:
         live = snapshot.child(kind, name)

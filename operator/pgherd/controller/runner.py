@@ -17,7 +17,7 @@ from typing import Any
 
 from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, ObjectMeta
 from pgherd.controller.cache import Cache, Informer, trim
-from pgherd.controller.client import Client, Manifest
+from pgherd.controller.client import ApiError, Client, Manifest
 from pgherd.controller.queue import ClusterKey, WorkQueue, run_workers
 from pgherd.controller.reconciler import Reconciler
 from pgherd.controller.references import USE_LABEL
@@ -42,6 +42,9 @@ WATCHED: tuple[tuple[str, str], ...] = (
     ("Secret", CLUSTER),
     ("Secret", f"{USE_LABEL}=true"),
 )
+# Kinds of CRDs that may be missing (the Prometheus Operator's): watched once the API serves
+# them, looked for at start and at every resync, so installing the CRD later needs no restart.
+OPTIONAL: tuple[tuple[str, str], ...] = (("PodMonitor", CLUSTER),)
 
 
 def _globbed(patterns: tuple[str, ...]) -> bool:
@@ -62,6 +65,7 @@ class Controller:
         self.reconciler = Reconciler(self.cache, client, settings)
         self.informers: list[Informer] = []
         self.pool: ThreadPoolExecutor | None = None
+        self.optional_watched: set[str] = set()
         self.passes = 0
         self._stop = threading.Event()
 
@@ -137,6 +141,7 @@ class Controller:
         )
         for informer in self.informers:
             informer.start()
+        self._watch_optional_kinds()
         threading.Thread(target=self._start_workers, name="start-workers", daemon=True).start()
         threading.Thread(target=self._resync, name="resync", daemon=True).start()
 
@@ -151,8 +156,28 @@ class Controller:
     def _resync(self) -> None:
         """Level-based safety net: every cluster is looked at again on a timer."""
         while not self._stop.wait(self.settings.resync_seconds):
+            self._watch_optional_kinds()
             for cluster in self.cache.all(KIND):
                 self.enqueue(_key(cluster))
+
+    def _watch_optional_kinds(self) -> None:
+        for kind, selector in OPTIONAL:
+            if kind in self.optional_watched:
+                continue
+            try:
+                served = self.client.serves(kind)
+            except ApiError as e:
+                log.warning("could not tell whether the API serves %s: %s", kind, e)
+                continue
+            if not served:
+                continue
+            log.info("the API serves %s: watching them", kind)
+            self.optional_watched.add(kind)
+            for scope in self._scopes():
+                informer = Informer(self.client, self.cache, kind, scope, selector,
+                                    self.on_child, accept=self._accept)  # fmt: skip
+                self.informers.append(informer)
+                informer.start()
 
     def stop(self) -> None:
         self._stop.set()

@@ -31,6 +31,7 @@ CHILD_KINDS = (
     "Service",
     "StatefulSet",
     "PodDisruptionBudget",
+    "PodMonitor",
 )
 ChildKey = tuple[str, str]  # (kind, name)
 
@@ -175,6 +176,8 @@ class Snapshot:
     # A restore from a PostgresBackup: that backup and its source cluster, as stored.
     recovery_backup: Manifest | None = None
     recovery_cluster: Manifest | None = None
+    # PodMonitors are watched (their CRD is installed) and listed: only then is one made.
+    pod_monitors_served: bool = False
 
     # ---- derived views ---------------------------------------------------------------
     def child(self, kind: str, name: str) -> Manifest | None:

@@ -20,6 +20,7 @@ from pgherd.api.v1alpha1 import (
     EndpointsStatus,
     IgnoredParameter,
     InstanceStatus,
+    MonitoringStatus,
     PostgresCluster,
     PostgresClusterStatus,
     SecretsStatus,
@@ -31,7 +32,7 @@ from pgherd.controller.conditions import Activity, Problem
 from pgherd.controller.diff import merge_patch
 from pgherd.controller.plan import Plan
 from pgherd.controller.snapshot import READY_STATES, Snapshot
-from pgherd.render import labels, names
+from pgherd.render import labels, names, ownership
 
 # Lag is reported in whole MiB: an idle primary still writes a little WAL (running-xacts
 # records), and byte-exact lag would rewrite the status on every resync.
@@ -177,6 +178,23 @@ def _phase(
     return c.PHASE_HEALTHY
 
 
+def monitoring(cluster: PostgresCluster, snapshot: Snapshot) -> MonitoringStatus | None:
+    """The PodMonitor that exists, or why none does although one is asked for."""
+    name = names.pod_monitor(cluster.metadata.name)
+    live = snapshot.child("PodMonitor", name)
+    if live is not None and ownership.owns(cluster, "PodMonitor", live):
+        return MonitoringStatus(pod_monitor=name)
+    if not cluster.spec.monitoring.enable_pod_monitor:
+        return None
+    if not snapshot.pod_monitors_served:
+        return MonitoringStatus(
+            message="the PodMonitor CRD (monitoring.coreos.com/v1) is not installed: install "
+            "the Prometheus Operator (pgherd notices within a resync), or scrape each "
+            f"instance's port {contract.METRICS_PORT_NAME} ({contract.METRICS_PORT}) yourself"
+        )
+    return MonitoringStatus(message=f"PodMonitor {name} is being created")
+
+
 def compute(
     snapshot: Snapshot,
     plan: Plan,
@@ -297,6 +315,7 @@ def compute(
         image=plan.image or previous.image,
         tls=plan.tls.status if plan.tls and plan.tls.status else previous.tls,
         credentials=plan.credentials,
+        monitoring=monitoring(cluster, snapshot),
         backup=backups.cluster_backup_status(
             cluster,
             snapshot,

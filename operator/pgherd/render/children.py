@@ -10,6 +10,7 @@ from collections.abc import Mapping
 
 from pgherd.api.v1alpha1 import PostgresCluster
 from pgherd.contract import TLS_CA
+from pgherd.render.monitoring import render_pod_monitor
 from pgherd.render.names import SecretKind
 from pgherd.render.ownership import Manifest
 from pgherd.render.patroni_config import render_patroni_configmap
@@ -28,6 +29,7 @@ def desired_children(
     vault_extra: Mapping[str, str] | None = None,
     image: str | None = None,
     replicas: int | None = None,
+    pod_monitor: bool = False,
 ) -> list[Manifest]:
     """The desired child objects of `cluster`.
 
@@ -38,7 +40,8 @@ def desired_children(
     the vault keeps beside the passwords (rotation state). image: the operand
     image the operator chose for the cluster's PostgreSQL version (spec.image, else the
     default); replicas: the StatefulSet's size when it must differ from spec.instances for
-    now (scaling down waits for the primary to move).
+    now (scaling down waits for the primary to move); pod_monitor: whether to render the
+    PodMonitor (asked for, and its CRD installed).
     """
     children = render_rbac(cluster)
     if tls is not None:
@@ -50,4 +53,6 @@ def desired_children(
     children += render_services(cluster)
     children.append(render_statefulset(cluster, image=image, replicas=replicas))
     children.append(render_pdb(cluster))
+    if pod_monitor:
+        children.append(render_pod_monitor(cluster))
     return children

@@ -87,6 +87,10 @@ def pdb(cluster: str) -> str:
     return cluster
 
 
+def pod_monitor(cluster: str) -> str:
+    return cluster
+
+
 def service_host(service: str, namespace: str) -> str:
     """In-cluster DNS name of a Service."""
     return f"{service}.{namespace}.svc"
