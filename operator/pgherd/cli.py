@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         default=8081,
         help="port of the /healthz liveness endpoint (0 disables it)",
     )
+    op.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help="port of the Prometheus /metrics endpoint (0 disables metrics); "
+        "default: PGHERD_METRICS_PORT, or 8080",
+    )
     args = parser.parse_args(argv)
     # Imported per command: the operand image must not need kopf, nor the operator Patroni.
     if args.command == "instance":
@@ -47,7 +54,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         settings = Settings.from_env(
-            os.environ, namespaces=args.namespace, health_port=args.health_port
+            os.environ,
+            namespaces=args.namespace,
+            health_port=args.health_port,
+            metrics_port=args.metrics_port,
         )
     except SettingsError as e:
         print(f"pgherd operator: {e}", file=sys.stderr)

@@ -18,6 +18,8 @@ typed and validated, then passed to what needs them. Nothing reads the environme
 | PGHERD_LOG_FORMAT | plain | plain or json |
 | PGHERD_DEBUG | 0 | 1: kopf's verbose logging |
 | PGHERD_HEALTH_HOST | 0.0.0.0 | where /healthz listens (probes reach the pod IP) |
+| PGHERD_METRICS_PORT | 8080 | port of /metrics (Prometheus); 0: no metrics; --metrics-port wins |
+| PGHERD_METRICS_HOST | 0.0.0.0 | where /metrics listens |
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Literal
 from pgherd.api.v1alpha1 import DEFAULT_IMAGE, DEFAULT_POSTGRES_VERSION
 
 IMAGE_PREFIX = "RELATED_IMAGE_POSTGRES"
+DEFAULT_METRICS_PORT = 8080
 _MAJOR_IMAGE = re.compile(rf"^{IMAGE_PREFIX}_(\d+)$")
 
 
@@ -57,6 +60,13 @@ def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def _port(env: Mapping[str, str], name: str, default: int) -> int:
+    value = _number(env, name, default, minimum=0)
+    if value != int(value) or value > 65535:
+        raise SettingsError(f"{name}={value:g} is not a port (0 to 65535)")
+    return int(value)
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the operator is configured with (see the module docstring)."""
@@ -78,6 +88,8 @@ class Settings:
     debug: bool = False
     health_host: str = "0.0.0.0"  # noqa: S104 - probes reach the pod IP
     health_port: int = 8081
+    metrics_host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes the pod IP
+    metrics_port: int = DEFAULT_METRICS_PORT
 
     @classmethod
     def from_env(
@@ -86,9 +98,10 @@ class Settings:
         *,
         namespaces: list[str] | None = None,
         health_port: int | None = None,
+        metrics_port: int | None = None,
     ) -> Settings:
         """Settings from the environment; --namespace flags (namespaces) win over
-        WATCH_NAMESPACE."""
+        WATCH_NAMESPACE, --metrics-port (metrics_port) over PGHERD_METRICS_PORT."""
         watched = namespaces or [
             n.strip() for n in env.get("WATCH_NAMESPACE", "").split(",") if n.strip()
         ]
@@ -122,6 +135,10 @@ class Settings:
             debug=env.get("PGHERD_DEBUG", "") == "1",
             health_host=env.get("PGHERD_HEALTH_HOST", "").strip() or "0.0.0.0",  # noqa: S104
             health_port=8081 if health_port is None else health_port,
+            metrics_host=env.get("PGHERD_METRICS_HOST", "").strip() or "0.0.0.0",  # noqa: S104
+            metrics_port=_port(env, "PGHERD_METRICS_PORT", DEFAULT_METRICS_PORT)
+            if metrics_port is None
+            else metrics_port,
         )
 
     def image_for(self, major: int) -> str | None:

@@ -26,13 +26,21 @@ class OperatorProcess:
     env: dict[str, str] = field(default_factory=dict)
     args: list[str] = field(default_factory=list)
     health_port: int = 0
+    # 0: metrics off (PGHERD_METRICS_PORT=0 in env); else a free port, chosen at start.
+    metrics_port: int = 0
 
     def start(self) -> None:
+        # Operators run side by side (tests, `make run`): each on free ports of its own.
+        self.metrics_port = (
+            0 if self.env.get("PGHERD_METRICS_PORT") == "0" else processes.free_port()
+        )
         env = {
             **os.environ,
             "KUBECONFIG": str(self.kubeconfig),
             "PGHERD_HEALTH_HOST": "127.0.0.1",
+            "PGHERD_METRICS_HOST": "127.0.0.1",
             **self.env,
+            "PGHERD_METRICS_PORT": str(self.metrics_port),
         }
         self.health_port = processes.free_port()
         with self.log.open("ab") as out:
@@ -61,6 +69,19 @@ class OperatorProcess:
         except (OSError, ValueError):
             return None
         return report
+
+    @property
+    def metrics_url(self) -> str | None:
+        """Where the operator serves /metrics, or None when its metrics are off."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics" if self.metrics_port else None
+
+    def metrics(self) -> str:
+        """The operator's /metrics, as Prometheus' text format."""
+        if not self.metrics_port:
+            raise RuntimeError("the operator runs with its metrics off")
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return str(response.read().decode())
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None

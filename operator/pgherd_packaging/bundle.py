@@ -279,6 +279,10 @@ def files(settings: BundleSettings, history: releases.History) -> dict[str, str]
     }
     for crd in crds.render_crds():
         out[f"bundle/manifests/{crds.crd_file_name(crd)}"] = crds.crd_file_text(crd)
+    # operator-sdk's name for a bundle's further object: <name>_<version>_<kind>.yaml.
+    out[f"bundle/manifests/{manifests.METRICS_SERVICE}_v1_service.yaml"] = (
+        GENERATED_HEADER + yaml_text.dump(manifests.metrics_service(namespace=None))
+    )
     labels = bundle_annotations(settings, history.package)
     out["bundle/metadata/annotations.yaml"] = GENERATED_HEADER + yaml_text.dump(
         {"annotations": labels}

@@ -1,9 +1,9 @@
 """Generates manifests/: the operator's own install manifests for a plain `kubectl apply`.
 
 `python -m pgherd_packaging.manifests OUT_DIR [--image IMAGE]` writes the CRDs (through
-.crds), the RBAC of the operator's ServiceAccount (from .permissions), the operator's Namespace
-and Deployment, the samples (the CSV's alm-examples) and a kustomization listing everything but
-the samples.
+.crds), the RBAC of the operator's ServiceAccount (from .permissions), the operator's Namespace,
+Deployment and metrics Service, the samples (the CSV's alm-examples) and a kustomization
+listing everything but the samples.
 `--print` writes the same objects as one YAML stream instead (what `make deploy` applies, so a
 different IMG needs no file edits). The ClusterServiceVersion reuses the Deployment and the
 rules from here (pgherd_packaging.bundle), so the plain and the OLM install cannot drift apart.
@@ -22,6 +22,7 @@ from typing import Any
 
 from pgherd.api import v1alpha1
 from pgherd.render import yaml_text
+from pgherd.settings import DEFAULT_METRICS_PORT
 from pgherd_packaging import crds, permissions
 
 Manifest = dict[str, Any]
@@ -30,6 +31,9 @@ NAMESPACE = "pgherd-system"
 NAME = "pgherd-operator"
 CLUSTER_ROLE_SUFFIX = "-cluster"
 HEALTH_PORT = 8081
+# Prometheus' /metrics: the operator's default port (PGHERD_METRICS_PORT), named for scrapers.
+METRICS_PORT = DEFAULT_METRICS_PORT
+METRICS_SERVICE = f"{NAME}-metrics"
 # The project's images live in a public container registry (OperatorHub pulls containerImage).
 DEFAULT_IMAGE_TAG_BASE = "quay.io/pgherd/pgherd-operator"
 # The platforms the images are built for (docs/images.md): the CSV's operatorframework.io/arch.*
@@ -175,7 +179,10 @@ def deployment_spec(
             {"name": "PGHERD_LOG_FORMAT", "value": "json"},
             {"name": RELATED_IMAGE_POSTGRES, "value": operand_image},
         ],
-        "ports": [{"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"}],
+        "ports": [
+            {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
+            {"name": "metrics", "containerPort": METRICS_PORT, "protocol": "TCP"},
+        ],
         "livenessProbe": {**_probe(period=20, failures=3), "initialDelaySeconds": 15},
         "readinessProbe": {**_probe(period=10, failures=3), "initialDelaySeconds": 5},
         # Requests from the operator's idle footprint; the memory limit leaves room for
@@ -219,6 +226,23 @@ def deployment_spec(
             },
         },
     }
+
+
+def metrics_service(namespace: str | None = NAMESPACE) -> Manifest:
+    """The operator's /metrics for Prometheus to discover (a ServiceMonitor selects it by its
+    labels); namespace None for the bundle, where OLM installs it into its own."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(METRICS_SERVICE, namespace),
+        "spec": {
+            "selector": dict(SELECTOR),
+            "ports": [
+                {"name": "metrics", "port": METRICS_PORT, "targetPort": "metrics",
+                 "protocol": "TCP"}
+            ],
+        },
+    }  # fmt: skip
 
 
 def deployment(image: str) -> Manifest:
@@ -301,6 +325,7 @@ def files(image: str) -> dict[str, str]:
         out[f"crd/{crds.crd_file_name(crd)}"] = crds.crd_file_text(crd)
     out["manager/namespace.yaml"] = GENERATED_HEADER + yaml_text.dump(namespace())
     out["manager/deployment.yaml"] = GENERATED_HEADER + yaml_text.dump(deployment(image))
+    out["manager/metrics-service.yaml"] = GENERATED_HEADER + yaml_text.dump(metrics_service())
     out["rbac/rbac.yaml"] = GENERATED_HEADER + yaml_text.dump_all(rbac())
     listed = samples()
     for i, sample in enumerate(listed):
@@ -327,7 +352,7 @@ def files(image: str) -> dict[str, str]:
 
 def install_objects(image: str) -> list[Manifest]:
     """Everything `make deploy` applies, in an order that applies cleanly."""
-    return [*crds.render_crds(), namespace(), *rbac(), deployment(image)]
+    return [*crds.render_crds(), namespace(), *rbac(), deployment(image), metrics_service()]
 
 
 def write(out_dir: Path, texts: dict[str, str]) -> list[Path]:

@@ -1,6 +1,7 @@
 """The controller core against the real API server: the operand image comes from the
-operator's settings (RELATED_IMAGE_POSTGRES, what OLM mirrors and pins), and a cluster in
-steady state costs the API nothing: no read and no write per pass.
+operator's settings (RELATED_IMAGE_POSTGRES, what OLM mirrors and pins), a cluster in
+steady state costs the API nothing: no read and no write per pass, and the operator's
+/metrics tell what it did.
 
 These run a second operator process of their own, serving one namespace the session's
 operator does not watch, with settings of their own.
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
 
 from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
@@ -108,3 +110,46 @@ def test_a_cluster_in_steady_state_is_neither_read_nor_written(
     )  # fmt: skip
     assert [f"{e['verb']} {e['objectRef'].get('resource')}/{e['objectRef'].get('name')}"
             for e in calls] == []  # fmt: skip
+
+
+def _scrape(op: Operator) -> dict[str, dict[frozenset[tuple[str, str]], float]]:
+    """The operator's /metrics: name -> labels -> value."""
+    out: dict[str, dict[frozenset[tuple[str, str]], float]] = {}
+    for family in text_string_to_metric_families(op.metrics()):
+        for s in family.samples:
+            out.setdefault(s.name, {})[frozenset(s.labels.items())] = s.value
+    return out
+
+
+def _sum(series: dict[frozenset[tuple[str, str]], float], **labels: str) -> float:
+    return sum(v for ls, v in series.items() if set(labels.items()) <= ls)
+
+
+def test_the_operators_metrics_tell_what_it_did(
+    own_operator: tuple[Operator, str], kube: Kube
+) -> None:
+    op, ns = own_operator
+    assert op.metrics_url is not None
+    cluster = Cluster(kube, ns, "scraped")
+    cluster.create({"instances": 1})
+    cluster.wait_healthy(1, timeout=300)
+    # A parameter changed: the operator patches Patroni's configuration through its REST API.
+    cluster.patch_spec({"postgresql": {"parameters": {"work_mem": "8MB"}}})
+    patched = dict(operation="patch_config", outcome="success")
+    wait_for("a PATCH /config", lambda: _sum(_scrape(op).get(
+        "pgherd_patroni_requests_total", {}), **patched), 120)  # fmt: skip
+    wait_for("the cluster Healthy again", lambda: cluster.status().get("phase") == "Healthy", 120)
+    m = _scrape(op)
+    passes = m["pgherd_reconcile_duration_seconds_count"]
+    assert _sum(passes, kind="PostgresCluster", result="success") > 0
+    # At the next scrape: the phase is read from the cache, which kopf's watch feeds.
+    wait_for("Healthy counted", lambda: _sum(_scrape(op)["pgherd_clusters"], phase="Healthy") >= 1)
+    assert _sum(m["pgherd_actions_total"], action="apply", outcome="done") > 0
+    assert _sum(m["pgherd_actions_total"], action="patroni_config", outcome="done") >= 1
+    assert _sum(m["pgherd_patroni_request_duration_seconds_count"], operation="patch_config") >= 1
+    for kind in ("Pod", "StatefulSet", "PostgresCluster"):
+        assert _sum(m["pgherd_watch_events_total"], kind=kind) > 0, kind
+    assert _sum(m["pgherd_informer_lists_total"], kind="Pod", reason="initial") >= 1
+    assert _sum(m["pgherd_informer_synced"], kind="Pod") == 1
+    assert _sum(m["pgherd_operator_build_info"]) == 1
+    assert _sum(m["process_resident_memory_bytes"]) > 0

@@ -102,7 +102,10 @@ def test_deployment_is_restricted_single_and_probed() -> None:
     assert "memory" in c["resources"]["limits"]
     for probe in ("livenessProbe", "readinessProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert c["ports"] == [{"name": "health", "containerPort": 8081, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "health", "containerPort": 8081, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8080, "protocol": "TCP"},
+    ]
     env = {e["name"]: e for e in c["env"]}
     assert env["RELATED_IMAGE_POSTGRES"]["value"] == v1alpha1.DEFAULT_IMAGE
     assert env["WATCH_NAMESPACE"]["value"] == ""
@@ -114,6 +117,23 @@ def test_deployment_is_restricted_single_and_probed() -> None:
         "kubernetes.io/arch": list(manifests.ARCHITECTURES),
         "kubernetes.io/os": list(manifests.OPERATING_SYSTEMS),
     }
+
+
+def test_the_metrics_service_selects_the_operator_pods_on_their_metrics_port() -> None:
+    spec = manifests.deployment_spec(IMAGE)
+    pod_labels = spec["template"]["metadata"]["labels"]
+    service = manifests.metrics_service()
+    assert service["metadata"]["namespace"] == manifests.NAMESPACE
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    (port,) = service["spec"]["ports"]
+    assert port["targetPort"] in {p["name"] for p in container(spec)["ports"]}
+    files = manifests.files(IMAGE)
+    kustomization = yaml.safe_load(files["kustomization.yaml"])
+    assert "manager/metrics-service.yaml" in kustomization["resources"]
+    assert service in manifests.install_objects(IMAGE)
+    # In the bundle without a namespace: OLM installs it into the operator's own.
+    (bundled,) = (REPO / "bundle" / "manifests").glob("*_service.yaml")
+    assert "namespace" not in yaml.safe_load(bundled.read_text())["metadata"]
 
 
 def test_olm_deployment_watches_the_operator_group_targets() -> None:

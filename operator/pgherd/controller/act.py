@@ -11,6 +11,7 @@ next pass does not repeat it before the watch reports it.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from pgherd.controller.actions import (
 from pgherd.controller.cache import Cache
 from pgherd.controller.client import ApiError, Client, Conflict, Manifest
 from pgherd.controller.conditions import Problem
+from pgherd.controller.metrics import OperatorMetrics
 from pgherd.controller.snapshot import Snapshot
 from pgherd.render.names import RESTAPI_USERNAME
 
@@ -44,6 +46,11 @@ ANNOUNCE = {
     Switchover: "Switchover",
     SetPassword: "PasswordRotated",
 }
+
+
+def action_name(action: Action) -> str:
+    """The action's kind as the metrics label it: PatroniConfig -> patroni_config."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", type(action).__name__).lower()
 
 
 @dataclass
@@ -74,15 +81,30 @@ def _batches(actions: Sequence[Action]) -> list[list[Action]]:
     return out
 
 
+def _outcome(error: Exception | None) -> str:
+    if error is None:
+        return "done"
+    if isinstance(error, Conflict):
+        return "conflict"
+    return "refused" if isinstance(error, ApiError) else "failed"
+
+
 class Actor:
     """Writes through the client and Patroni's REST API, and keeps the caches current."""
 
     def __init__(
-        self, client: Client, cache: Cache, *, patroni_timeout: float, parallel: int = 4
+        self,
+        client: Client,
+        cache: Cache,
+        *,
+        patroni_timeout: float,
+        parallel: int = 4,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.client = client
         self.cache = cache
         self.patroni_timeout = patroni_timeout
+        self.metrics = metrics or OperatorMetrics.disabled()
         # Independent applies of one pass go out together: a new cluster's children are
         # created in a few round trips instead of one after the other.
         self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="act")
@@ -97,7 +119,7 @@ class Actor:
         outcome = Outcome()
         rest = patroni.Client(
             RESTAPI_USERNAME, patroni_password or "", timeout=self.patroni_timeout,
-            cadata=patroni_ca,
+            cadata=patroni_ca, record=self.metrics.patroni_call,
         )  # fmt: skip
         for batch in _batches(actions):
             runnable = [
@@ -125,6 +147,7 @@ class Actor:
         self, snapshot: Snapshot, action: Action, error: Exception | None, outcome: Outcome
     ) -> None:
         where = f"{snapshot.namespace}/{snapshot.name}: {action.describe()}"
+        self.metrics.action(action_name(action), _outcome(error))
         if isinstance(error, Conflict):
             # Changed since it was cached, or (a create) the name is held by something the
             # caches do not show: the next pass looks again.

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pgherd.controller.client import ApiError, Client, Gone, Manifest
+from pgherd.controller.metrics import OperatorMetrics
 from pgherd.render.labels import CLUSTER
 
 log = logging.getLogger(__name__)
@@ -258,8 +259,10 @@ class Informer:
         on_change: OnChange,
         *,
         accept: Callable[[Manifest], bool] | None = None,
+        metrics: OperatorMetrics | None = None,
     ) -> None:
         self.client = client
+        self.metrics = metrics or OperatorMetrics.disabled()
         self.cache = cache
         self.kind = kind
         self.namespace = namespace
@@ -293,11 +296,12 @@ class Informer:
         except Exception:  # a callback's failure must not end the watch
             log.exception("%r: change callback failed", self)
 
-    def _relist(self) -> str:
+    def _relist(self, reason: str) -> str:
         listing = self.client.listing(self.kind, self.namespace, self.selector)
         items = [trim(self.kind, o) for o in listing.items if self.accept(o)]
         changed = self.cache._replace(self.store, items)
         self.relists += 1
+        self.metrics.listed(self.kind, reason)
         self.synced.set()
         for obj in changed:
             self._notify(obj)
@@ -319,6 +323,7 @@ class Informer:
             if kind == "BOOKMARK" or not self.accept(obj):
                 continue
             self.events += 1
+            self.metrics.watch_event(self.kind, str(kind))
             trimmed = trim(self.kind, obj)
             if kind == "DELETED":
                 self.cache._remove(self.store, _key(trimmed))
@@ -329,17 +334,19 @@ class Informer:
 
     def _run(self) -> None:
         version: str | None = None
+        why = "initial"  # why the next list is made
         backoff = 0.5
         while not self._stop.is_set():
             try:
                 if version is None:
-                    version = self._relist()
+                    version = self._relist(why)
                 version = self._watch(version)
                 backoff = 0.5
             except Gone:
-                version = None  # too old to resume: list again
+                version, why = None, "expired"  # too old to resume: list again
             except (ApiError, ValueError) as e:
                 self.errors += 1
+                self.metrics.watch_failed(self.kind)
                 self.last_error = str(e)
                 log.warning("%r: %s; retrying in %.1fs", self, e, backoff)
                 if self._stop.wait(backoff):
@@ -347,6 +354,7 @@ class Informer:
                 backoff = min(BACKOFF_MAX, backoff * 2)
             except Exception:
                 self.errors += 1
+                self.metrics.watch_failed(self.kind)
                 log.exception("%r failed; listing again", self)
-                version = None
+                version, why = None, "error"
                 time.sleep(min(BACKOFF_MAX, backoff))

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+from pgherd.controller.metrics import OperatorMetrics
+
 log = logging.getLogger(__name__)
 
 ClusterKey = tuple[str, str]  # (namespace, name)
@@ -26,8 +28,13 @@ BACKOFF_MAX = 60.0
 class WorkQueue:
     """Keys due at a time; each key at most once queued and at most once in progress."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.monotonic,
+        metrics: OperatorMetrics | None = None,
+    ) -> None:
         self._clock = clock
+        self._metrics = metrics or OperatorMetrics.disabled()
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int, ClusterKey]] = []
         self._due: dict[ClusterKey, float] = {}
@@ -70,6 +77,7 @@ class WorkQueue:
                     self._added.pop(key, None)
                     self._active.add(key)
                     self.waits.append(max(0.0, now - due))
+                    self._metrics.queue_waited(self.waits[-1])
                     del self.waits[:-10000]
                     return key
                 wait = self._heap[0][0] - now if self._heap else None
@@ -88,6 +96,7 @@ class WorkQueue:
             again = self._again.pop(key, None)
             if failed:
                 n = self._failures.get(key, 0) + 1
+                self._metrics.retried()
                 self._failures[key] = n
                 retry = self._clock() + min(BACKOFF_MAX, BACKOFF_BASE * 2 ** (n - 1))
                 again = retry if again is None else min(again, retry)

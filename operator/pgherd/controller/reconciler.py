@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pgherd.api.v1alpha1 import PostgresClusterStatus
+from pgherd.api.v1alpha1 import KIND, PostgresClusterStatus
 from pgherd.controller import conditions as c
 from pgherd.controller import patroni
 from pgherd.controller import status as st
@@ -23,6 +23,7 @@ from pgherd.controller.act import Actor
 from pgherd.controller.cache import Cache
 from pgherd.controller.client import Client
 from pgherd.controller.conditions import Problem
+from pgherd.controller.metrics import OperatorMetrics
 from pgherd.controller.observe import observe
 from pgherd.controller.plan import plan
 from pgherd.controller.snapshot import Snapshot
@@ -40,6 +41,9 @@ class PassResult:
     actions: list[str]
     retry: bool
     seconds: float
+    # Why the pass counts as failed (the metrics' reason): an exception's class, Refused
+    # (the API server refused a write) or InvalidSpec.
+    error: str | None = None
 
 
 class Reconciler:
@@ -51,7 +55,9 @@ class Reconciler:
         client: Client,
         settings: Settings,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        metrics: OperatorMetrics | None = None,
     ) -> None:
+        self.metrics = metrics or OperatorMetrics.disabled()
         self.cache = cache
         self.client = client
         self.settings = settings
@@ -62,6 +68,7 @@ class Reconciler:
             cache,
             patroni_timeout=settings.patroni_timeout_seconds,
             parallel=2 * settings.workers,
+            metrics=self.metrics,
         )
         self.stuck_after = timedelta(seconds=settings.stuck_after_seconds)
         self.probes = 0
@@ -76,24 +83,35 @@ class Reconciler:
 
     def _live_state(self, api_url: str, cadata: str | None) -> str | None:
         return patroni.member_state(
-            api_url, timeout=self.settings.patroni_timeout_seconds, cadata=cadata
-        )
+            api_url, timeout=self.settings.patroni_timeout_seconds, cadata=cadata,
+            record=self.metrics.patroni_call,
+        )  # fmt: skip
 
     def reconcile(self, namespace: str, name: str) -> PassResult:
         started = time.monotonic()
+        try:
+            result = self._reconcile(namespace, name)
+        except Exception as e:  # counted; the worker reports it and retries with back-off
+            self.metrics.reconciled(KIND, namespace, name, time.monotonic() - started,
+                                    error=type(e).__name__, retry=True)  # fmt: skip
+            raise
+        result.seconds = time.monotonic() - started
+        self.metrics.reconciled(KIND, namespace, name, result.seconds, error=result.error,
+                                retry=result.retry)  # fmt: skip
+        return result
+
+    def _reconcile(self, namespace: str, name: str) -> PassResult:
         recheck = self._recheck.pop((namespace, name), frozenset())
         snapshot = observe(
             self.cache, self._probe, namespace, name, self.clock(),
             recheck=recheck, live_state=self._live_state,
         )  # fmt: skip
         try:
-            result = self._pass(snapshot)
+            return self._pass(snapshot)
         except Exception as e:
             log.exception("reconcile of %s/%s failed", namespace, name)
             wrote = self._degrade(snapshot, Problem(c.RECONCILE_FAILED, f"{type(e).__name__}: {e}"))
-            result = PassResult(snapshot, wrote, [], True, 0.0)
-        result.seconds = time.monotonic() - started
-        return result
+            return PassResult(snapshot, wrote, [], True, 0.0, error=type(e).__name__)
 
     def _pass(self, snapshot: Snapshot) -> PassResult:
         decided = plan(snapshot, self.settings)
@@ -110,7 +128,8 @@ class Reconciler:
             return PassResult(snapshot, False, outcome.done, outcome.retry, 0.0)
         if snapshot.cluster is None:
             problem = decided.problems[0] if decided.problems else Problem(c.INVALID_SPEC, "")
-            return PassResult(snapshot, self._degrade(snapshot, problem), [], False, 0.0)
+            wrote = self._degrade(snapshot, problem)
+            return PassResult(snapshot, wrote, [], False, 0.0, error="InvalidSpec")
         new = st.compute(snapshot, decided, failures=outcome.failures,
                          stuck_after=self.stuck_after)  # fmt: skip
         assert new is not None  # noqa: S101 - the cluster parsed
@@ -120,7 +139,8 @@ class Reconciler:
         for event in st.transitions(snapshot.cluster.status, new):
             self.actor.post(snapshot, event)
         retry = outcome.retry or bool(snapshot.unsynced)
-        return PassResult(snapshot, bool(patch), outcome.done, retry, 0.0)
+        refused = "Refused" if outcome.failures else None
+        return PassResult(snapshot, bool(patch), outcome.done, retry, 0.0, error=refused)
 
     def _degrade(self, snapshot: Snapshot, problem: Problem) -> bool:
         """Degraded with problem on a cluster whose status cannot be computed; one Event."""

@@ -1,5 +1,6 @@
 """The running controller: caches fed by watches, the work queue and its workers, the timed
-resync; and `pgherd operator`'s start-up, which builds the settings once and hands them over.
+resync; and `pgherd operator`'s start-up, which builds the settings and the metrics once and
+hands them over.
 
 kopf watches the custom resources (PostgresCluster, PostgresBackup) and calls the handlers
 (pgherd.controller.handlers), which feed their caches and queue the clusters; pgherd's own
@@ -18,6 +19,7 @@ from typing import Any
 from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, ObjectMeta
 from pgherd.controller.cache import Cache, Informer, trim
 from pgherd.controller.client import ApiError, Client, Manifest
+from pgherd.controller.metrics import OperatorMetrics
 from pgherd.controller.queue import ClusterKey, WorkQueue, run_workers
 from pgherd.controller.reconciler import Reconciler
 from pgherd.controller.references import USE_LABEL
@@ -25,6 +27,8 @@ from pgherd.render.labels import CLUSTER
 from pgherd.settings import Settings
 
 log = logging.getLogger(__name__)
+# The type kopf gives the objects of its initial list (it gives None).
+LISTED = "LISTED"
 
 # What the informers watch: kind, label selector. The cluster label selects every object a
 # cluster owns (children, pods, claims) and Patroni's DCS ConfigMaps; Secrets also by the
@@ -54,16 +58,20 @@ def _globbed(patterns: tuple[str, ...]) -> bool:
 class Controller:
     """Everything that runs: caches, informers, queue, workers and the resync."""
 
-    def __init__(self, settings: Settings, client: Client) -> None:
+    def __init__(
+        self, settings: Settings, client: Client, metrics: OperatorMetrics | None = None
+    ) -> None:
         self.settings = settings
         self.client = client
+        self.metrics = metrics or OperatorMetrics.disabled()
         self.cache = Cache()
         # The custom resources' stores, fed by kopf's handlers.
         self.clusters = self.cache.store(KIND)
         self.backups = self.cache.store(BACKUP_KIND)
-        self.queue = WorkQueue()
-        self.reconciler = Reconciler(self.cache, client, settings)
+        self.queue = WorkQueue(metrics=self.metrics)
+        self.reconciler = Reconciler(self.cache, client, settings, metrics=self.metrics)
         self.informers: list[Informer] = []
+        self.metrics.observe(phases=self._phases, queue_depth=self.queue.depth, synced=self._synced)
         self.pool: ThreadPoolExecutor | None = None
         self.optional_watched: set[str] = set()
         self.passes = 0
@@ -107,14 +115,17 @@ class Controller:
                 self.enqueue(_key(other))
 
     def on_cluster(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
+        self.metrics.watch_event(KIND, event or LISTED)
         if event == "DELETED":
             self.cache.remove(self.clusters, meta.namespace, meta.name)
+            self.metrics.forget(meta.namespace, meta.name)
         elif not self.cache.put(self.clusters, trim(KIND, body)):
             return  # the status the operator just wrote: nothing new
         # A change of spec or status is looked at right away: it is deliberate, not a burst.
         self.enqueue((meta.namespace, meta.name), now=True)
 
     def on_backup(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
+        self.metrics.watch_event(BACKUP_KIND, event or LISTED)
         if event == "DELETED":
             self.cache.remove(self.backups, meta.namespace, meta.name)
         else:
@@ -134,11 +145,12 @@ class Controller:
             for kind, selector in WATCHED:
                 self.informers.append(
                     Informer(self.client, self.cache, kind, scope, selector, self.on_child,
-                             accept=self._accept)
+                             accept=self._accept, metrics=self.metrics)
                 )  # fmt: skip
         self.informers.append(
-            Informer(self.client, self.cache, "StorageClass", None, "", self.on_child)
-        )
+            Informer(self.client, self.cache, "StorageClass", None, "", self.on_child,
+                     metrics=self.metrics)
+        )  # fmt: skip
         for informer in self.informers:
             informer.start()
         self._watch_optional_kinds()
@@ -175,7 +187,8 @@ class Controller:
             self.optional_watched.add(kind)
             for scope in self._scopes():
                 informer = Informer(self.client, self.cache, kind, scope, selector,
-                                    self.on_child, accept=self._accept)  # fmt: skip
+                                    self.on_child, accept=self._accept,
+                                    metrics=self.metrics)  # fmt: skip
                 self.informers.append(informer)
                 informer.start()
 
@@ -184,6 +197,15 @@ class Controller:
         self.queue.close()
         for informer in self.informers:
             informer.stop()
+
+    def _phases(self) -> list[str | None]:
+        return [(c.get("status") or {}).get("phase") for c in self.cache.all(KIND)]
+
+    def _synced(self) -> dict[str, bool]:
+        kinds: dict[str, bool] = {}
+        for i in list(self.informers):
+            kinds[i.kind] = kinds.get(i.kind, True) and i.synced.is_set()
+        return kinds
 
     def health(self) -> dict[str, Any]:
         """What the liveness probe reports: informers' sync and errors, queue depth."""
@@ -217,7 +239,10 @@ def main(settings: Settings) -> int:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
-    controller = Controller(settings, Client(client.ApiClient()))
+    metrics = OperatorMetrics(version=_version(), enabled=settings.metrics_port != 0)
+    # Before the controller: a port taken makes start-up fail at once, not in a thread.
+    stop_metrics = metrics.serve(settings.metrics_host, settings.metrics_port)
+    controller = Controller(settings, Client(client.ApiClient()), metrics)
     from pgherd.controller import handlers  # noqa: F401, PLC0415 - registers the handlers
 
     kopf.run(
@@ -231,4 +256,14 @@ def main(settings: Settings) -> int:
         ),
         memo=kopf.Memo(controller=controller),
     )
+    stop_metrics()
     return 0
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
+
+    try:
+        return version("pgherd")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
