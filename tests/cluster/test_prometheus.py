@@ -179,8 +179,10 @@ def test_prometheus_scrapes_every_panel_and_sees_archiving_fail_and_recover(
     )
     assert done["phase"] == "Completed", done
     prometheus.set_targets(INSTANCES_JOB, instance_targets(cluster))
-    operator_address = operator.metrics_url.split("//", 1)[1].split("/", 1)[0]
-    prometheus.set_targets(OPERATOR_JOB, [prometheus_server.Target(operator_address, {})])
+    assert operator.metrics_port, "the test operator serves metrics"
+    prometheus.set_targets(
+        OPERATOR_JOB, [prometheus_server.Target(f"127.0.0.1:{operator.metrics_port}", {})]
+    )
 
     wait_for(
         "all targets up",
