@@ -21,8 +21,10 @@ MIB = 1024 * 1024
 
 def _pod(name: str, role: str, *, ready: bool = True, lsn: int, timeline: int = 2,
          state: str | None = None, node: str = "kwok-node-0") -> dict[str, Any]:  # fmt: skip
-    state = state or ("running" if role == "primary" else "streaming")
+    state = state or "running"
     patroni = {"role": role, "state": state, "xlog_location": lsn, "timeline": timeline}
+    if role != "primary":
+        patroni["replication_state"] = "streaming"
     return {
         "metadata": {
             "name": name,
@@ -113,7 +115,7 @@ def test_status_text() -> None:
     lines = text.splitlines()
     assert lines[0] == "PostgresCluster prod/pg: Healthy"
     assert "  primary:   pg-1" in lines
-    assert any(line.split()[:3] == ["pg-2", "replica", "streaming"] and "3.0 MiB" in line
+    assert any(line.split()[:3] == ["pg-2", "replica", "running/streaming"] and "3.0 MiB" in line
                for line in lines), text  # fmt: skip
     assert "  archiving: working (Archiving)" in lines
     assert (
@@ -262,6 +264,9 @@ def test_passwords_inside_text(text: str, expected: str) -> None:
 def test_scrub_removes_every_known_secret_value() -> None:
     values = redact.secret_values([SECRET])
     assert PASSWORD in values and "app" not in values  # too short to scrub safely
+    superuser = {"data": {"username": _b64("postgres"), "password": _b64("long-enough-1"),
+                          "ca.crt": _b64("-----BEGIN CERTIFICATE-----")}}  # fmt: skip
+    assert redact.secret_values([superuser]) == {"long-enough-1"}  # names, certificates: public
     log = f"connecting with {PASSWORD}; user app"
     assert redact.scrub(log, values) == "connecting with REDACTED; user app"
 

@@ -217,8 +217,9 @@ def backup(session: Session, name: str, *, backup: str | None, wait: bool, timeo
     if result.get("phase") == "Failed":
         say(f"backup {backup} failed: {result.get('error') or 'no reason given'}")
         return 1
-    say(f"backup {backup} completed: id {result.get('backupId')}, "
-        f"{result.get('size') or '?'} bytes, ended {result.get('endTime')}")  # fmt: skip
+    size = f", {result['size']} bytes" if result.get("size") else ""
+    say(f"backup {backup} completed: id {result.get('backupId')}{size}, "
+        f"ended {result.get('endTime')}")  # fmt: skip
     return 0
 
 

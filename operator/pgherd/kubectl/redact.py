@@ -26,6 +26,9 @@ _USERINFO = re.compile(r"(?P<prefix>[a-z][a-z0-9+.-]*://[^:/@\s]+:)(?P<password>
 # Names that mention a credential yet hold where it is, not what it is (secretName: x-tls,
 # PGHERD_SUPERUSER_PASSWORD_FILE: /etc/...).
 _REFERENCE_NAME = re.compile(r"(name|ref|path|file|dir|mount|kind|type)$", re.IGNORECASE)
+# Keys of the cluster's Secrets that hold no secret: scrubbing a user name such as "postgres"
+# would blank it out of every manifest and log line. Certificates (*.crt) are public too.
+PUBLIC_KEYS = frozenset({"username", "user", "dbname", "host", "port", "sslmode"})
 # Shorter values (a user name such as "app", "5432") would scrub ordinary words.
 MIN_SCRUB_LENGTH = 8
 
@@ -59,21 +62,27 @@ def secret_summary(secret: Obj) -> Obj:
     }
 
 
+def _public(key: str) -> bool:
+    return key in PUBLIC_KEYS or key.endswith(".crt")
+
+
 def secret_values(secrets: Iterable[Obj]) -> set[str]:
-    """The decoded values of Secrets that are long enough to scrub safely."""
+    """The decoded values of Secrets to scrub: all but those of public keys (user names,
+    where to connect, certificates), and long enough to scrub safely."""
     out: set[str] = set()
     for secret in secrets:
-        for raw in (secret.get("data") or {}).values():
+        pairs = [(k, v) for k, v in (secret.get("stringData") or {}).items()]
+        for key, raw in (secret.get("data") or {}).items():
             try:
-                value = base64.b64decode(raw).decode()
+                pairs.append((key, base64.b64decode(raw).decode()))
             except (ValueError, UnicodeDecodeError):
+                continue
+        for key, value in pairs:
+            if _public(key):
                 continue
             for piece in (value, value.strip()):
                 if len(piece) >= MIN_SCRUB_LENGTH:
                     out.add(piece)
-        for value in (secret.get("stringData") or {}).values():
-            if len(value) >= MIN_SCRUB_LENGTH:
-                out.add(value)
     return out
 
 

@@ -84,6 +84,8 @@ def instances(cluster: Obj, pods: list[Obj]) -> list[Obj]:
                 "name": name,
                 "role": role,
                 "state": member.get("state") or reported.get("state"),
+                # A replica's WAL receiver: streaming, or in archive recovery.
+                "replication": member.get("replication_state"),
                 "podReady": _pod_ready(pod),
                 "ready": _pod_ready(pod) and member.get("state") in SERVING_STATES,
                 "node": (pod.get("spec") or {}).get("nodeName"),
@@ -233,7 +235,7 @@ def _members(s: Obj) -> list[str]:
             [
                 m["name"] + (" (terminating)" if m["terminating"] else ""),
                 m["role"],
-                m["state"] or "?",
+                "/".join(filter(None, [m["state"] or "?", m["replication"]])),
                 "yes" if m["podReady"] else "no",
                 m["node"] or "-",
                 str(m["timeline"]) if m["timeline"] is not None else "?",
