@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import stat
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -354,3 +356,31 @@ def test_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> N
         cli.parse(argv)
     assert exited.value.code == 2
     assert "usage: kubectl pgherd" in capsys.readouterr().err
+
+
+FAKE_KUBECTL = """#!{python}
+import json, socket, sys, time
+open({record!r}, "w").write(json.dumps(sys.argv[1:]))
+if "--fail" in sys.argv:
+    print("error: services \\"pg-rw\\" not found"); sys.exit(1)
+local = int(sys.argv[-1].split(":")[0])
+s = socket.socket(); s.bind(("127.0.0.1", local)); s.listen(); time.sleep(60)
+"""
+
+
+def test_port_forward_waits_for_the_local_port_and_stops_kubectl(tmp_path: Path) -> None:
+    record = tmp_path / "argv.json"
+    fake = tmp_path / "kubectl"
+    fake.write_text(FAKE_KUBECTL.format(python=sys.executable, record=str(record)))
+    fake.chmod(0o700)
+    with connect.port_forward(str(fake), ["--namespace", "prod"], "pg-rw") as port:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            pass
+        argv = json.loads(record.read_text())
+    assert argv == ["port-forward", "--namespace", "prod", "--address", "127.0.0.1",
+                    "service/pg-rw", f"{port}:5432"]  # fmt: skip
+    with pytest.raises(OSError):  # kubectl was stopped: nothing listens any more
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+    failing = connect.port_forward(str(fake), ["--fail"], "pg-rw")
+    with pytest.raises(RuntimeError, match='services "pg-rw" not found'), failing:
+        pass
