@@ -21,7 +21,7 @@ from pgherd.api.v1alpha1 import RESTARTED_AT_ANNOTATION
 from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
 from tests import s3_server
-from tests.cluster import test_backup
+from tests.cluster import test_backup as backup_tests
 from tests.cluster.test_backup import CREDS, PATRONI, backup_spec
 from tests.conftest import require_tool
 from tests.operator_harness import Cluster, Operator, wait_for
@@ -30,7 +30,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 NAME = "pg"
 # The backup tests' S3 server with its bucket, a module-scoped fixture of this module too.
-s3 = test_backup.s3
+s3 = backup_tests.s3
 
 
 def _kubectl() -> Path:
@@ -164,7 +164,7 @@ def test_switchover_to_the_best_replica(cluster: Cluster, plugin: Any) -> None:
     cluster.wait_healthy(2)
 
 
-def test_backup(cluster: Cluster, plugin: Any) -> None:
+def test_backup_followed_to_completion(cluster: Cluster, plugin: Any) -> None:
     done = plugin("backup", NAME, "--name", "plugin-1", "--wait", "--timeout", "240")
     assert _ok(done).strip() == "plugin-1"
     assert "backup plugin-1: Completed" in done.stderr, done.stderr
