@@ -3,6 +3,7 @@ the developer tooling or the packaging generators."""
 
 from __future__ import annotations
 
+import configparser
 import subprocess
 import sys
 import zipfile
@@ -14,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     # A copy of the source tree, so that the build leaves no egg-info or build/ in the clone.
     src = tmp_path_factory.mktemp("src")
@@ -26,7 +27,12 @@ def wheel_files(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
          "--disable-pip-version-check", "-w", str(out), str(src)],
         check=True,
     )  # fmt: skip
-    (wheel,) = out.glob("pgherd-*.whl")
+    (built,) = out.glob("pgherd-*.whl")
+    return built
+
+
+@pytest.fixture(scope="module")
+def wheel_files(wheel: Path) -> list[str]:
     with zipfile.ZipFile(wheel) as zf:
         return zf.namelist()
 
@@ -40,8 +46,23 @@ def test_the_wheel_holds_the_runtime(wheel_files: list[str]) -> None:
         "pgherd/operand/instance.py",
         "pgherd/render/statefulset.py",
         "pgherd/api/v1alpha1.py",
+        "pgherd/kubectl/cli.py",
+        "pgherd/kubectl/commands.py",
     ):
         assert module in wheel_files
+
+
+def test_the_wheel_installs_both_commands(wheel: Path, wheel_files: list[str]) -> None:
+    """`pgherd` (the images' entrypoint) and `kubectl-pgherd`, which kubectl finds on PATH
+    and runs as `kubectl pgherd`."""
+    (entry_points,) = [n for n in wheel_files if n.endswith(".dist-info/entry_points.txt")]
+    with zipfile.ZipFile(wheel) as zf:
+        scripts = configparser.ConfigParser()
+        scripts.read_string(zf.read(entry_points).decode())
+    assert dict(scripts["console_scripts"]) == {
+        "pgherd": "pgherd.cli:main",
+        "kubectl-pgherd": "pgherd.kubectl.cli:main",
+    }
 
 
 def test_the_wheel_holds_no_dev_tooling_nor_generators(wheel_files: list[str]) -> None:
