@@ -200,9 +200,6 @@ def test_report_has_the_cluster_and_no_secret_data(
     assert base64.b64encode(_secret(cluster, "app").encode()).decode() not in everything
 
 
-@pytest.mark.xfail(
-    strict=False, reason="operator side of pgherd.io/restartedAt lands in another branch"
-)
 def test_restart_rolls_every_pod(cluster: Cluster, plugin: Any) -> None:
     before = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods()}
     proc = plugin.start("restart", NAME, "--wait", "--timeout", "300")

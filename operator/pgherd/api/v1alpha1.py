@@ -36,10 +36,6 @@ RESTARTED_AT_ANNOTATION = "pgherd.io/restartedAt"
 PLURAL = "postgresclusters"
 SINGULAR = "postgrescluster"
 SHORT_NAMES = ("pgc",)
-# A rolling restart on request: a client (`kubectl pgherd restart`) sets this annotation of the
-# PostgresCluster to the time of the request (UTC, RFC 3339); the operator copies it into the
-# pod template, so that each new value rolls every instance once (replicas first).
-RESTARTED_AT_ANNOTATION = "pgherd.io/restartedAt"
 
 DEFAULT_POSTGRES_VERSION = 15
 # The operand image of this release, in the project's public registry (docs/releasing.md bumps
