@@ -12,8 +12,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from pgherd.controller.client import Client as Kube
 from pgherd_dev import kubeconfig, processes, svcproxy
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.errors import DevError
+from pgherd_dev.kubelet import PORTS_ANNOTATION
 from pgherd_dev.operator_process import OperatorProcess
 from pgherd_packaging import crds, manifests
 
@@ -77,6 +81,36 @@ def run(cp: ControlPlane, repo: Path) -> int:
         operator.stop()
 
 
+def _print_metrics(kube: Kube, operator: OperatorProcess) -> None:
+    """Where Prometheus would scrape: the operator's port and each instance's exporter (the
+    test kubelet publishes the pods' local ports in an annotation)."""
+    print("Prometheus metrics (docs/monitoring.md; alerts in manifests/monitoring/):")
+    if operator.metrics_url:
+        print(f"  operator:  {operator.metrics_url}")
+    for pod in kube.list("Pod", NAMESPACE, f"pgherd.io/cluster={SAMPLE}"):
+        ports = json.loads((pod["metadata"].get("annotations") or {}).get(PORTS_ANNOTATION, "{}"))
+        if "metrics" in ports:
+            print(f"  {pod['metadata']['name']}: http://127.0.0.1:{ports['metrics']}/metrics")
+
+
+def _print_plugin_status(cp: ControlPlane) -> None:
+    """`kubectl pgherd status` of the sample, as the user can run it again."""
+    venv_bin = Path(sys.executable).parent
+    tools_bin = os.environ.get("TOOLS_BIN", "")
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(cp.kubeconfig),
+        "PATH": os.pathsep.join(p for p in (str(venv_bin), tools_bin, os.environ["PATH"]) if p),
+    }
+    print("The kubectl plugin (docs/kubectl-plugin.md), with the PATH and KUBECONFIG above:")
+    print(f"  PATH={venv_bin}:$PATH kubectl pgherd status {SAMPLE}\n")
+    done = subprocess.run(
+        ["kubectl-pgherd", "status", SAMPLE, "-n", NAMESPACE],
+        env=env, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    print(done.stdout if done.returncode == 0 else f"  (kubectl pgherd failed: {done.stderr})")
+
+
 async def _serve(
     kube: Kube, cp: ControlPlane, status: dict[str, Any], operator: OperatorProcess
 ) -> int:
@@ -99,6 +133,8 @@ async def _serve(
         f"sslmode={data.get('sslmode')} sslrootcert={ca_file}'"
     )
     print(f"  export KUBECONFIG={cp.kubeconfig}   # then: .tools/bin/kubectl get pgc,pods")
+    _print_metrics(kube, operator)
+    _print_plugin_status(cp)
     print("The operator runs until Ctrl-C; `make cluster-down` stops everything.")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
