@@ -262,12 +262,15 @@ class Kubelet:
             if "configMap" in vol:
                 self._write_files(target, self._config_map_files(pp, vol["configMap"]))
             elif "projected" in vol:
-                files: dict[str, bytes] = {}
-                for source in vol["projected"].get("sources", []):
-                    if "configMap" not in source:
-                        raise NotReadyToStart(f"volume {mount['name']}: unsupported source")
-                    files |= self._config_map_files(pp, source["configMap"])
-                self._write_files(target, files, exact=True)
+                sources = vol["projected"].get("sources", [])
+                # Only ConfigMap sources: the ServiceAccount token volume the API server adds
+                # is what the pod's kubeconfig stands in for (_write_identity).
+                if any("configMap" in source for source in sources):
+                    files: dict[str, bytes] = {}
+                    for source in sources:
+                        if "configMap" in source:
+                            files |= self._config_map_files(pp, source["configMap"])
+                    self._write_files(target, files, exact=True)
             elif "secret" in vol:
                 sec = self.core.read_namespaced_secret(vol["secret"]["secretName"], pp.namespace)
                 data = {k: base64.b64decode(v) for k, v in (sec.data or {}).items()}
