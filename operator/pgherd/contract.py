@@ -32,6 +32,7 @@ METRICS_PORT_ENV = "PGHERD_METRICS_PORT"
 # postgres_exporter's queries.yaml format; the exporter reads every *.yaml of the directory.
 METRICS_QUERIES_DIR = "/etc/pgherd-metrics"
 METRICS_QUERIES_ENV = "PGHERD_METRICS_QUERIES_DIR"
+METRICS_QUERIES_VOLUME = "metrics-queries"
 
 # The data volume is mounted one level above PGDATA: a fresh filesystem's root holds
 # lost+found, and initdb refuses a non-empty directory.
@@ -56,6 +57,11 @@ def rooted(root: str, path: str) -> str:
 
 
 PGPASS = f"{TMP_DIR}/pgpass"
+# The backup agent's last view of the store's backups (agent.store_summary, JSON), for the
+# exporter in the same container: the agent lists the store on the primary only, every few
+# minutes, and a listing is far too slow for a scrape. On the pod's tmp emptyDir, so that it
+# outlives a container restart; absent until the agent's first listing.
+BACKUP_SUMMARY_FILE = f"{TMP_DIR}/pgherd-backups.json"
 
 # TLS: the <cluster>-tls Secret is mounted at TLS_MOUNT (beside /etc/pgherd, not inside its
 # read-only ConfigMap mount, where a runtime could not create the mount point). `pgherd

@@ -7,11 +7,11 @@ controller does what a kubelet would, with real processes on this machine:
 - probes over HTTP or HTTPS (without verifying the certificate, as a kubelet);
 - resolves the container's environment from the API (values, `$(VAR)` references,
   fieldRef, secretKeyRef, configMapKeyRef, envFrom) and its volumes (ConfigMap and Secret
-  files, emptyDirs, and PersistentVolumeClaims through their hostPath PersistentVolume,
-  so data outlives the pod exactly as a volume would);
+  files, projected ConfigMap keys, emptyDirs, and PersistentVolumeClaims through their
+  hostPath PersistentVolume, so data outlives the pod exactly as a volume would);
 - gives each pod a "network": POD_IP is 127.0.0.1 and the pod's ports are unique local
-  ports (PGHERD_PG_PORT, PGHERD_API_PORT), published on the pod as the annotation
-  `kubelet.pgherd.dev/ports`; filesystem paths are mapped under PGHERD_ROOT;
+  ports (PGHERD_PG_PORT, PGHERD_API_PORT, PGHERD_METRICS_PORT), published on the pod as the
+  annotation `kubelet.pgherd.dev/ports`; filesystem paths are mapped under PGHERD_ROOT;
 - gives the process its ServiceAccount's identity: a pod-bound token in a kubeconfig,
   so the operand's RBAC is really exercised;
 - runs the container command (the image is not pulled; the local virtualenv provides
@@ -260,8 +260,17 @@ class Kubelet:
                 raise NotReadyToStart(f"volume {mount['name']} is not defined")
             target = self._mount_dir(pp, mount["mountPath"])
             if "configMap" in vol:
-                cm = self.core.read_namespaced_config_map(vol["configMap"]["name"], pp.namespace)
-                self._write_files(target, {k: v.encode() for k, v in (cm.data or {}).items()})
+                self._write_files(target, self._config_map_files(pp, vol["configMap"]))
+            elif "projected" in vol:
+                sources = vol["projected"].get("sources", [])
+                # Only ConfigMap sources: the ServiceAccount token volume the API server adds
+                # is what the pod's kubeconfig stands in for (_write_identity).
+                if any("configMap" in source for source in sources):
+                    files: dict[str, bytes] = {}
+                    for source in sources:
+                        if "configMap" in source:
+                            files |= self._config_map_files(pp, source["configMap"])
+                    self._write_files(target, files, exact=True)
             elif "secret" in vol:
                 sec = self.core.read_namespaced_secret(vol["secret"]["secretName"], pp.namespace)
                 data = {k: base64.b64decode(v) for k, v in (sec.data or {}).items()}
@@ -274,8 +283,34 @@ class Kubelet:
             elif "persistentVolumeClaim" in vol:
                 self._link_claim(pp, target, vol["persistentVolumeClaim"]["claimName"])
 
-    def _write_files(self, target: Path, files: dict[str, bytes]) -> None:
+    def _config_map_files(self, pp: PodProcess, ref: dict[str, Any]) -> dict[str, bytes]:
+        """A ConfigMap volume (source)'s files, as a kubelet makes them: the keys listed in
+        items at their paths, or every key; none when optional and missing."""
+        try:
+            cm = self.core.read_namespaced_config_map(ref["name"], pp.namespace)
+        except ApiException as e:
+            if e.status == 404 and ref.get("optional"):
+                return {}
+            if e.status == 404:
+                raise NotReadyToStart(f"ConfigMap {ref['name']} not found") from None
+            raise
+        data = {k: v.encode() for k, v in (cm.data or {}).items()}
+        if items := ref.get("items"):
+            if not ref.get("optional") and (
+                absent := [i["key"] for i in items if i["key"] not in data]
+            ):
+                raise NotReadyToStart(f"ConfigMap {ref['name']} has no key {absent[0]}")
+            data = {i["path"]: data[i["key"]] for i in items if i["key"] in data}
+        return data
+
+    def _write_files(self, target: Path, files: dict[str, bytes], *, exact: bool = False) -> None:
+        """Write files into target; exact: also remove those no longer given (a projected
+        volume's file goes when its ConfigMap or key does)."""
         target.mkdir(parents=True, exist_ok=True)
+        if exact:
+            for path in target.iterdir():
+                if path.is_file() and path.name not in files:
+                    path.unlink()
         for key, data in files.items():
             path = target / key
             if not path.exists() or path.read_bytes() != data:
@@ -358,6 +393,7 @@ class Kubelet:
                 "PGHERD_ROOT": str(self._short_root(pp)),
                 "PGHERD_PG_PORT": str(pp.ports.get("postgresql", 5432)),
                 "PGHERD_API_PORT": str(pp.ports.get("patroni", 8008)),
+                "PGHERD_METRICS_PORT": str(pp.ports.get("metrics", 9187)),
                 "KUBECONFIG": str(pp.directory / "kubeconfig"),
                 "PATRONI_KUBERNETES_CONTEXT": "pod",
                 "LANG": "C.UTF-8",

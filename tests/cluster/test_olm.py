@@ -583,7 +583,6 @@ ADDED_BY_0_2_0 = {
     "imageUpdatePolicy": "Pinned",
     "tls": {"minProtocolVersion": "TLSv1.2", "allowPlainText": False},
     "credentials": {"rotate": {"app": 0, "superuser": 0}},
-    "monitoring": {"enablePodMonitor": False},
 }
 
 

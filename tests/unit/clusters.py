@@ -58,6 +58,13 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             "type": "LoadBalancer",
             "annotations": {"service.beta.kubernetes.io/aws-load-balancer-internal": "true"},
         },
+        "monitoring": {
+            "customQueries": [
+                {"name": "orders-metrics", "key": "queries.yaml"},
+                {"name": "orders-metrics", "key": "locks.yaml"},
+                {"name": "team-metrics", "key": "queries.yaml"},
+            ]
+        },
     },
     "single-instance": {"instances": 1},
 }

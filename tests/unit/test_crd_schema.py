@@ -33,6 +33,8 @@ OPTIONAL_SPEC_FIELDS = {
     # Secrets adopted at creation, by explicit reference only.
     "spec.bootstrap.secret",
     "spec.bootstrap.superuserSecret",
+    # Absent, an existing cluster's stored spec stays as it was (no defaults filled in).
+    "spec.monitoring",
 }
 FORBIDDEN_KEYWORDS = {"$ref", "$defs", "definitions", "allOf", "oneOf", "not", "title", "const"}
 

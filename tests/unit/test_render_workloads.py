@@ -83,6 +83,7 @@ def test_container_contract() -> None:
     assert {(p["name"], p["containerPort"]) for p in c["ports"]} == {
         ("postgresql", 5432),
         ("patroni", 8008),
+        ("metrics", 9187),
     }
     https = {"port": "patroni", "scheme": "HTTPS"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readiness", **https}
@@ -92,6 +93,29 @@ def test_container_contract() -> None:
     assert env["PGHERD_CONFIG"]["value"] == "/etc/pgherd/patroni.yaml"
     assert env["PGHERD_CLUSTER"]["value"] == "db"
     assert env["POD_IP"]["valueFrom"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+    assert env["PGHERD_METRICS_PORT"]["value"] == "9187"
+    assert env["PGHERD_METRICS_QUERIES_DIR"]["value"] == "/etc/pgherd-metrics"
+
+
+def test_custom_queries_are_one_directory_of_optional_configmap_keys() -> None:
+    assert "metrics-queries" not in {v["name"] for v in pod_spec()["volumes"]}
+    assert "metrics-queries" not in {v["name"] for v in pod_spec({"monitoring": {}})["volumes"]}
+    refs = [
+        {"name": "a", "key": "q.yaml"},
+        {"name": "a", "key": "r.yaml"},
+        {"name": "b", "key": "q.yaml"},
+    ]
+    spec = {"monitoring": {"customQueries": refs}}
+    (volume,) = [v for v in pod_spec(spec)["volumes"] if v["name"] == "metrics-queries"]
+    sources = [s["configMap"] for s in volume["projected"]["sources"]]
+    assert [(s["name"], s["items"], s["optional"]) for s in sources] == [
+        ("a", [{"key": "q.yaml", "path": "a-q.yaml"}], True),
+        ("a", [{"key": "r.yaml", "path": "a-r.yaml"}], True),
+        ("b", [{"key": "q.yaml", "path": "b-q.yaml"}], True),
+    ]
+    mounts = {m["name"]: m for m in container(spec)["volumeMounts"]}
+    assert mounts["metrics-queries"]["mountPath"] == "/etc/pgherd-metrics"
+    assert mounts["metrics-queries"]["readOnly"] is True
 
 
 def test_env_references_only_earlier_variables() -> None:

@@ -868,17 +868,6 @@ class ServiceSpec(ApiModel):
     )
 
 
-class MonitoringSpec(ApiModel):
-    """Prometheus metrics: every instance serves them on its `metrics` port (9187)."""
-
-    enable_pod_monitor: bool = Field(
-        default=False,
-        description="Create a Prometheus Operator PodMonitor `<cluster>` for the instances, "
-        "when the PodMonitor CRD (monitoring.coreos.com/v1) is installed; without it, "
-        "status.monitoring says so. Turning it off deletes the PodMonitor.",
-    )
-
-
 class SwitchoverSpec(ApiModel):
     """A planned switchover request, carried out once: status.switchoverHandled records it.
     Remove spec.switchover (or name another instance) to request another one."""
@@ -888,6 +877,64 @@ class SwitchoverSpec(ApiModel):
         pattern=DNS_LABEL_PATTERN,
         description="Pod name of the replica to promote; the operator switches over when it "
         "is not the current primary.",
+    )
+
+
+# ---- monitoring -------------------------------------------------------------------------
+MAX_CUSTOM_QUERIES = 16
+
+
+class ConfigMapKeyRef(ApiModel):
+    """A key of a ConfigMap in the cluster's namespace."""
+
+    name: str = Field(
+        max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", description="ConfigMap name."
+    )
+    key: str = Field(
+        max_length=200,
+        pattern=r"^[-._a-zA-Z0-9]+\.yaml$",
+        description="Key within the ConfigMap; it must end in .yaml.",
+    )
+
+
+class MonitoringSpec(ApiModel):
+    """Prometheus metrics of the instances. Every instance serves them anyway, on its port
+    named metrics (9187) at /metrics; this adds to them and to how they are found."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "self.customQueries.all(a, self.customQueries.exists_one(b, "
+                    "b.name + '-' + b.key == a.name + '-' + a.key))",
+                    "monitoring.customQueries: two entries give the same file name <name>-<key>",
+                    ".customQueries",
+                ),
+            ]
+        }
+    )
+
+    enable_pod_monitor: bool = Field(
+        default=False,
+        description="Create a Prometheus Operator PodMonitor `<cluster>` for the instances, "
+        "when the PodMonitor CRD (monitoring.coreos.com/v1) is installed (the operator "
+        "notices it within a resync); without it, status.monitoring says so. Turning it off "
+        "deletes the PodMonitor.",
+    )
+    custom_queries: list[ConfigMapKeyRef] = Field(
+        default_factory=list,
+        max_length=MAX_CUSTOM_QUERIES,
+        description="User-defined metrics: keys of ConfigMaps in the cluster's namespace, each "
+        "a queries file in postgres_exporter's queries.yaml format (name: {query, master, "
+        "metrics: [{column: {usage: LABEL|GAUGE|COUNTER|DISCARD, description}}]}). They run "
+        "as the superuser, read-only, in the postgres database: whoever may write these "
+        "ConfigMaps may read any data. Edits to a ConfigMap reach the instances without a "
+        "restart; changing this list rolls them. A missing ConfigMap or key only leaves its "
+        "metrics out; a broken query is counted in pgherd_exporter_errors_total.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["name", "key"],
+        },
     )
 
 
@@ -969,10 +1016,6 @@ class PostgresClusterSpec(ApiModel):
     switchover: SwitchoverSpec | None = Field(
         default=None, description="Request a planned switchover."
     )
-    monitoring: MonitoringSpec = Field(
-        default_factory=MonitoringSpec,
-        description="Prometheus metrics of the instances (docs/monitoring.md).",
-    )
     credentials: CredentialsSpec = Field(
         default_factory=CredentialsSpec,
         description="Password rotation on request (replication authenticates by certificate).",
@@ -985,6 +1028,11 @@ class PostgresClusterSpec(ApiModel):
     backup: BackupSpec | None = Field(
         default=None,
         description="Continuous WAL archiving and base backups to an S3-compatible store.",
+    )
+    monitoring: MonitoringSpec | None = Field(
+        default=None,
+        description="Prometheus metrics: user-defined queries and a PodMonitor. The instances "
+        "serve their built-in metrics without it.",
     )
 
 

@@ -263,7 +263,8 @@ def clear_stale_dcs(cluster: PostgresCluster, snapshot: Snapshot) -> list[Action
 
 
 def wants_pod_monitor(cluster: PostgresCluster) -> bool:
-    return cluster.spec.monitoring.enable_pod_monitor
+    monitoring = cluster.spec.monitoring
+    return monitoring is not None and monitoring.enable_pod_monitor
 
 
 def plan_children(

@@ -30,7 +30,7 @@ from pgherd.controller import conditions as c
 from pgherd.controller.actions import Event
 from pgherd.controller.conditions import Activity, Problem
 from pgherd.controller.diff import merge_patch
-from pgherd.controller.plan import Plan
+from pgherd.controller.plan import Plan, wants_pod_monitor
 from pgherd.controller.snapshot import READY_STATES, Snapshot
 from pgherd.render import labels, names, ownership
 
@@ -184,7 +184,7 @@ def monitoring(cluster: PostgresCluster, snapshot: Snapshot) -> MonitoringStatus
     live = snapshot.child("PodMonitor", name)
     if live is not None and ownership.owns(cluster, "PodMonitor", live):
         return MonitoringStatus(pod_monitor=name)
-    if not cluster.spec.monitoring.enable_pod_monitor:
+    if not wants_pod_monitor(cluster):
         return None
     if not snapshot.pod_monitors_served:
         return MonitoringStatus(

@@ -9,7 +9,9 @@ environment) and to the Kubernetes API as the instance's ServiceAccount:
 - on the primary, it publishes pg_stat_archiver (and the last archive_command error) in the
   pod annotation `pgherd.io/archiver`, and the store's backup list summary (first
   recoverability point, newest backup) in `pgherd.io/backups`; the operator turns them into
-  the cluster's ContinuousArchiving condition and status.backup. It writes only on change;
+  the cluster's ContinuousArchiving condition and status.backup. It writes only on change.
+  The summary also goes to a file (contract.BACKUP_SUMMARY_FILE) that the instance's metrics
+  exporter reads (pgherd.operand.metrics);
 - it takes the base backups the operator assigned to its pod (PostgresBackup
   status.instance/instanceUid): claims one (Pending -> Running, guarded by resourceVersion),
   checks the bucket exists (pgherd.operand.bucket: pgherd never creates one), runs
@@ -37,6 +39,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pgherd import contract
@@ -48,7 +51,7 @@ from pgherd.contract import (
     HEARTBEAT_ANNOTATION,
     HEARTBEAT_EVERY,
 )
-from pgherd.operand import bucket, wal
+from pgherd.operand import bucket, localdb, wal
 from pgherd.operand.restore import parse_barman_time
 from pgherd.operand.store import Store
 from pgherd.operand.wal import error_file, summary
@@ -103,6 +106,15 @@ def store_summary(backups: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def write_summary_file(env: Mapping[str, str], found: dict[str, Any]) -> None:
+    """The store summary where the metrics exporter reads it (contract.BACKUP_SUMMARY_FILE),
+    replaced whole so that a reader never sees half a file."""
+    path = Path(contract.rooted(env.get("PGHERD_ROOT", "/"), contract.BACKUP_SUMMARY_FILE))
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(found, sort_keys=True))
+    tmp.replace(path)
+
+
 class Agent:
     """One instance's agent (see the module docstring)."""
 
@@ -136,16 +148,7 @@ class Agent:
 
     # ---- PostgreSQL -------------------------------------------------------------
     def _conninfo(self) -> dict[str, Any]:
-        return {
-            "host": contract.rooted(self.env.get("PGHERD_ROOT", "/"), contract.SOCKET_DIR),
-            "port": int(self.env.get("PGHERD_PG_PORT", contract.POSTGRES_PORT)),
-            "user": self.env.get("PATRONI_SUPERUSER_USERNAME", "postgres"),
-            # Read at each use: a rotation changes the mounted file, not the environment.
-            "password": contract.read_superuser_password(self.env),
-            "dbname": "postgres",
-            "connect_timeout": 5,
-            "application_name": "pgherd.operand.agent",
-        }
+        return localdb.conninfo(self.env, "pgherd.operand.agent")
 
     def query_archiver(self) -> tuple[bool, dict[str, Any]] | None:
         """(is primary, pg_stat_archiver) or None while PostgreSQL is not up."""
@@ -439,7 +442,13 @@ class Agent:
     def refresh_summary(self) -> None:
         backups = self.list_backups()
         if backups is not None:
-            self.publish(BACKUPS_ANNOTATION, store_summary(backups))
+            found = store_summary(backups)
+            # First the file: the exporter's metric must not wait on the API server.
+            try:
+                write_summary_file(self.env, found)
+            except OSError as e:
+                log.warning("backup summary not written for the exporter: %s", e)
+            self.publish(BACKUPS_ANNOTATION, found)
 
     def loop(self) -> None:
         startup = True

@@ -5,7 +5,8 @@ patroni.yaml into Patroni's final configuration, then runs Patroni as its child 
 beside it as a small supervisor: it passes Patroni's and PostgreSQL's output through to the
 container log, forwards signals, exits with Patroni's status, and reports the instance to
 the operator (pgherd.operand.report: PostgreSQL's version and libraries, why it does not
-start, which parameters Patroni dropped). Per-pod values travel as PATRONI_* environment
+start, which parameters Patroni dropped), and serves the instance's Prometheus metrics
+(pgherd.operand.metrics, from a thread). Per-pod values travel as PATRONI_* environment
 variables, which Patroni prefers over its file; secrets never touch the disk.
 
 PGHERD_ROOT (default "/") prefixes every filesystem path the pod spec names. A real pod
@@ -181,6 +182,11 @@ def run(env: Mapping[str, str]) -> int:
     target = Path(rooted(root, contract.TMP_DIR)) / "patroni.yaml"
     target.parent.mkdir(parents=True, exist_ok=True)
     config_file = ConfigFile(config, env, target)
+    # Before Patroni, so that a scrape answers (pgherd_up 0) while PostgreSQL starts; a
+    # failure to serve is logged and the instance runs on without metrics.
+    from pgherd.operand import metrics  # noqa: PLC0415
+
+    metrics.serve(env)
     if env.get("PGHERD_BACKUP_DESTINATION"):
         # The backup agent runs beside Patroni (see pgherd.operand.agent).
         from pgherd.operand import agent  # noqa: PLC0415

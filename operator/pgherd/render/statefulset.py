@@ -47,6 +47,8 @@ def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
         {"name": "PGHERD_CLUSTER", "value": name},
         {"name": "PGHERD_PG_PORT", "value": str(contract.POSTGRES_PORT)},
         {"name": "PGHERD_API_PORT", "value": str(contract.PATRONI_PORT)},
+        {"name": contract.METRICS_PORT_ENV, "value": str(contract.METRICS_PORT)},
+        {"name": contract.METRICS_QUERIES_ENV, "value": contract.METRICS_QUERIES_DIR},
         {"name": "PGDATA", "value": contract.PGDATA},
         {"name": "PGHERD_CONFIG", "value": contract.CONFIG_FILE},
         _secret_env("PATRONI_SUPERUSER_USERNAME", name, "superuser", "username"),
@@ -104,6 +106,11 @@ def _container(cluster: PostgresCluster, image: str) -> dict[str, Any]:
                 "containerPort": contract.PATRONI_PORT,
                 "protocol": "TCP",
             },
+            {
+                "name": contract.METRICS_PORT_NAME,
+                "containerPort": contract.METRICS_PORT,
+                "protocol": "TCP",
+            },
         ],
         "readinessProbe": _http_probe("/readiness", period=5, failures=3),
         "livenessProbe": _http_probe("/liveness", period=10, failures=6),
@@ -131,8 +138,40 @@ def _container(cluster: PostgresCluster, image: str) -> dict[str, Any]:
             {"name": "shm", "mountPath": contract.SHM_DIR},
             # Backups: CA bundles of the object stores, when given.
             *backup_render.volumes(cluster)[1],
+            *_metrics_queries(cluster)[1],
         ],
     }
+
+
+def _metrics_queries(
+    cluster: PostgresCluster,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts): spec.monitoring.customQueries as files <configmap>-<key> in
+    one directory, which a projected volume can make of several ConfigMaps."""
+    monitoring = cluster.spec.monitoring
+    refs = monitoring.custom_queries if monitoring is not None else []
+    if not refs:
+        return [], []
+    sources = [
+        {
+            "configMap": {
+                "name": ref.name,
+                "items": [{"key": ref.key, "path": f"{ref.name}-{ref.key}"}],
+                # Optional: a missing ConfigMap or key must not keep the database from
+                # starting (a required one would hold the pod in ContainerCreating); only
+                # those metrics are missing, and the file appears once the ConfigMap does.
+                "optional": True,
+            }
+        }
+        for ref in refs
+    ]
+    volume = {"name": contract.METRICS_QUERIES_VOLUME, "projected": {"sources": sources}}
+    mount = {
+        "name": contract.METRICS_QUERIES_VOLUME,
+        "mountPath": contract.METRICS_QUERIES_DIR,
+        "readOnly": True,
+    }
+    return [volume], [mount]
 
 
 def _volumes(cluster: PostgresCluster) -> list[dict[str, Any]]:
@@ -161,6 +200,7 @@ def _volumes(cluster: PostgresCluster) -> list[dict[str, Any]]:
         {"name": "shm", "emptyDir": {"medium": "Memory"}},
         # Backups: CA bundles of the object stores, when given.
         *backup_render.volumes(cluster)[0],
+        *_metrics_queries(cluster)[0],
     ]
 
 
