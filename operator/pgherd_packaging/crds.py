@@ -160,6 +160,7 @@ def _backup_root_schema() -> Manifest:
             "status": status,
         },
         "required": ["spec"],
+        "x-kubernetes-validations": v1alpha1.BACKUP_ROOT_VALIDATIONS,
     }
 
 

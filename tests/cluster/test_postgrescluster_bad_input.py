@@ -105,3 +105,19 @@ def test_instance_that_never_gets_ready_degrades(
         timeout=90,
     )
     assert "stuck-0" in cluster.condition("Degraded")["message"]
+
+
+def test_a_backup_named_as_barman_reserves_is_refused(kube: Kube, namespace: str) -> None:
+    """A PostgresBackup is stored under its name, and barman-cloud-backup refuses its reserved
+    identifiers ("first", "latest", ...): refused at the API rather than Failed later."""
+    with pytest.raises(ApiError) as refused:
+        kube.create(
+            {
+                "apiVersion": "pgherd.io/v1alpha1",
+                "kind": "PostgresBackup",
+                "metadata": {"name": "latest", "namespace": namespace},
+                "spec": {"cluster": "any"},
+            }
+        )
+    assert refused.value.status == 422
+    assert "reserved backup names" in refused.value.message

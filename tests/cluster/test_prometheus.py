@@ -162,14 +162,14 @@ def test_prometheus_scrapes_every_panel_and_sees_archiving_fail_and_recover(
         {
             "apiVersion": "pgherd.io/v1alpha1",
             "kind": "PostgresBackup",
-            "metadata": {"name": "first", "namespace": namespace},
+            "metadata": {"name": "initial", "namespace": namespace},
             "spec": {"cluster": "watched"},
         }
     )
     done = wait_for(
         "the base backup",
         lambda: (
-            (s := (kube.get("PostgresBackup", namespace, "first") or {}).get("status", {})).get(
+            (s := (kube.get("PostgresBackup", namespace, "initial") or {}).get("status", {})).get(
                 "phase"
             )
             in ("Completed", "Failed")
@@ -190,6 +190,8 @@ def test_prometheus_scrapes_every_panel_and_sees_archiving_fail_and_recover(
         timeout=60,
     )
     switch_wal(cluster)  # something archived, some transactions to rate
+    # A reload-only parameter: the operator patches Patroni's configuration (a Patroni call).
+    cluster.patch_spec({"postgresql": {"parameters": {"work_mem": "8MB"}}})
 
     # Every panel's every query returns data.
     missing: dict[str, str] = {}

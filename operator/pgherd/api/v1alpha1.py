@@ -8,6 +8,7 @@ transition rules (those using `oldSelf`) only run where both the old and the new
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -1264,6 +1265,21 @@ ROOT_VALIDATIONS = [
     _cel(
         "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')",
         "metadata.name must be a DNS-1035 label (start with a letter, no dots): it names Services",
+    ),
+]
+
+
+# barman's reserved backup identifiers: a PostgresBackup's name is its barman backup name, and
+# barman-cloud-backup refuses these (barman.utils.RESERVED_BACKUP_IDS).
+BARMAN_RESERVED_NAMES = (
+    "latest", "last", "oldest", "first", "last-failed", "latest-full", "last-full", "auto",
+)  # fmt: skip
+BACKUP_ROOT_VALIDATIONS = [
+    _cel(
+        "!(self.metadata.name in " + json.dumps(list(BARMAN_RESERVED_NAMES)) + ")",
+        "metadata.name must not be one of barman's reserved backup names ("
+        + ", ".join(BARMAN_RESERVED_NAMES)
+        + "): the backup is stored under its name",
     ),
 ]
 
