@@ -10,9 +10,11 @@ Writes bench-results/bench.json. Not a test: it asserts nothing, it measures.
   - TLS: connection set-up with verify-full vs plain TCP, and the write outage while the
     server certificate is replaced;
   - WAL archive lag under a steady insert load of PGHERD_BENCH_WAL_ROWS rows/s (default
-    5000) for PGHERD_BENCH_WAL_SECONDS (default 60) seconds, archiving to moto.
-PGHERD_BENCH_ONLY=latency,ha,backup,wal,tls runs some sections only (default: all), writing
-bench-results/bench-<sections>.json instead.
+    5000) for PGHERD_BENCH_WAL_SECONDS (default 60) seconds, archiving to moto;
+  - the operator's own metrics: its RSS and CPU with N clusters, metrics on vs off, and the
+    time and size of a /metrics scrape.
+PGHERD_BENCH_ONLY=latency,ha,backup,wal,tls,metrics runs some sections only (default: all),
+writing bench-results/bench-<sections>.json instead.
 Clusters in the latency runs park their pods off every node (nodeSelector), so only the
 operator's work is timed and 600 PostgreSQL servers are not needed.
 """
@@ -399,7 +401,7 @@ def _backups(kube: Kube, tmp: Path, sections: set[str], results: dict[str, Any])
         s3.stop()
 
 
-SECTIONS = ("latency", "ha", "backup", "wal", "tls")
+SECTIONS = ("latency", "ha", "backup", "wal", "tls", "metrics")
 
 
 def _connect_ms(cluster: Cluster, pod: str, count: int, **kw: Any) -> dict[str, float]:
@@ -454,6 +456,63 @@ def tls_costs(kube: Kube, ns: str, count: int = 300) -> dict[str, Any]:
     return out
 
 
+def _operator(
+    cp: ControlPlane, tmp: Path, name: str, env: dict[str, str] | None = None
+) -> Operator:
+    op = Operator(
+        operator_kubeconfig(cp, cp.api_client(), tmp / f"kc-{name}"),
+        tmp / f"{name}.log",
+        # Parked clusters must not turn Degraded in the middle of a measurement.
+        extra_env={
+            "PGHERD_RESYNC_SECONDS": str(RESYNC),
+            "PGHERD_STUCK_AFTER_SECONDS": "86400",
+            **(env or {}),
+        },
+    )
+    op.start()
+    if op.proc is None:
+        raise RuntimeError("the operator did not start")
+    return op
+
+
+def _scrapes(op: Operator, count: int = 20) -> dict[str, Any]:
+    """Time and size of a /metrics scrape (what Prometheus pays each interval)."""
+    times, size = [], 0
+    for _ in range(count):
+        started = time.perf_counter()
+        size = len(op.metrics().encode())
+        times.append((time.perf_counter() - started) * 1000)
+    return {"ms_p50": round(_pct(times, 0.5), 2), "ms_max": round(max(times), 2),
+            "bytes": size}  # fmt: skip
+
+
+def metrics_costs(kube: Kube, cp: ControlPlane, tmp: Path, n: int) -> dict[str, Any]:
+    """The operator with its metrics off, then on: RSS idle and with n parked clusters, CPU
+    to create them and per no-op resync; with them on, a scrape's time and size. Each run has
+    an operator and a namespace of its own, gone before the next."""
+    out: dict[str, Any] = {}
+    for mode, port in (("off", "0"), ("on", None)):
+        op = _operator(cp, tmp, f"metrics-{mode}", {"PGHERD_METRICS_PORT": "0"} if port else {})
+        assert op.proc is not None  # noqa: S101 - _operator checked it
+        time.sleep(5)
+        run: dict[str, Any] = {"rss_idle_mib": _rss_mib(op.proc.pid)}
+        ns = _ns(kube, f"bench-metrics-{mode}")
+        cpu = _cpu_seconds(op.proc.pid)
+        created = latency(kube, ns, n)
+        run["create_cpu_seconds"] = round(_cpu_seconds(op.proc.pid) - cpu, 2)
+        run["applied"] = len(created)
+        run["noop_resync"] = noop_resync(cp, op, n)
+        run[f"rss_with_{n}_clusters_mib"] = _rss_mib(op.proc.pid)
+        run["cpu_seconds_total"] = round(_cpu_seconds(op.proc.pid), 2)
+        if op.metrics_url:
+            run["scrape"] = _scrapes(op)
+        op.stop(signal.SIGTERM)
+        kube.delete("Namespace", None, ns)
+        wait_for(f"{ns} gone", lambda ns=ns: kube.get("Namespace", None, ns) is None, 600, 2)
+        out[mode] = run
+    return out
+
+
 def main() -> int:
     n = int(os.environ.get("PGHERD_BENCH_CLUSTERS", "200"))
     only = os.environ.get("PGHERD_BENCH_ONLY", "")
@@ -465,28 +524,17 @@ def main() -> int:
     default = "bench" + ("" if only == "" else "-" + "-".join(sorted(sections)))
     out = Path(os.environ.get("PGHERD_BENCH_OUT", f"bench-results/{default}.json"))
     results: dict[str, Any] = {"sections": sorted(sections), "resync_seconds": RESYNC}
-    if "latency" in sections:
+    if sections & {"latency", "metrics"}:
         results["clusters"] = n
     with tempfile.TemporaryDirectory(prefix="pgherd-bench-") as tmp:
         cp = ControlPlane(Path(tmp) / "cp", die_with_parent=True)
         results["control_plane_start_seconds"] = round(cp.up(), 1)
         try:
-            api = cp.api_client()
-            kube = Kube(api)
+            kube = Kube(cp.api_client())
             install_crds_and_rbac(kube)
             time.sleep(2)
-            op = Operator(
-                operator_kubeconfig(cp, api, Path(tmp) / "kc"),
-                Path(tmp) / "op.log",
-                # Parked clusters must not turn Degraded in the middle of a measurement.
-                extra_env={
-                    "PGHERD_RESYNC_SECONDS": str(RESYNC),
-                    "PGHERD_STUCK_AFTER_SECONDS": "86400",
-                },
-            )
-            op.start()
-            if op.proc is None:
-                raise RuntimeError("the operator did not start")
+            op = _operator(cp, Path(tmp), "op")
+            assert op.proc is not None  # noqa: S101 - _operator checked it
             time.sleep(5)
             results["operator_rss_idle_mib"] = _rss_mib(op.proc.pid)
             if "latency" in sections:
@@ -498,6 +546,8 @@ def main() -> int:
             if "tls" in sections:
                 results["tls"] = tls_costs(kube, _ns(kube, "bench-tls"))
             op.stop(signal.SIGTERM)
+            if "metrics" in sections:  # with operators of its own, one at a time
+                results[f"operator_metrics_{n}_clusters"] = metrics_costs(kube, cp, Path(tmp), n)
         finally:
             cp.down()
     out.parent.mkdir(parents=True, exist_ok=True)

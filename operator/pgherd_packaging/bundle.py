@@ -58,7 +58,7 @@ CAPABILITY_LEVELS = (
     "Deep Insights",
     "Auto Pilot",
 )
-CAPABILITY_LEVEL = "Full Lifecycle"
+CAPABILITY_LEVEL = "Deep Insights"
 # A bundle's maturity follows the most mature channel it is released into: stable and fast
 # carry supported releases, candidate carries release candidates.
 MATURITY_BY_CHANNEL = {"stable": "stable", "fast": "stable", "candidate": "beta"}
