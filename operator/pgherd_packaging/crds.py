@@ -183,9 +183,46 @@ def postgresbackup_crd() -> Manifest:
     )
 
 
+def _database_root_schema() -> Manifest:
+    spec = structural_schema(v1alpha1.PostgresDatabaseSpec, nullable_optionals=False)
+    status = structural_schema(v1alpha1.PostgresDatabaseStatus, nullable_optionals=True)
+    return {
+        "type": "object",
+        "description": (v1alpha1.PostgresDatabase.__doc__ or "").strip(),
+        "properties": {
+            "apiVersion": {"type": "string", "description": "APIVersion of this object."},
+            "kind": {"type": "string", "description": "Kind of this object."},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "required": ["spec"],
+    }
+
+
+def postgresdatabase_crd() -> Manifest:
+    """The PostgresDatabase CustomResourceDefinition."""
+    return _crd(
+        kind=v1alpha1.DATABASE_KIND,
+        plural=v1alpha1.DATABASE_PLURAL,
+        singular=v1alpha1.DATABASE_SINGULAR,
+        short_names=v1alpha1.DATABASE_SHORT_NAMES,
+        schema=_database_root_schema(),
+        subresources={"status": {}},
+        columns=[
+            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
+            {"name": "Database", "type": "string", "jsonPath": ".spec.name"},
+            {"name": "Owner", "type": "string", "jsonPath": ".spec.owner"},
+            {"name": "Applied", "type": "boolean", "jsonPath": ".status.applied"},
+            {"name": "Error", "type": "string", "jsonPath": ".status.error", "priority": 1},
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
 def render_crds() -> list[Manifest]:
     """Every CustomResourceDefinition pgherd serves."""
-    return [postgrescluster_crd(), postgresbackup_crd()]
+    return [postgrescluster_crd(), postgresbackup_crd(), postgresdatabase_crd()]
 
 
 def crd_file_name(crd: Manifest) -> str:

@@ -72,6 +72,19 @@ NAMESPACED: tuple[Rule, ...] = (
         "which run barman-cloud-backup)",
     ),
     Rule(
+        "pgherd.io",
+        ("postgresdatabases",),
+        ("list", "watch", "patch"),
+        "databases: kopf watches them; the finalizer of those with reclaimPolicy delete is "
+        "added and removed with a patch",
+    ),
+    Rule(
+        "pgherd.io",
+        ("postgresdatabases/status",),
+        ("patch",),
+        "a database's applied, observedGeneration, error and Ready condition",
+    ),
+    Rule(
         "",
         ("configmaps",),
         CRUD,

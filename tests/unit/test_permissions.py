@@ -24,7 +24,11 @@ from tests.unit.clusters import PASSWORDS, make_cluster
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "pgherd"
 # Names the source uses for kinds, besides string literals.
-KIND_CONSTANTS = {"KIND": v1alpha1.KIND, "BACKUP_KIND": v1alpha1.BACKUP_KIND}
+KIND_CONSTANTS = {
+    "KIND": v1alpha1.KIND,
+    "BACKUP_KIND": v1alpha1.BACKUP_KIND,
+    "DATABASE_KIND": v1alpha1.DATABASE_KIND,
+}
 # What each planned action (pgherd.controller.actions) is, as an API verb.
 ACTION_VERBS = {"Delete": "delete", "Patch": "patch", "Create": "create"}
 # kopf's own calls: it lists and watches the resources it serves, posts Events, and observes
@@ -34,6 +38,8 @@ KOPF = {
     ("pgherd.io", "postgresclusters", "watch"),
     ("pgherd.io", "postgresbackups", "list"),
     ("pgherd.io", "postgresbackups", "watch"),
+    ("pgherd.io", "postgresdatabases", "list"),
+    ("pgherd.io", "postgresdatabases", "watch"),
     ("", "events", "create"),
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),

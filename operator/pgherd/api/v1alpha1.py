@@ -1374,3 +1374,256 @@ class PostgresBackup(ApiModel):
     metadata: ObjectMeta = Field(description="Standard object metadata.")
     spec: PostgresBackupSpec = Field(description="Desired state.")
     status: PostgresBackupStatus | None = Field(default=None, description="Observed state.")
+
+
+# ---- PostgresDatabase -------------------------------------------------------------------
+DATABASE_KIND = "PostgresDatabase"
+DATABASE_PLURAL = "postgresdatabases"
+DATABASE_SINGULAR = "postgresdatabase"
+DATABASE_SHORT_NAMES = ("pgdb",)
+# PostgreSQL keeps NAMEDATALEN - 1 bytes of a name and silently truncates longer ones, which
+# would make the operator compare against a name that never exists.
+MAX_SQL_NAME_BYTES = 63
+RESERVED_DATABASES = ("postgres", "template0", "template1")
+MAX_DATABASE_ITEMS = 64
+
+
+def _sql_name_rules(what: str) -> list[dict[str, JsonValue]]:
+    return [
+        _cel(
+            f"bytes(self.name).size() <= {MAX_SQL_NAME_BYTES}",
+            f"{what} must be at most {MAX_SQL_NAME_BYTES} bytes (UTF-8): PostgreSQL truncates "
+            "longer names",
+            ".name",
+        ),
+    ]
+
+
+def _check_sql_name(value: str) -> str:
+    if len(value.encode()) > MAX_SQL_NAME_BYTES:
+        raise ValueError(f"must be at most {MAX_SQL_NAME_BYTES} bytes")
+    if "\x00" in value:
+        raise ValueError("must not contain NUL")
+    return value
+
+
+SqlName = Annotated[str, StringConstraints(min_length=1, max_length=MAX_SQL_NAME_BYTES)]
+Ensure = Literal["present", "absent"]
+
+
+class DatabaseExtension(ApiModel):
+    """An extension in the database, from those the image ships (pg_available_extensions)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"x-kubernetes-validations": [*_sql_name_rules("an extension name")]}
+    )
+
+    name: SqlName = Field(description="Extension name, e.g. citext.")
+    version: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="Version to install or update to (ALTER EXTENSION ... UPDATE TO); the "
+        "image's default version when unset.",
+    )
+    schema_: SqlName | None = Field(
+        default=None,
+        alias="schema",
+        description="Schema to install it in (moved there when it differs); PostgreSQL's "
+        "choice when unset.",
+    )
+    ensure: Ensure = Field(
+        default="present", description="present installs it, absent drops it (never CASCADE)."
+    )
+
+    @field_validator("name", "schema_")
+    @classmethod
+    def _bytes(cls, v: str | None) -> str | None:
+        return v if v is None else _check_sql_name(v)
+
+
+class DatabaseSchema(ApiModel):
+    """A schema in the database."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                *_sql_name_rules("a schema name"),
+                _cel(
+                    "!self.name.startsWith('pg_')",
+                    "schema names starting with pg_ are reserved by PostgreSQL",
+                    ".name",
+                ),
+            ]
+        }
+    )
+
+    name: SqlName = Field(description="Schema name.")
+    owner: SqlName | None = Field(
+        default=None,
+        description="Role that owns it (set back when changed by hand); the database owner "
+        "when unset.",
+    )
+    ensure: Ensure = Field(
+        default="present",
+        description="present creates it, absent drops it (only when empty: never CASCADE).",
+    )
+
+    @field_validator("name", "owner")
+    @classmethod
+    def _bytes(cls, v: str | None) -> str | None:
+        return v if v is None else _check_sql_name(v)
+
+
+# Set only by CREATE DATABASE: a change could never be applied, so the API refuses it.
+_CREATION_FIELDS = ("encoding", "locale", "lcCollate", "lcCtype", "template")
+
+
+def _unchanged(field_name: str) -> str:
+    return (
+        f"has(self.{field_name}) == has(oldSelf.{field_name}) && "
+        f"(!has(self.{field_name}) || self.{field_name} == oldSelf.{field_name})"
+    )
+
+
+class PostgresDatabaseSpec(ApiModel):
+    """A database of a PostgresCluster, its owner, extensions and schemas."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    f"bytes(self.name).size() <= {MAX_SQL_NAME_BYTES}",
+                    f"name must be at most {MAX_SQL_NAME_BYTES} bytes (UTF-8): PostgreSQL "
+                    "truncates longer names",
+                    ".name",
+                ),
+                _cel(
+                    "!(self.name in " + json.dumps(list(RESERVED_DATABASES)) + ")",
+                    "name must not be one of PostgreSQL's own databases ("
+                    + ", ".join(RESERVED_DATABASES)
+                    + ")",
+                    ".name",
+                ),
+                _cel(
+                    f"bytes(self.owner).size() <= {MAX_SQL_NAME_BYTES}",
+                    f"owner must be at most {MAX_SQL_NAME_BYTES} bytes (UTF-8)",
+                    ".owner",
+                ),
+                _cel(
+                    "!(has(self.locale) && (has(self.lcCollate) || has(self.lcCtype)))",
+                    "set either locale or lcCollate/lcCtype, not both",
+                ),
+                _cel(
+                    "self.extensions.all(x, self.extensions.exists_one(y, y.name == x.name))",
+                    "extension names must be unique",
+                    ".extensions",
+                ),
+                _cel(
+                    "self.schemas.all(x, self.schemas.exists_one(y, y.name == x.name))",
+                    "schema names must be unique",
+                    ".schemas",
+                ),
+                *(
+                    _cel(
+                        _unchanged(f),
+                        f"{f} is immutable: it is set only when the database is created",
+                    )
+                    for f in _CREATION_FIELDS
+                ),
+            ]
+        }
+    )
+
+    cluster: str = Field(
+        max_length=MAX_NAME_LENGTH,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the PostgresCluster (same namespace) the database lives in. "
+        "Immutable.",
+        json_schema_extra={
+            "x-kubernetes-validations": [_cel("self == oldSelf", "cluster is immutable")]
+        },
+    )
+    name: SqlName = Field(
+        description="Name of the database in PostgreSQL (any characters; quoted safely). "
+        "Immutable.",
+        json_schema_extra={
+            "x-kubernetes-validations": [_cel("self == oldSelf", "name is immutable")]
+        },
+    )
+    owner: SqlName = Field(
+        description="Role that owns the database (it must exist; set back when changed by hand)."
+    )
+    encoding: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_]{1,32}$",
+        description="Character encoding, e.g. UTF8. At creation only.",
+    )
+    locale: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
+        description="Locale (LC_COLLATE and LC_CTYPE), e.g. C or en_US.UTF-8. At creation only.",
+    )
+    lc_collate: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
+        description="LC_COLLATE alone. At creation only.",
+    )
+    lc_ctype: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_.@-]{1,64}$",
+        description="LC_CTYPE alone. At creation only.",
+    )
+    template: SqlName | None = Field(
+        default=None,
+        description="Template database; template0 when an encoding or locale is given (they "
+        "may differ from template1's), else template1. At creation only.",
+    )
+    extensions: list[DatabaseExtension] = Field(
+        default_factory=list, max_length=MAX_DATABASE_ITEMS, description="Extensions."
+    )
+    schemas: list[DatabaseSchema] = Field(
+        default_factory=list, max_length=MAX_DATABASE_ITEMS, description="Schemas."
+    )
+    ensure: Ensure = Field(
+        default="present",
+        description="present creates and keeps the database; absent drops it (DROP DATABASE, "
+        "which waits for its clients to leave).",
+    )
+    reclaim_policy: Literal["retain", "delete"] = Field(
+        default="retain",
+        description="What deleting this resource does to the database: retain keeps it, "
+        "delete drops it first (the resource then carries a finalizer).",
+    )
+
+    @field_validator("name", "owner", "template")
+    @classmethod
+    def _bytes(cls, v: str | None) -> str | None:
+        return v if v is None else _check_sql_name(v)
+
+
+class PostgresDatabaseStatus(ApiModel):
+    """Observed state of a database."""
+
+    applied: bool | None = Field(
+        default=None, description="Whether the database is as the spec says."
+    )
+    observed_generation: int | None = Field(
+        default=None, ge=0, description="metadata.generation the status was computed from."
+    )
+    message: str | None = Field(default=None, description="What the last pass found or did.")
+    error: str | None = Field(default=None, description="Why it is not applied, if so.")
+    conditions: list[Condition] = Field(default_factory=list, description="Ready (with a reason).")
+    kopf: FreeForm | None = Field(
+        default=None, description="Bookkeeping of the operator framework (kopf)."
+    )
+
+
+class PostgresDatabase(ApiModel):
+    """A database in a PostgresCluster, kept as declared: owner, extensions, schemas."""
+
+    api_version: str = Field(default=API_VERSION, description="API version.")
+    kind: str = Field(default=DATABASE_KIND, description="Kind.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: PostgresDatabaseSpec = Field(description="Desired state.")
+    status: PostgresDatabaseStatus | None = Field(default=None, description="Observed state.")

@@ -32,7 +32,7 @@ from pgherd.api.v1alpha1 import (
     PostgresCluster,
     RecoverySource,
 )
-from pgherd.controller import backups, certificates, credentials, references
+from pgherd.controller import backups, certificates, credentials, databases, references
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import (
     Action,
@@ -46,6 +46,7 @@ from pgherd.controller.actions import (
     Switchover,
 )
 from pgherd.controller.conditions import Activity, Problem
+from pgherd.controller.databases import Decision as DatabaseDecision
 from pgherd.controller.diff import contains, merge_patch, stamped
 from pgherd.controller.snapshot import READY_STATES, Member, Snapshot
 from pgherd.render import names, ownership
@@ -90,6 +91,8 @@ class Plan:
     # The certificates settled on (status.tls; the CA bundle act verifies Patroni with).
     tls: certificates.Outcome | None = None
     credentials: CredentialsStatus | None = None  # rotations carried out (status.credentials)
+    # PostgresDatabases: what was decided for each, for their status after act.
+    databases: tuple[DatabaseDecision, ...] = ()
 
     @property
     def disruptive(self) -> list[Action]:
@@ -106,9 +109,7 @@ def plan(
     """The actions for one pass over the cluster, and why."""
     stale_after = timedelta(seconds=settings.backup_stale_seconds)
     if snapshot.raw is None or snapshot.cluster is None:
-        # Gone, or its spec does not parse: nothing of it is touched; its backups are told.
-        invalid = (Problem(c.INVALID_SPEC, snapshot.invalid),) if snapshot.invalid else ()
-        return Plan(tuple(backups.plan_backups(snapshot, stale_after)), invalid)
+        return plan_without_cluster(snapshot, stale_after)
     cluster = snapshot.cluster
     actions: list[Action] = []
     problems: list[Problem] = list(dcs_conflicts(snapshot))
@@ -174,11 +175,12 @@ def plan(
     )
     actions += schedule_actions
     actions += backups.plan_prune(cluster, snapshot)
+    db_actions, db_decisions = databases.plan_databases(snapshot)
     restored_from = (
         cluster.status.backup.restored_from if cluster.status and cluster.status.backup else None
     ) or gate.resolved
     return Plan(
-        tuple(actions),
+        (*actions, *db_actions),
         tuple(problems),
         activity,
         held,
@@ -190,7 +192,20 @@ def plan(
         image,
         tls,
         rotation.status,
+        databases=db_decisions,
     )
+
+
+def plan_without_cluster(snapshot: Snapshot, stale_after: timedelta) -> Plan:
+    """A cluster gone, or whose spec does not parse: nothing of it is touched; its backups
+    are told, and so are its databases when it is gone (an invalid spec leaves them be)."""
+    invalid = (Problem(c.INVALID_SPEC, snapshot.invalid),) if snapshot.invalid else ()
+    actions: list[Action] = list(backups.plan_backups(snapshot, stale_after))
+    decided: tuple[DatabaseDecision, ...] = ()
+    if snapshot.raw is None:
+        db_actions, decided = databases.plan_databases(snapshot)
+        actions += db_actions
+    return Plan(tuple(actions), invalid, databases=decided)
 
 
 def plan_disruption(

@@ -18,7 +18,7 @@ from typing import Any
 
 from pgherd.api.v1alpha1 import KIND, PostgresClusterStatus
 from pgherd.controller import conditions as c
-from pgherd.controller import patroni, postgres
+from pgherd.controller import databases, patroni, postgres
 from pgherd.controller import status as st
 from pgherd.controller.act import Actor
 from pgherd.controller.cache import Cache
@@ -128,6 +128,12 @@ class Reconciler:
         )  # fmt: skip
         # Names held by something the caches do not show are looked at again next pass, for
         # as long as they are: a neighbour's object stays a conflict, not a create refused.
+        if decided.databases:
+            # PostgresDatabases' status and finalizers follow what their SQL did.
+            after = databases.after_act(decided.databases, outcome.sql_errors,
+                                        outcome.sql_done, snapshot.now)  # fmt: skip
+            if after:
+                outcome.retry = self.actor.act(snapshot, after, None).retry or outcome.retry
         held = outcome.taken | snapshot.foreign | snapshot.unsynced
         if held:
             self._recheck[(snapshot.namespace, snapshot.name)] = frozenset(held)

@@ -16,7 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, ObjectMeta
+from pgherd.api.v1alpha1 import BACKUP_KIND, DATABASE_KIND, KIND, ObjectMeta
 from pgherd.controller.cache import Cache, Informer, trim
 from pgherd.controller.client import ApiError, Client, Manifest
 from pgherd.controller.metrics import OperatorMetrics
@@ -68,6 +68,7 @@ class Controller:
         # The custom resources' stores, fed by kopf's handlers.
         self.clusters = self.cache.store(KIND)
         self.backups = self.cache.store(BACKUP_KIND)
+        self.databases = self.cache.store(DATABASE_KIND)
         self.queue = WorkQueue(metrics=self.metrics)
         self.reconciler = Reconciler(self.cache, client, settings, metrics=self.metrics)
         self.informers: list[Informer] = []
@@ -133,6 +134,16 @@ class Controller:
         cluster = (body.get("spec") or {}).get("cluster")
         if cluster:
             self.enqueue((meta.namespace, cluster))
+
+    def on_database(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
+        self.metrics.watch_event(DATABASE_KIND, event or LISTED)
+        if event == "DELETED":
+            self.cache.remove(self.databases, meta.namespace, meta.name)
+        elif not self.cache.put(self.databases, trim(DATABASE_KIND, body)):
+            return  # the status or finalizer the operator just wrote: nothing new
+        cluster = (body.get("spec") or {}).get("cluster")
+        if cluster:
+            self.enqueue((meta.namespace, cluster), now=True)
 
     # ---- running -----------------------------------------------------------------------
     def work(self, key: ClusterKey) -> bool:

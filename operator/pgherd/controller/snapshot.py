@@ -16,6 +16,7 @@ from typing import Any
 
 from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.controller.databases import DatabasesSeen
 from pgherd.controller.sql import Target
 from pgherd.render import labels, names
 
@@ -181,6 +182,9 @@ class Snapshot:
     pod_monitors_served: bool = False
     # How to reach the primary as the superuser, set by observe when it read the database.
     sql_target: Target | None = field(default=None, repr=False)
+    # ---- PostgresDatabase (pgherd.controller.databases)
+    databases: tuple[Manifest, ...] = ()  # PostgresDatabases naming this cluster
+    databases_seen: DatabasesSeen | None = None  # what the primary holds of them
 
     # ---- derived views ---------------------------------------------------------------
     def child(self, kind: str, name: str) -> Manifest | None:
