@@ -215,7 +215,7 @@ def test_ensure_absent_and_reclaim_policies(cluster: Cluster) -> None:
     # reclaim delete: a plain DROP DATABASE, which waits while a client is connected.
     with cluster.connect_superuser(dbname=DB):
         cluster.kube.delete("PostgresDatabase", cluster.namespace, "inventory")
-        status = _wait(cluster, "inventory", "the error", lambda s: s if "being accessed" in
+        _wait(cluster, "inventory", "the error", lambda s: s if "being accessed" in
                        (s.get("error") or "") else None)  # fmt: skip
         assert _get(cluster, "inventory") is not None
     wait_for("inventory gone", lambda: _get(cluster, "inventory") is None, 30)
