@@ -1,6 +1,6 @@
 """Every alm-example of the CSV, created as a user creates it from the console, reaches its good
 state with the operator running: the clusters Healthy (the backed-up one archiving), the
-backup Completed.
+backup Completed, the database applied.
 
 What a user prepares first, as the CSV's description says: the bucket (on a real S3-compatible
 server on 127.0.0.1, tests/s3_server.py) and the credentials Secret the example names, opted in
@@ -78,7 +78,7 @@ def test_every_alm_example_reaches_its_good_state(
     examples = alm_examples()
     assert examples == manifests.samples()
     kinds = [e["kind"] for e in examples]
-    assert set(kinds) == {v1alpha1.KIND, v1alpha1.BACKUP_KIND}
+    assert set(kinds) == {v1alpha1.KIND, v1alpha1.BACKUP_KIND, v1alpha1.DATABASE_KIND}
     clusters: list[tuple[Cluster, dict[str, Any]]] = []
     for example in examples:
         obj = copy.deepcopy(example)
@@ -88,6 +88,8 @@ def test_every_alm_example_reaches_its_good_state(
                 _prepare_store(kube, namespace, s3, obj)
             kube.create(obj)
             clusters.append((Cluster(kube, namespace, obj["metadata"]["name"]), obj))
+        elif obj["kind"] == v1alpha1.DATABASE_KIND:
+            _database_example(kube, namespace, obj, clusters)
         else:
             # As a console user does: the backup once its cluster is up and archiving.
             cluster = obj["spec"]["cluster"]
@@ -118,6 +120,28 @@ def test_every_alm_example_reaches_its_good_state(
         assert status["secrets"]["app"] == f"{obj['metadata']['name']}-app"
     for cluster, _ in clusters:
         kube.delete(v1alpha1.KIND, namespace, cluster.name)
+
+
+def _database_example(
+    kube: Kube, namespace: str, obj: dict[str, Any], clusters: list[tuple[Cluster, dict[str, Any]]]
+) -> None:
+    """A PostgresDatabase: created at once (it waits for its cluster), then applied."""
+    kube.create(obj)
+    cluster = obj["spec"]["cluster"]
+    (target,) = [c for c, o in clusters if o["metadata"]["name"] == cluster]
+    target.wait_healthy(_instances(clusters, cluster), timeout=300)
+    name = obj["metadata"]["name"]
+
+    def applied() -> dict[str, Any] | None:
+        got = kube.get(v1alpha1.DATABASE_KIND, namespace, name) or {}
+        status: dict[str, Any] = got.get("status") or {}
+        return status if status.get("applied") else None
+
+    status = wait_for(f"PostgresDatabase {name} applied", applied, timeout=120)
+    assert not status.get("error"), status
+    with target.connect_superuser(dbname=obj["spec"]["name"]) as conn:
+        extensions = {row[0] for row in conn.execute("SELECT extname FROM pg_extension")}
+    assert {e["name"] for e in obj["spec"]["extensions"]} <= extensions
 
 
 def _instances(clusters: list[tuple[Cluster, dict[str, Any]]], name: str) -> int:

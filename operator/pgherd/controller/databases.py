@@ -150,6 +150,9 @@ class Decision:
     release: bool = False
     # A deleting resource gets no status, only the finalizer's release (or the error).
     deleting: bool = False
+    # Finalizer patches, written after the SQL with the status: a refused one concerns this
+    # resource alone, never the cluster's status.
+    first: tuple[Action, ...] = ()
 
 
 def _finalizers(raw: Manifest) -> list[str]:
@@ -450,15 +453,17 @@ def _with(d: Decision, **changes: Any) -> Decision:
 
 
 def plan_databases(snapshot: Snapshot) -> tuple[list[Action], tuple[Decision, ...]]:
-    """Every PostgresDatabase of the cluster: the actions, and the decisions for status."""
+    """Every PostgresDatabase of the cluster: the SQL to run, and the decisions that after_act
+    turns into finalizer and status patches."""
     parsed = [(raw, r) for raw in snapshot.databases if (r := parse(raw)) is not None]
     owner = winners(parsed)
     actions: list[Action] = []
     decisions: list[Decision] = []
     for raw, resource in parsed:
         more, decision = decide(raw, resource, snapshot, owner.get(resource.spec.name))
-        actions += more
-        decisions.append(decision)
+        actions += [a for a in more if isinstance(a, RunSql)]
+        first = tuple(a for a in more if not isinstance(a, RunSql))
+        decisions.append(replace(decision, first=first))
     return actions, tuple(decisions)
 
 
@@ -503,6 +508,7 @@ def after_act(
     what act did."""
     actions: list[Action] = []
     for d in decisions:
+        actions += d.first
         ran = all(g in sql_done for g in d.groups)
         if d.deleting:
             if d.release and ran:

@@ -133,7 +133,10 @@ class Reconciler:
             after = databases.after_act(decided.databases, outcome.sql_errors,
                                         outcome.sql_done, snapshot.now)  # fmt: skip
             if after:
-                outcome.retry = self.actor.act(snapshot, after, None).retry or outcome.retry
+                followed = self.actor.act(snapshot, after, None)
+                for failure in followed.failures:  # the resource's own, not the cluster's
+                    log.warning("%s/%s: %s", snapshot.namespace, snapshot.name, failure.message)
+                outcome.retry = followed.retry or outcome.retry
         held = outcome.taken | snapshot.foreign | snapshot.unsynced
         if held:
             self._recheck[(snapshot.namespace, snapshot.name)] = frozenset(held)
