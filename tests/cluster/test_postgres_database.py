@@ -3,8 +3,8 @@ its owner, encoding and locale, extensions (one installed at an older version, t
 and schemas with owners, under hostile names; drift set back; an extension the image lacks
 reported while the rest is applied; two resources claiming one database; ensure: absent;
 reclaim delete drops the database (and waits while a client is connected) while retain keeps
-it; a database for a cluster that does not exist; and the cluster deleted first releases the
-finalizer.
+it; a database declared before its cluster exists (an error, then applied once the cluster
+is up); and the cluster deleted first releases the finalizer.
 
 The tests share the cluster and run in file order.
 """
@@ -36,6 +36,10 @@ def cluster(operator: Operator, kube: Kube) -> Iterator[Cluster]:
     ns = f"t-db-{uuid.uuid4().hex[:6]}"
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     cluster = Cluster(kube, ns, "dbs")
+    # A database declared before its cluster exists: an error until the cluster appears.
+    _create(cluster, "early", {"name": "early", "owner": "app"})
+    status = _wait(cluster, "early", "the error", lambda s: s if s.get("error") else None)
+    EARLY.update(status)
     cluster.create({"instances": 1})
     cluster.wait_healthy(1)
     # The owners exist first (managed roles are another feature).
@@ -44,6 +48,10 @@ def cluster(operator: Operator, kube: Kube) -> Iterator[Cluster]:
             conn.execute(psycopg.sql.SQL("CREATE ROLE {}").format(psycopg.sql.Identifier(role)))
     yield cluster
     kube.delete("Namespace", None, ns)
+
+
+# The early database's status before its cluster existed.
+EARLY: dict[str, Any] = {}
 
 
 def _create(cluster: Cluster, name: str, spec: dict[str, Any]) -> None:
@@ -223,13 +231,12 @@ def test_ensure_absent_and_reclaim_policies(cluster: Cluster) -> None:
 
 
 def test_a_database_of_a_cluster_that_does_not_exist(cluster: Cluster) -> None:
-    _create(cluster, "orphan", {"name": "orphan", "owner": OWNER, "cluster": "nope"})
-    status = _wait(cluster, "orphan", "the error", lambda s: s if s.get("error") else None)
-    assert (
-        status["error"] == f"PostgresCluster nope does not exist in namespace {cluster.namespace}"
-    )
-    assert status["conditions"][0]["reason"] == "ClusterNotFound"
-    cluster.kube.delete("PostgresDatabase", cluster.namespace, "orphan")
+    assert EARLY["error"] == f"PostgresCluster dbs does not exist in namespace {cluster.namespace}"
+    assert EARLY["conditions"][0]["reason"] == "ClusterNotFound"
+    # Looked at again once the cluster exists.
+    _applied(cluster, "early")
+    assert _query(cluster, "SELECT pg_get_userbyid(datdba) FROM pg_database "
+                  "WHERE datname = 'early'") == [("app",)]  # fmt: skip
 
 
 def test_deleting_the_cluster_first_releases_the_finalizer(cluster: Cluster) -> None:
