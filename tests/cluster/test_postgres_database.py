@@ -102,6 +102,17 @@ def test_the_api_refuses_bad_names(cluster: Cluster) -> None:
     got = refused(lambda: _create(cluster, "bad", {"name": "x", "owner": OWNER,
                                                    "schemas": [{"name": "pg_mine"}]}))  # fmt: skip
     assert "reserved by PostgreSQL" in got
+    got = refused(lambda: _create(cluster, "bad", {"name": "x", "owner": OWNER, "locale": "C",
+                                                   "lcCtype": "C"}))  # fmt: skip
+    assert "either locale or lcCollate/lcCtype" in got
+    got = refused(
+        lambda: _create(
+            cluster,
+            "bad",
+            {"name": "x", "owner": OWNER, "extensions": [{"name": "a"}, {"name": "a"}]},
+        )
+    )
+    assert "extension names must be unique" in got
 
 
 def test_a_database_with_owner_locale_extensions_and_schemas(cluster: Cluster) -> None:
