@@ -28,6 +28,7 @@ from pgherd.controller.actions import (
     Patch,
     PatroniConfig,
     Restart,
+    RunSql,
     SetPassword,
     Switchover,
 )
@@ -62,6 +63,9 @@ class Outcome:
     retry: bool = False
     done: list[str] = field(default_factory=list)
     taken: set[tuple[str, str]] = field(default_factory=set)
+    # RunSql per group: the statements that failed (the server's words) and the groups done.
+    sql_errors: dict[str, str] = field(default_factory=dict)
+    sql_done: set[str] = field(default_factory=set)
 
 
 def _blocked(action: Action, taken: set[tuple[str, str]]) -> bool:
@@ -158,10 +162,18 @@ class Actor:
         elif isinstance(error, ApiError):
             outcome.failures.append(self._refused(action, error))
             outcome.retry = outcome.retry or error.status in (0, 429, 500, 503, 504)
+        elif isinstance(action, RunSql) and isinstance(error, postgres.PostgresError):
+            # The same statement would fail again at once: the next resync or change retries
+            # it; only an unreachable primary is tried again soon.
+            log.warning("%s failed: %s", where, error)
+            outcome.sql_errors[action.group] = str(error)
+            outcome.retry = outcome.retry or error.transient
         elif isinstance(error, patroni.PatroniError | postgres.PostgresError):
             log.warning("%s failed: %s", where, error)
             outcome.retry = True
         else:
+            if isinstance(action, RunSql):
+                outcome.sql_done.add(action.group)
             outcome.done.append(f"{action.describe()} ({action.reason})")
             if action.disruptive or isinstance(action, Switchover | SetPassword):
                 self.announce(snapshot, action)
@@ -189,7 +201,16 @@ class Actor:
             rest.switchover(action.api_url, action.primary, action.candidate)
         elif isinstance(action, Restart):
             rest.restart(action.api_url)
-        elif isinstance(action, SetPassword):
+        elif isinstance(action, SetPassword | RunSql):
+            self._sql(snapshot, action, rest)
+        elif isinstance(action, Event):
+            self.post(snapshot, action)
+        else:
+            raise TypeError(f"unknown action {action!r}")
+
+    def _sql(self, snapshot: Snapshot, action: SetPassword | RunSql, rest: patroni.Client) -> None:
+        """The actions that talk to PostgreSQL itself rather than to the API or Patroni."""
+        if isinstance(action, SetPassword):
             postgres.set_password(
                 action.conn_url,
                 superuser_passwords=action.superuser_passwords,
@@ -200,10 +221,10 @@ class Actor:
             )
             for then in action.then:
                 self._one(snapshot, then, rest)
-        elif isinstance(action, Event):
-            self.post(snapshot, action)
-        else:
-            raise TypeError(f"unknown action {action!r}")
+            return
+        if action.target is None:
+            raise postgres.PostgresError("no primary to run SQL on", transient=True)
+        postgres.execute(action.target, action.database, action.statements, self.patroni_timeout)
 
     def _cached(self, obj: Manifest) -> None:
         if obj.get("metadata", {}).get("name"):

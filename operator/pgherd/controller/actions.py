@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pgherd.controller.sql import Statement, Target
+
 Manifest = dict[str, Any]
 
 
@@ -150,6 +152,21 @@ class SetPassword(Action):
 
     def describe(self) -> str:
         return f"set the password of role {self.role}"
+
+
+@dataclass(frozen=True)
+class RunSql(Action):
+    """Run statements in order on one database of the primary, as the superuser (one
+    autocommit session; the first failure stops the rest). group names what they are for
+    ("role:alice", "database:<resource>"), so status can say which part failed."""
+
+    group: str = ""
+    database: str = "postgres"
+    statements: tuple[Statement, ...] = ()
+    target: Target | None = field(default=None, repr=False)
+
+    def describe(self) -> str:
+        return f"run SQL for {self.group} on database {self.database!r}"
 
 
 @dataclass(frozen=True)

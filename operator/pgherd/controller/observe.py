@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, PostgresCluster
 from pgherd.contract import TLS_CA
-from pgherd.controller import references
+from pgherd.controller import references, sql
 from pgherd.controller.backups import recovery_source_store
 from pgherd.controller.cache import Cache
 from pgherd.controller.client import Manifest
@@ -71,9 +71,12 @@ def observe(
     *,
     recheck: frozenset[ChildKey] = frozenset(),
     live_state: LiveState | None = None,
+    read_sql: sql.Reader | None = None,
 ) -> Snapshot:
     """The snapshot of cluster namespace/name; probe reads the metadata of a name the caches
-    cannot see (see the module docstring for which), live_state asks a member's Patroni."""
+    cannot see (see the module docstring for which), live_state asks a member's Patroni,
+    read_sql queries the primary (only for what a cluster's managed roles, databases and
+    poolers need to compare)."""
     raw = cache.get(KIND, namespace, name)
     backups = tuple(
         b for b in cache.all(BACKUP_KIND, namespace) if (b.get("spec") or {}).get("cluster") == name
@@ -158,10 +161,16 @@ def observe(
     unusable = frozenset(
         s for s in wanted if s not in usable and probe("Secret", namespace, s) is not None
     )
-    return dataclasses.replace(
+    snapshot = dataclasses.replace(
         snapshot,
         storage_class_missing=missing_class,
         unusable_secrets=unusable,
         recovery_backup=recovery_backup,
         recovery_cluster=recovery_cluster,
     )
+    target = sql.target(snapshot)
+    if target is None or read_sql is None:
+        return snapshot
+    # What the database holds, read only for the features the cluster uses (each adds its
+    # own field to the snapshot here).
+    return dataclasses.replace(snapshot, sql_target=target)

@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from pgherd.api.v1alpha1 import KIND, PostgresClusterStatus
 from pgherd.controller import conditions as c
-from pgherd.controller import patroni
+from pgherd.controller import patroni, postgres
 from pgherd.controller import status as st
 from pgherd.controller.act import Actor
 from pgherd.controller.cache import Cache
@@ -27,6 +28,7 @@ from pgherd.controller.metrics import OperatorMetrics
 from pgherd.controller.observe import observe
 from pgherd.controller.plan import plan
 from pgherd.controller.snapshot import Snapshot
+from pgherd.controller.sql import Statement, Target
 from pgherd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ class Reconciler:
         )
         self.stuck_after = timedelta(seconds=settings.stuck_after_seconds)
         self.probes = 0
+        self.sql_reads = 0
         # Per cluster: names a create was refused for (or found a neighbour's), for the next
         # observe to look at. A hint only: without it a pass still never touches what is not
         # the cluster's (its creates are refused), it only cannot say whose the name is.
@@ -86,6 +89,10 @@ class Reconciler:
             api_url, timeout=self.settings.patroni_timeout_seconds, cadata=cadata,
             record=self.metrics.patroni_call,
         )  # fmt: skip
+
+    def _read_sql(self, target: Target, dbname: str, query: Statement) -> list[tuple[Any, ...]]:
+        self.sql_reads += 1
+        return postgres.fetch(target, dbname, query, self.settings.patroni_timeout_seconds)
 
     def reconcile(self, namespace: str, name: str) -> PassResult:
         started = time.monotonic()
@@ -104,7 +111,7 @@ class Reconciler:
         recheck = self._recheck.pop((namespace, name), frozenset())
         snapshot = observe(
             self.cache, self._probe, namespace, name, self.clock(),
-            recheck=recheck, live_state=self._live_state,
+            recheck=recheck, live_state=self._live_state, read_sql=self._read_sql,
         )  # fmt: skip
         try:
             return self._pass(snapshot)

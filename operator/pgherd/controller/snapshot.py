@@ -16,6 +16,7 @@ from typing import Any
 
 from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.controller.sql import Target
 from pgherd.render import labels, names
 
 Manifest = dict[str, Any]
@@ -178,6 +179,8 @@ class Snapshot:
     recovery_cluster: Manifest | None = None
     # PodMonitors are watched (their CRD is installed) and listed: only then is one made.
     pod_monitors_served: bool = False
+    # How to reach the primary as the superuser, set by observe when it read the database.
+    sql_target: Target | None = field(default=None, repr=False)
 
     # ---- derived views ---------------------------------------------------------------
     def child(self, kind: str, name: str) -> Manifest | None:
