@@ -994,8 +994,8 @@ class ManagedRole(ApiModel):
                     ".name",
                 ),
                 {
-                    "rule": "!" + _reserved_cel("self.name", RESERVED_ROLE_NAMES,
-                                                RESERVED_ROLE_PREFIXES),
+                    "rule": "!"
+                    + _reserved_cel("self.name", RESERVED_ROLE_NAMES, RESERVED_ROLE_PREFIXES),
                     "messageExpression": "'managed.roles: ' + self.name + ' is a reserved "
                     "role name (postgres, replicator, pgherd and names starting with pg_ or "
                     "pgherd_ belong to PostgreSQL and pgherd)'",
@@ -1388,9 +1388,7 @@ class ManagedRoleStatus(ApiModel):
         "primary reachable). Failed: see message. Absent: ensure: absent and the role does "
         "not exist."
     )
-    message: str | None = Field(
-        default=None, description="The last error, or what is awaited."
-    )
+    message: str | None = Field(default=None, description="The last error, or what is awaited.")
 
 
 class PostgresClusterStatus(ApiModel):
