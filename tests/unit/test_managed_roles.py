@@ -5,17 +5,21 @@ status reports after act, and the API's rules as the generated CRD carries them.
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from psycopg import pq
 
 from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.controller import plan as planning
 from pgherd.controller import roles
+from pgherd.controller import status as st
+from pgherd.controller.actions import RunSql
 from pgherd.controller.roles import RolesSeen, SeenRole
 from pgherd.controller.sql import Lit, Statement, Target
 from pgherd_packaging import crds
+from tests.unit.snapshots import SETTINGS, healthy, snapshot
 
 TARGET = Target("postgres://10.0.0.1:5432/postgres", ("pw",), "CA")
 SALT = b"0123456789abcdef"
@@ -393,3 +397,32 @@ def test_the_model_refuses_names_over_63_bytes() -> None:
     with pytest.raises(ValueError, match="63 bytes"):
         cluster({"name": "é" * 32})
     cluster({"name": "é" * 31})
+
+
+# ---- through the whole pass: plan() and status.compute() ------------------------------------
+def test_the_pass_runs_role_sql_last_and_status_reports_each_role() -> None:
+    spec = {"instances": 1, "managed": {"roles": [
+        {"name": "alice", "login": True}, {"name": "bob", "passwordSecret": {"name": "nope"}},
+    ]}}  # fmt: skip
+    seen = RolesSeen({"alice": as_seen("alice", login=True)})
+    s = snapshot(spec, pods=healthy(1), leader="db-0", roles_seen=seen, sql_target=TARGET)
+    decided = planning.plan(s, SETTINGS)
+    assert decided.managed_roles is not None
+    # alice is as declared; bob is created (without a password: its Secret is missing).
+    (run,) = [a for a in decided.actions if isinstance(a, RunSql)]
+    assert decided.actions[-1] is run and run.group == "role:bob"
+    new = st.compute(s, decided, stuck_after=timedelta(seconds=300), sql_done={"role:bob"})
+    assert new is not None and new.managed_roles is not None
+    assert [(r.name, r.state) for r in new.managed_roles] == [
+        ("alice", "Reconciled"),
+        ("bob", "Failed"),
+    ]
+    degraded = next(x for x in new.conditions or [] if x.type == "Degraded")
+    assert degraded.status == "True" and degraded.reason == "ManagedRoleFailed"
+    assert "'bob'" in degraded.message and "'nope' does not exist" in degraded.message
+    # A cluster without managed roles: no decisions, no status field.
+    plain = snapshot({"instances": 1}, pods=healthy(1), leader="db-0", sql_target=TARGET)
+    decided = planning.plan(plain, SETTINGS)
+    assert decided.managed_roles is None
+    got = st.compute(plain, decided, stuck_after=timedelta(seconds=300))
+    assert got is not None and got.managed_roles is None

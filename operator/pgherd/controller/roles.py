@@ -38,7 +38,7 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pgherd.api.v1alpha1 import (
     ManagedRole,
@@ -59,7 +59,11 @@ MANAGED_ROLE_FAILED = "ManagedRoleFailed"
 SCRAM_ITERATIONS = 4096
 SALT_BYTES = 16
 
-RECONCILED, PENDING, FAILED, ABSENT = "Reconciled", "Pending", "Failed", "Absent"
+State = Literal["Reconciled", "Pending", "Failed", "Absent"]
+RECONCILED: State = "Reconciled"
+PENDING: State = "Pending"
+FAILED: State = "Failed"
+ABSENT: State = "Absent"
 
 
 def group(role: str) -> str:
@@ -246,11 +250,13 @@ class RoleDecision:
     """For one role: the state if nothing is run (or what blocks it), and what to run."""
 
     name: str
-    state: str
+    state: State
     message: str | None = None
     action: RunSql | None = None
     # A problem that stays whatever the SQL does (a password Secret that cannot be used).
     blocked: str | None = None
+    # The action drops the role (done: Absent).
+    drops: bool = False
 
 
 @dataclass(frozen=True)
@@ -445,7 +451,7 @@ def plan_roles(
             drop = RunSql(f"role {name!r} has ensure: absent", group=group(name),
                           statements=(Statement("DROP ROLE {}", (Ident(name),)),),
                           target=target)  # fmt: skip
-            decisions.append(RoleDecision(name, PENDING, "being dropped", drop))
+            decisions.append(RoleDecision(name, PENDING, "being dropped", drop, drops=True))
             continue
         statements, why = _changes(role, current, password, salt)
         action = None
@@ -475,14 +481,13 @@ def states(
         state, message = d.state, d.message
         if d.action is not None:
             error = sql_errors.get(d.action.group)
-            dropping = d.state == PENDING and d.message == "being dropped"
             if error is not None:
                 state, message = FAILED, error if not d.blocked else f"{d.blocked}; {error}"
             elif d.action.group in sql_done:
-                state = FAILED if d.blocked else (ABSENT if dropping else RECONCILED)
+                state = FAILED if d.blocked else (ABSENT if d.drops else RECONCILED)
                 message = d.blocked
             # else: not run (no primary reachable): Pending, as decided.
-        out.append(ManagedRoleStatus(name=d.name, state=state, message=message))  # type: ignore[arg-type]
+        out.append(ManagedRoleStatus(name=d.name, state=state, message=message))
     return out
 
 
