@@ -16,6 +16,7 @@ from pgherd.controller.actions import Action, Patch, RunSql
 from pgherd.controller.databases import FINALIZER, DatabasesSeen, Inside, LiveDatabase
 from pgherd.controller.plan import plan
 from pgherd.controller.postgres import PostgresError
+from pgherd.controller.roles import RolesSeen
 from pgherd.controller.snapshot import Snapshot
 from pgherd.controller.sql import Statement, Target
 from tests.unit.snapshots import NOW, SETTINGS, cluster_raw, healthy, snapshot
@@ -497,3 +498,15 @@ def test_read_failures_become_errors() -> None:
 
     got = databases_read.read(inside_fails, TARGET, [resource()])
     assert got.inside["app"].error == "cannot read database 'app': no connect"
+
+
+def test_a_managed_role_owns_a_database_created_by_the_same_pass() -> None:
+    s = replace(
+        snapshot({"managed": {"roles": [{"name": "carol", "login": True}]}}, pods=healthy(1)),
+        databases=(resource(owner="carol"),),
+        databases_seen=seen(),
+        roles_seen=RolesSeen(),
+        sql_target=TARGET,
+    )
+    groups = [a.group for a in plan(s, SETTINGS).actions if isinstance(a, RunSql)]
+    assert groups == ["role:carol", "database:app"]

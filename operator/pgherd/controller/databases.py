@@ -456,6 +456,13 @@ def plan_databases(snapshot: Snapshot) -> tuple[list[Action], tuple[Decision, ..
     """Every PostgresDatabase of the cluster: the SQL to run, and the decisions that after_act
     turns into finalizer and status patches."""
     parsed = [(raw, r) for raw in snapshot.databases if (r := parse(raw)) is not None]
+    seen = snapshot.databases_seen
+    managed = snapshot.cluster.spec.managed if snapshot.cluster is not None else None
+    if seen is not None and managed is not None:
+        # The managed roles' SQL runs first in the same pass: their roles count as there (if
+        # creating one failed, CREATE DATABASE says so).
+        created = {r.name for r in managed.roles if r.ensure == "present"}
+        snapshot = replace(snapshot, databases_seen=replace(seen, roles=seen.roles | created))
     owner = winners(parsed)
     actions: list[Action] = []
     decisions: list[Decision] = []

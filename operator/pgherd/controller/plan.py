@@ -32,7 +32,7 @@ from pgherd.api.v1alpha1 import (
     PostgresCluster,
     RecoverySource,
 )
-from pgherd.controller import backups, certificates, credentials, databases, references
+from pgherd.controller import backups, certificates, credentials, databases, references, roles
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import (
     Action,
@@ -91,6 +91,8 @@ class Plan:
     # The certificates settled on (status.tls; the CA bundle act verifies Patroni with).
     tls: certificates.Outcome | None = None
     credentials: CredentialsStatus | None = None  # rotations carried out (status.credentials)
+    # Managed roles: one decision per role of spec.managed.roles (status.managedRoles).
+    managed_roles: roles.RolesPlan | None = None
     # PostgresDatabases: what was decided for each, for their status after act.
     databases: tuple[DatabaseDecision, ...] = ()
 
@@ -175,12 +177,13 @@ def plan(
     )
     actions += schedule_actions
     actions += backups.plan_prune(cluster, snapshot)
-    db_actions, db_decisions = databases.plan_databases(snapshot)
     restored_from = (
         cluster.status.backup.restored_from if cluster.status and cluster.status.backup else None
     ) or gate.resolved
-    return Plan(
-        (*actions, *db_actions),
+    # Managed roles come last: their SQL is independent of the rest; then the databases,
+    # whose owner may be a managed role created by the same pass.
+    return with_databases(with_managed_roles(Plan(
+        tuple(actions),
         tuple(problems),
         activity,
         held,
@@ -192,7 +195,31 @@ def plan(
         image,
         tls,
         rotation.status,
-        databases=db_decisions,
+    ), cluster, snapshot), snapshot)  # fmt: skip
+
+
+def with_managed_roles(decided: Plan, cluster: PostgresCluster, snapshot: Snapshot) -> Plan:
+    """The plan with the managed roles' SQL after its other actions: independent of them,
+    and never held back by them."""
+    if not roles.managed_roles(cluster):
+        return decided
+    managed = roles.plan_roles(
+        cluster, snapshot.roles_seen, snapshot.sql_target,
+        usable_secrets=snapshot.usable_secrets, unusable_secrets=snapshot.unusable_secrets,
+    )  # fmt: skip
+    return dataclasses.replace(
+        decided, actions=(*decided.actions, *managed.actions), managed_roles=managed
+    )
+
+
+def with_databases(decided: Plan, snapshot: Snapshot) -> Plan:
+    """The plan with the PostgresDatabases' SQL last (after the managed roles': a database's
+    owner may be created by the same pass), and their decisions for status after act."""
+    if not snapshot.databases:
+        return decided
+    db_actions, db_decisions = databases.plan_databases(snapshot)
+    return dataclasses.replace(
+        decided, actions=(*decided.actions, *db_actions), databases=db_decisions
     )
 
 
@@ -200,12 +227,8 @@ def plan_without_cluster(snapshot: Snapshot, stale_after: timedelta) -> Plan:
     """A cluster gone, or whose spec does not parse: nothing of it is touched; its backups
     are told, and so are its databases when it is gone (an invalid spec leaves them be)."""
     invalid = (Problem(c.INVALID_SPEC, snapshot.invalid),) if snapshot.invalid else ()
-    actions: list[Action] = list(backups.plan_backups(snapshot, stale_after))
-    decided: tuple[DatabaseDecision, ...] = ()
-    if snapshot.raw is None:
-        db_actions, decided = databases.plan_databases(snapshot)
-        actions += db_actions
-    return Plan(tuple(actions), invalid, databases=decided)
+    gone = Plan(tuple(backups.plan_backups(snapshot, stale_after)), invalid)
+    return with_databases(gone, snapshot) if snapshot.raw is None else gone
 
 
 def plan_disruption(

@@ -17,6 +17,7 @@ from typing import Any
 from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
 from pgherd.controller.databases import DatabasesSeen
+from pgherd.controller.roles import RolesSeen
 from pgherd.controller.sql import Target
 from pgherd.render import labels, names
 
@@ -182,6 +183,8 @@ class Snapshot:
     pod_monitors_served: bool = False
     # How to reach the primary as the superuser, set by observe when it read the database.
     sql_target: Target | None = field(default=None, repr=False)
+    # Managed roles: what the primary holds of spec.managed.roles (None: not read).
+    roles_seen: RolesSeen | None = None
     # ---- PostgresDatabase (pgherd.controller.databases)
     databases: tuple[Manifest, ...] = ()  # PostgresDatabases naming this cluster
     databases_seen: DatabasesSeen | None = None  # what the primary holds of them
