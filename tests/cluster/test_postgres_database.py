@@ -1,7 +1,8 @@
 """PostgresDatabase on real PostgreSQL and Patroni, one 1-instance cluster: a database with
 its owner, encoding and locale, extensions (one installed at an older version, then updated)
 and schemas with owners, under hostile names; drift set back; an extension the image lacks
-reported while the rest is applied; two resources claiming one database; ensure: absent;
+reported while the rest is applied; two resources claiming one database; a database owned by
+a managed role declared with it (both made by one pass); ensure: absent;
 reclaim delete drops the database (and waits while a client is connected) while retain keeps
 it; a database declared before its cluster exists (an error, then applied once the cluster
 is up); and the cluster deleted first releases the finalizer.
@@ -214,6 +215,15 @@ def test_the_older_resource_owns_a_database(cluster: Cluster) -> None:
     wait_for("gone", lambda: _get(cluster, "inventory-again") is None, 10)
     assert _query(cluster, "SELECT pg_get_userbyid(datdba) FROM pg_database "
                   "WHERE datname = %s", DB) == [(OWNER,)]  # fmt: skip
+
+
+def test_a_managed_role_owns_a_database_declared_with_it(cluster: Cluster) -> None:
+    # The role and the database in one go: the role's SQL runs first in the same pass.
+    cluster.patch_spec({"managed": {"roles": [{"name": "ledger_owner"}]}})
+    _create(cluster, "ledger", {"name": "ledger", "owner": "ledger_owner"})
+    _applied(cluster, "ledger")
+    assert _query(cluster, "SELECT pg_get_userbyid(datdba) FROM pg_database "
+                  "WHERE datname = 'ledger'") == [("ledger_owner",)]  # fmt: skip
 
 
 def test_ensure_absent_and_reclaim_policies(cluster: Cluster) -> None:
