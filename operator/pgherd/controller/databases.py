@@ -50,7 +50,7 @@ from pgherd.api.v1alpha1 import (
 )
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import Action, Patch, RunSql
-from pgherd.controller.sql import Ident, Lit, Statement, Target, join
+from pgherd.controller.sql import Ident, Lit, Statement, join
 
 if TYPE_CHECKING:
     from pgherd.controller.snapshot import Snapshot
@@ -335,8 +335,7 @@ def decide(  # noqa: PLR0911, PLR0912, PLR0915 - one branch per case of the modu
     deleting = bool((raw.get("metadata") or {}).get("deletionTimestamp"))
     missing = _cluster_missing(snapshot, spec)
     seen = snapshot.databases_seen
-    target = snapshot.sql_target
-    sql_target: Target | None = target
+    sql_target = snapshot.sql_target
 
     def run(group_: str, database: str, statements: list[Statement], why: str) -> RunSql:
         return RunSql(why, group=group_, database=database, statements=tuple(statements),
