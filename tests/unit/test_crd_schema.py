@@ -298,6 +298,7 @@ def test_main_writes_one_file_per_crd(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "pgherd.io_postgresbackups.yaml",
         "pgherd.io_postgresclusters.yaml",
+        "pgherd.io_postgrespoolers.yaml",
     ]
     assert crds.main([]) == 2
 

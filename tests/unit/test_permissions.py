@@ -14,17 +14,23 @@ import ast
 from pathlib import Path
 
 from pgherd.api import v1alpha1
+from pgherd.api.v1alpha1 import PostgresPooler
 from pgherd.controller.client import KINDS
 from pgherd.controller.runner import OPTIONAL, WATCHED
 from pgherd.controller.snapshot import expected_children
 from pgherd.render.children import desired_children
+from pgherd.render.pooler import render_auth_secret, render_pooler
 from pgherd.render.rbac import render_rbac
 from pgherd_packaging import permissions
 from tests.unit.clusters import PASSWORDS, make_cluster
 
 PACKAGE = Path(__file__).resolve().parents[2] / "operator" / "pgherd"
 # Names the source uses for kinds, besides string literals.
-KIND_CONSTANTS = {"KIND": v1alpha1.KIND, "BACKUP_KIND": v1alpha1.BACKUP_KIND}
+KIND_CONSTANTS = {
+    "KIND": v1alpha1.KIND,
+    "BACKUP_KIND": v1alpha1.BACKUP_KIND,
+    "POOLER_KIND": v1alpha1.POOLER_KIND,
+}
 # What each planned action (pgherd.controller.actions) is, as an API verb.
 ACTION_VERBS = {"Delete": "delete", "Patch": "patch", "Create": "create"}
 # kopf's own calls: it lists and watches the resources it serves, posts Events, and observes
@@ -34,6 +40,8 @@ KOPF = {
     ("pgherd.io", "postgresclusters", "watch"),
     ("pgherd.io", "postgresbackups", "list"),
     ("pgherd.io", "postgresbackups", "watch"),
+    ("pgherd.io", "postgrespoolers", "list"),
+    ("pgherd.io", "postgrespoolers", "watch"),
     ("", "events", "create"),
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
@@ -44,6 +52,8 @@ KOPF = {
 IMPLIED = {
     # ownerReferences with blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
     ("pgherd.io", "postgresclusters/finalizers", "update"),
+    # ... and on a PostgresPooler's children, whose controller is the pooler.
+    ("pgherd.io", "postgrespoolers/finalizers", "update"),
 }
 # Every feature on: a cluster with backups renders every kind and every instance rule.
 WITH_BACKUP = {
@@ -56,6 +66,12 @@ WITH_BACKUP = {
             },
         }
     }
+}
+
+
+POOLER = {
+    "metadata": {"name": "pgb", "namespace": "ns", "uid": "u-1"},
+    "spec": {"cluster": "db"},
 }
 
 
@@ -110,6 +126,11 @@ def client_calls() -> set[tuple[str, str, str]]:
     for child in desired_children(make_cluster(WITH_BACKUP), PASSWORDS, pod_monitor=True):
         used |= {(*_resource(child["kind"]), "patch"), (*_resource(child["kind"]), "create")}
     used.add((*_resource(v1alpha1.KIND, "status"), "patch"))
+    # A PostgresPooler's children (and the cluster's pooler Secret), server-side applied.
+    pooler = PostgresPooler.model_validate(POOLER)
+    for child in [*render_pooler(pooler, "img", {"tls.crt": "x"}),
+                  render_auth_secret(make_cluster(), "pw")]:  # fmt: skip
+        used |= {(*_resource(child["kind"]), "patch"), (*_resource(child["kind"]), "create")}
     used.add((*_resource("Event"), "create"))
     return used | planned_writes()
 
