@@ -13,7 +13,7 @@ from typing import Any
 
 import kopf
 
-from pgherd.api.v1alpha1 import BACKUP_PLURAL, GROUP, PLURAL, VERSION, ObjectMeta
+from pgherd.api.v1alpha1 import BACKUP_PLURAL, GROUP, PLURAL, POOLER_PLURAL, VERSION, ObjectMeta
 from pgherd.controller.runner import Controller
 
 
@@ -52,6 +52,13 @@ def backup_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     raw = dict(event["object"])
     meta = ObjectMeta.model_validate(raw["metadata"])
     _controller(memo).on_backup(event.get("type"), meta, raw)
+
+
+@kopf.on.event(GROUP, VERSION, POOLER_PLURAL)
+def pooler_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    raw = dict(event["object"])
+    meta = ObjectMeta.model_validate(raw["metadata"])
+    _controller(memo).on_pooler(event.get("type"), meta, raw)
 
 
 @kopf.on.probe(id="controller")

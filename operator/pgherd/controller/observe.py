@@ -17,9 +17,9 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, PostgresCluster
+from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, POOLER_KIND, PostgresCluster
 from pgherd.contract import TLS_CA
-from pgherd.controller import references, sql
+from pgherd.controller import pooler_read, references, sql
 from pgherd.controller.backups import recovery_source_store
 from pgherd.controller.cache import Cache
 from pgherd.controller.client import Manifest
@@ -81,8 +81,11 @@ def observe(
     backups = tuple(
         b for b in cache.all(BACKUP_KIND, namespace) if (b.get("spec") or {}).get("cluster") == name
     )
+    poolers = tuple(
+        p for p in cache.all(POOLER_KIND, namespace) if (p.get("spec") or {}).get("cluster") == name
+    )
     if raw is None:
-        return Snapshot(namespace, name, now, backups=backups)
+        return Snapshot(namespace, name, now, backups=backups, poolers=poolers)
     cluster, invalid = _parse(raw)
     children: dict[ChildKey, Manifest] = {}
     for kind in CHILD_KINDS:
@@ -140,6 +143,7 @@ def observe(
         claims=tuple(c for c in claims if selected(c)),
         usable_secrets=usable,
         backups=backups,
+        poolers=poolers,
         pod_monitors_served=cache.listed("PodMonitor"),
     )
     if cluster is None:
@@ -173,4 +177,8 @@ def observe(
         return snapshot
     # What the database holds, read only for the features the cluster uses (each adds its
     # own field to the snapshot here).
-    return dataclasses.replace(snapshot, sql_target=target)
+    snapshot = dataclasses.replace(snapshot, sql_target=target)
+    # PostgresPooler: its role and auth_query functions, only while the cluster has a pooler.
+    if poolers:
+        snapshot = dataclasses.replace(snapshot, pooler_seen=pooler_read.read(read_sql, target))
+    return snapshot

@@ -12,11 +12,14 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
 from pgherd.controller.sql import Target
+
+if TYPE_CHECKING:
+    from pgherd.controller.poolers import PoolerSeen
 from pgherd.render import labels, names
 
 Manifest = dict[str, Any]
@@ -33,6 +36,9 @@ CHILD_KINDS = (
     "StatefulSet",
     "PodDisruptionBudget",
     "PodMonitor",
+    # PostgresPooler: the Deployments of a cluster's poolers (their other children are
+    # ConfigMaps, Secrets and Services, labelled for the cluster too).
+    "Deployment",
 )
 ChildKey = tuple[str, str]  # (kind, name)
 
@@ -181,6 +187,10 @@ class Snapshot:
     pod_monitors_served: bool = False
     # How to reach the primary as the superuser, set by observe when it read the database.
     sql_target: Target | None = field(default=None, repr=False)
+    # PostgresPooler: the poolers naming this cluster, as stored, and what the primary holds
+    # for them (read only while there is one).
+    poolers: tuple[Manifest, ...] = ()
+    pooler_seen: PoolerSeen | None = None
 
     # ---- derived views ---------------------------------------------------------------
     def child(self, kind: str, name: str) -> Manifest | None:
