@@ -277,6 +277,21 @@ def test_ready_and_steady_writes_nothing() -> None:
     assert poolers.plan_poolers(_inputs(settled, children), lambda: "unused") == []
 
 
+def test_an_unreachable_primary_does_not_undo_confirmed_authentication() -> None:
+    raw = pooler_raw()
+    children = _live(raw, ready=1)
+    ready = next(a for a in poolers.plan_poolers(_inputs(raw, children), lambda: "unused")
+                 if isinstance(a, Patch))  # fmt: skip
+    settled = pooler_raw(status=ready.body["status"])
+    for seen in (PoolerSeen(error="unreachable: failover"), None):
+        inputs = _inputs(settled, children, seen=seen, target=None)
+        assert poolers.plan_poolers(inputs, lambda: "unused") == []
+    # What the primary says when it can be read still counts.
+    missing = replace(SEEN_OK, functions_ok=frozenset())
+    actions = poolers.plan_poolers(_inputs(settled, children, seen=missing), lambda: "unused")
+    assert _reason(actions) == "AuthenticationNotReady"
+
+
 def test_a_parameter_change_reapplies_the_configmap_only() -> None:
     raw = pooler_raw()
     children = _live(raw, ready=1)
@@ -313,6 +328,13 @@ def test_a_neighbours_object_is_left_alone() -> None:
     assert _reason(actions) == "ChildNameConflict"
     assert ("Service", "pgb") not in _applies(actions)
     assert ("Deployment", "pgb") not in _applies(actions)
+
+
+def test_a_pooler_never_takes_a_name_of_the_clusters_objects() -> None:
+    raw = pooler_raw(name="db-rw")
+    actions = poolers.plan_poolers(_inputs(raw, {}), lambda: PASSWORD)
+    assert _reason(actions) == "ChildNameConflict"
+    assert _applies(actions) == [("Secret", "db-pooler")]
 
 
 def test_the_certificate_names_the_service_and_is_kept() -> None:

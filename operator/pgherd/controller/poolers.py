@@ -43,6 +43,7 @@ from pgherd.api.v1alpha1 import (
 from pgherd.controller import certificates, references
 from pgherd.controller.actions import Action, Apply, Event, Patch, RunSql
 from pgherd.controller.diff import contains, stamped
+from pgherd.controller.snapshot import expected_children
 from pgherd.controller.sql import Ident, Lit, Statement, Target
 from pgherd.render import ownership
 from pgherd.render import pooler as render
@@ -357,9 +358,22 @@ def _children(
             contract.POOLER_SERVER_CA: tls.server_trust,
         }
     rendered = render.render_pooler(pooler, inputs.image, data)
+    # A name the cluster's own children take is never the pooler's, even before the cluster
+    # made it (a pooler named <cluster>-rw would otherwise hold the cluster's Service).
+    theirs = set(expected_children(pooler.spec.cluster))
+    theirs.add(("Secret", render.auth_secret(pooler.spec.cluster)))
     for desired in rendered:
         kind, child = desired["kind"], desired["metadata"]["name"]
         live = children.get((kind, child))
+        if (kind, child) in theirs:
+            return (
+                [],
+                CHILD_NAME_CONFLICT,
+                (
+                    f"{kind} {child!r} is a name of PostgresCluster {pooler.spec.cluster!r}'s own "
+                    "objects: give the pooler another name"
+                ),
+            )
         if live is not None and not owns(pooler, live):
             return (
                 [],
@@ -388,8 +402,20 @@ def _children(
     return actions, None, None
 
 
+def _confirmed(raw: Manifest) -> bool:
+    """Whether a past pass found the pooler's authentication in place (its Ready reason went
+    past it): a primary that cannot be read for a moment (a failover) does not undo that."""
+    stored = (raw.get("status") or {}).get("conditions") or []
+    ready: dict[str, Any] = next((c for c in stored if c.get("type") == "Ready"), {})
+    return ready.get("reason") in (READY, PODS_NOT_READY, SCALED_TO_ZERO)
+
+
 def _one(
-    pooler: PostgresPooler, inputs: Inputs, auth_problem: str | None, mint: certificates.Mint
+    raw: Manifest,
+    pooler: PostgresPooler,
+    inputs: Inputs,
+    auth_problem: str | None,
+    mint: certificates.Mint,
 ) -> tuple[list[Action], str, str, dict[str, Any]]:
     """One pooler of an existing cluster: its applies, its Ready reason and message (the
     first thing that holds it back), and the rest of its status."""
@@ -406,7 +432,9 @@ def _one(
         return actions, held, held_message or "", extra
     if auth_problem is not None:
         return actions, AUTH_NOT_READY, auth_problem, extra
-    if inputs.seen is None or not inputs.seen.ready:
+    unknown = inputs.seen is None or inputs.seen.error is not None
+    if (unknown and not _confirmed(raw)) or (inputs.seen is not None and not inputs.seen.ready
+                                             and inputs.seen.error is None):  # fmt: skip
         why = (inputs.seen.error if inputs.seen is not None else None) or (
             "waiting for the primary" if inputs.target is None
             else f"creating the role {POOLER_USERNAME} and its auth_query function"
@@ -450,7 +478,7 @@ def plan_poolers(
                 f"{parsed.metadata.namespace}",
             )
         else:
-            child_actions, reason, message, extra = _one(parsed, inputs, auth_problem, mint)
+            child_actions, reason, message, extra = _one(raw, parsed, inputs, auth_problem, mint)
             actions += child_actions
         patch = status_patch(raw, inputs.now, reason, message, extra=extra)
         if patch is not None:
