@@ -30,6 +30,7 @@ from pgherd.api.v1alpha1 import (
 )
 from pgherd.render import labels, names
 from pgherd.render.ownership import Manifest, child_metadata
+from pgherd.render.statefulset import restricted_container
 
 COMPONENT = "pooler"
 POOLER_LABEL = "pgherd.io/pooler"
@@ -240,12 +241,7 @@ def _container(pooler: PostgresPooler, image: str) -> dict[str, Any]:
         "readinessProbe": {"tcpSocket": probe_port, "periodSeconds": 2, "failureThreshold": 3},
         "livenessProbe": {"tcpSocket": probe_port, "periodSeconds": 10, "failureThreshold": 6},
         "resources": _resources(pooler),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "securityContext": restricted_container(),
         "volumeMounts": [
             {"name": "config", "mountPath": contract.POOLER_CONFIG_DIR, "readOnly": True},
             {"name": "tls", "mountPath": contract.POOLER_TLS_DIR, "readOnly": True},
