@@ -35,6 +35,8 @@ OPTIONAL_SPEC_FIELDS = {
     "spec.bootstrap.superuserSecret",
     # Absent, an existing cluster's stored spec stays as it was (no defaults filled in).
     "spec.monitoring",
+    # Managed roles: absent, nothing inside PostgreSQL is managed (and no SQL is run).
+    "spec.managed",
 }
 FORBIDDEN_KEYWORDS = {"$ref", "$defs", "definitions", "allOf", "oneOf", "not", "title", "const"}
 
@@ -228,7 +230,11 @@ def test_cel_rules_sit_on_the_objects_holding_their_fields(root: dict[str, Any])
         "!has(oldSelf.storageClassName) || (has(self.storageClassName)"
         " && self.storageClassName == oldSelf.storageClassName)",
     ]
-    assert rules_at(root, "spec") == ["self.postgresVersion >= oldSelf.postgresVersion"]
+    assert rules_at(root, "spec") == [
+        "self.postgresVersion >= oldSelf.postgresVersion",
+        # Managed roles: the bootstrap owner is pgherd's (it compares two of spec's fields).
+        "!has(self.managed) || self.managed.roles.all(r, r.name != self.bootstrap.owner)",
+    ]
     assert "self == oldSelf" in rules_at(root, "spec.bootstrap")
     assert rules_at(root, "spec.patroni") == ["self.loopWait + 2 * self.retryTimeout <= self.ttl"]
     assert any("metadata.name" in r for r in rules_at(root, ""))

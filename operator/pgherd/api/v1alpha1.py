@@ -939,6 +939,184 @@ class MonitoringSpec(ApiModel):
     )
 
 
+# ---- managed roles (spec.managed.roles) ------------------------------------------------
+MAX_MANAGED_ROLES = 256
+MAX_ROLE_MEMBERSHIPS = 64
+# NAMEDATALEN - 1: PostgreSQL truncates longer names, so two names could become one role.
+MAX_ROLE_NAME_BYTES = 63
+# Roles pgherd creates or uses itself: postgres (the superuser), replicator (replication),
+# pgherd (Patroni's REST API account: not a role today, kept free so it can become one).
+# Names starting with pgherd_ are pgherd's (the pooler's auth role is pgherd_pooler);
+# those starting with pg_ PostgreSQL reserves for its predefined roles.
+RESERVED_ROLE_NAMES: tuple[str, ...] = (SUPERUSER_USERNAME, REPLICATION_USERNAME, "pgherd")
+RESERVED_ROLE_PREFIXES: tuple[str, ...] = ("pg_", "pgherd_")
+# Roles a managed role may not be made a member of: membership in postgres is the
+# superuser's power, and pgherd's own roles are not the application's to share. PostgreSQL's
+# predefined pg_* roles (pg_monitor, pg_read_all_data, ...) are allowed.
+RESERVED_MEMBERSHIPS: tuple[str, ...] = RESERVED_ROLE_NAMES
+RESERVED_MEMBERSHIP_PREFIXES: tuple[str, ...] = ("pgherd_",)
+# Any text PostgreSQL can hold as a name or comment: everything but NUL.
+NO_NUL_PATTERN = r"^[^\x00]*$"
+
+
+def _reserved_cel(expr: str, names: tuple[str, ...], prefixes: tuple[str, ...]) -> str:
+    starts = "".join(f" || {expr}.startsWith('{p}')" for p in prefixes)
+    return f"({expr} in {_cel_list(names)}{starts})"
+
+
+def reserved_role(name: str) -> bool:
+    """Whether a role name is PostgreSQL's or pgherd's (see RESERVED_ROLE_NAMES)."""
+    return name in RESERVED_ROLE_NAMES or name.startswith(RESERVED_ROLE_PREFIXES)
+
+
+def reserved_membership(name: str) -> bool:
+    """Whether a managed role may not be made a member of this role."""
+    return name in RESERVED_MEMBERSHIPS or name.startswith(RESERVED_MEMBERSHIP_PREFIXES)
+
+
+RoleName = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=MAX_ROLE_NAME_BYTES, pattern=NO_NUL_PATTERN),
+]
+
+
+class ManagedRole(ApiModel):
+    """A PostgreSQL role the operator keeps as declared on the primary: created when missing,
+    set back when changed by hand, dropped only with ensure: absent."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel(
+                    "bytes(self.name).size() <= " + str(MAX_ROLE_NAME_BYTES),
+                    f"managed.roles: a role name is at most {MAX_ROLE_NAME_BYTES} bytes "
+                    "(PostgreSQL's limit) in UTF-8",
+                    ".name",
+                ),
+                {
+                    "rule": "!"
+                    + _reserved_cel("self.name", RESERVED_ROLE_NAMES, RESERVED_ROLE_PREFIXES),
+                    "messageExpression": "'managed.roles: ' + self.name + ' is a reserved "
+                    "role name (postgres, replicator, pgherd and names starting with pg_ or "
+                    "pgherd_ belong to PostgreSQL and pgherd)'",
+                    "message": "managed.roles: the role name is reserved (postgres, "
+                    "replicator, pgherd, pg_*, pgherd_*)",
+                    "fieldPath": ".name",
+                },
+                {
+                    "rule": "self.inRoles.all(r, !"
+                    + _reserved_cel("r", RESERVED_MEMBERSHIPS, RESERVED_MEMBERSHIP_PREFIXES)
+                    + ")",
+                    "messageExpression": "'managed.roles: ' + self.name + ' may not be a "
+                    "member of ' + self.inRoles.filter(r, "
+                    + _reserved_cel("r", RESERVED_MEMBERSHIPS, RESERVED_MEMBERSHIP_PREFIXES)
+                    + ")[0] + ' (postgres, replicator, pgherd and pgherd_* are reserved; "
+                    "predefined pg_* roles are allowed)'",
+                    "message": "managed.roles: inRoles names a reserved role",
+                    "fieldPath": ".inRoles",
+                },
+                _cel(
+                    "!self.inRoles.exists(r, r == self.name)",
+                    "managed.roles: a role cannot be a member of itself",
+                    ".inRoles",
+                ),
+                _cel(
+                    "!(has(self.passwordSecret) && self.disablePassword)",
+                    "managed.roles: passwordSecret and disablePassword exclude each other",
+                    ".disablePassword",
+                ),
+            ]
+        }
+    )
+
+    name: RoleName = Field(
+        description="Role name, exactly as PostgreSQL stores it (case-sensitive; any "
+        "characters but NUL, at most 63 bytes; quoted by pgherd). Not postgres, replicator, "
+        "pgherd, the bootstrap owner, nor a name starting with pg_ or pgherd_.",
+    )
+    ensure: Literal["present", "absent"] = Field(
+        default="present",
+        description="present: the role exists as declared. absent: pgherd drops it (a role "
+        "that still owns objects or holds privileges is not dropped: the error is reported "
+        "in status.managedRoles). A role removed from this list is left as it is.",
+    )
+    login: bool = Field(default=False, description="LOGIN: the role may log in.")
+    superuser: bool = Field(
+        default=False,
+        description="SUPERUSER. Never given unless set here: a superuser bypasses every "
+        "permission check.",
+    )
+    createdb: bool = Field(default=False, description="CREATEDB: may create databases.")
+    createrole: bool = Field(default=False, description="CREATEROLE: may create roles.")
+    replication: bool = Field(
+        default=False, description="REPLICATION: may stream WAL (never given unless set here)."
+    )
+    bypassrls: bool = Field(default=False, description="BYPASSRLS: bypasses row-level security.")
+    inherit: bool = Field(
+        default=True, description="INHERIT: uses the privileges of the roles it is a member of."
+    )
+    connection_limit: int = Field(
+        default=-1,
+        ge=-1,
+        le=1000000,
+        description="CONNECTION LIMIT: concurrent connections of the role; -1 for no limit.",
+    )
+    valid_until: datetime | None = Field(
+        default=None,
+        description="VALID UNTIL: when the role's password stops working (RFC 3339, e.g. "
+        "2030-01-01T00:00:00Z; compared to the second). Unset: no expiry (a date set by hand "
+        "is removed).",
+    )
+    in_roles: list[RoleName] = Field(
+        default_factory=list,
+        max_length=MAX_ROLE_MEMBERSHIPS,
+        description="Roles this role is a member of, exactly: memberships granted by hand "
+        "that are not listed are revoked. Predefined roles such as pg_monitor and "
+        "pg_read_all_data are allowed; postgres, replicator and pgherd's roles are not.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    comment: str = Field(
+        default="",
+        max_length=1024,
+        pattern=NO_NUL_PATTERN,
+        description="COMMENT ON ROLE; empty: no comment.",
+    )
+    password_secret: SecretReference | None = Field(
+        default=None,
+        description="A kubernetes.io/basic-auth Secret (keys username, equal to the role "
+        "name, and password) with the role's password. It must opt in to pgherd: label "
+        'pgherd.io/use: "true" (and, optionally, annotation pgherd.io/allowed-clusters). A '
+        "changed password is set within a resync; the server only ever receives its SCRAM "
+        "verifier. Unset (and disablePassword false): the password is not managed.",
+    )
+    disable_password: bool = Field(
+        default=False,
+        description="PASSWORD NULL: the role has no password (it cannot log in with one). "
+        "Excludes passwordSecret.",
+    )
+
+    @field_validator("name", "in_roles")
+    @classmethod
+    def _fits(cls, value: str | list[str]) -> str | list[str]:
+        for name in [value] if isinstance(value, str) else value:
+            if len(name.encode()) > MAX_ROLE_NAME_BYTES:
+                raise ValueError(f"role name {name!r} is longer than 63 bytes")
+        return value
+
+
+class ManagedSpec(ApiModel):
+    """Objects inside PostgreSQL that the operator keeps as declared."""
+
+    roles: list[ManagedRole] = Field(
+        default_factory=list,
+        max_length=MAX_MANAGED_ROLES,
+        description="Roles reconciled on the primary at every pass: created, altered back to "
+        "this declaration when changed by hand, dropped with ensure: absent. Their state is "
+        "in status.managedRoles.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
 class PostgresClusterSpec(ApiModel):
     """Desired state of a highly available PostgreSQL cluster."""
 
@@ -949,6 +1127,14 @@ class PostgresClusterSpec(ApiModel):
                     "self.postgresVersion >= oldSelf.postgresVersion",
                     "postgresVersion cannot be lowered",
                     ".postgresVersion",
+                ),
+                # Managed roles: the bootstrap owner's password is pgherd's (rotation).
+                _cel(
+                    "!has(self.managed) || self.managed.roles.all(r, r.name != "
+                    "self.bootstrap.owner)",
+                    "managed.roles: the bootstrap owner (spec.bootstrap.owner) is managed by "
+                    "pgherd itself and cannot be a managed role",
+                    ".managed",
                 ),
             ]
         }
@@ -1034,6 +1220,11 @@ class PostgresClusterSpec(ApiModel):
         default=None,
         description="Prometheus metrics: user-defined queries and a PodMonitor. The instances "
         "serve their built-in metrics without it.",
+    )
+    # Managed roles (spec.managed.roles).
+    managed: ManagedSpec | None = Field(
+        default=None,
+        description="Roles the operator keeps inside PostgreSQL as declared.",
     )
 
 
@@ -1188,6 +1379,18 @@ class MonitoringStatus(ApiModel):
     )
 
 
+class ManagedRoleStatus(ApiModel):
+    """What the operator last found or did for one of spec.managed.roles."""
+
+    name: str = Field(description="Role name.")
+    state: Literal["Reconciled", "Pending", "Failed", "Absent"] = Field(
+        description="Reconciled: the role is as declared. Pending: not checked yet (no "
+        "primary reachable). Failed: see message. Absent: ensure: absent and the role does "
+        "not exist."
+    )
+    message: str | None = Field(default=None, description="The last error, or what is awaited.")
+
+
 class PostgresClusterStatus(ApiModel):
     """Observed state of the cluster; written by the operator only."""
 
@@ -1246,6 +1449,11 @@ class PostgresClusterStatus(ApiModel):
     )
     monitoring: MonitoringStatus | None = Field(
         default=None, description="The PodMonitor (spec.monitoring.enablePodMonitor)."
+    )
+    managed_roles: list[ManagedRoleStatus] | None = Field(
+        default=None,
+        description="State of each of spec.managed.roles.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
     )
     # Backups
     backup: ClusterBackupStatus | None = Field(

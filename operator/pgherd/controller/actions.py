@@ -166,7 +166,8 @@ class RunSql(Action):
     target: Target | None = field(default=None, repr=False)
 
     def describe(self) -> str:
-        return f"run SQL for {self.group} on database {self.database!r}"
+        # repr: a role or database name may hold anything, a newline included.
+        return f"run SQL for {self.group!r} on database {self.database!r}"
 
 
 @dataclass(frozen=True)

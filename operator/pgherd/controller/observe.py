@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, POOLER_KIND, PostgresCluster
 from pgherd.contract import TLS_CA
-from pgherd.controller import pooler_read, references, sql
+from pgherd.controller import pooler_read, postgres, references, roles, sql
 from pgherd.controller.backups import recovery_source_store
 from pgherd.controller.cache import Cache
 from pgherd.controller.client import Manifest
@@ -162,6 +162,7 @@ def observe(
         recovery_cluster = cache.get(KIND, namespace, source) if source else None
     store = recovery_source_store(cluster, recovery_cluster)
     wanted = {r.secret for r in references.references(cluster, restore_store=store)}
+    wanted |= roles.secret_names(cluster)  # managed roles' password Secrets
     unusable = frozenset(
         s for s in wanted if s not in usable and probe("Secret", namespace, s) is not None
     )
@@ -178,7 +179,19 @@ def observe(
     # What the database holds, read only for the features the cluster uses (each adds its
     # own field to the snapshot here).
     snapshot = dataclasses.replace(snapshot, sql_target=target)
+    snapshot = dataclasses.replace(snapshot, roles_seen=_roles_seen(read_sql, target, cluster))
     # PostgresPooler: its role and auth_query functions, only while the cluster has a pooler.
     if poolers:
         snapshot = dataclasses.replace(snapshot, pooler_seen=pooler_read.read(read_sql, target))
     return snapshot
+
+
+# ---- managed roles ------------------------------------------------------------------------
+def _roles_seen(
+    read_sql: sql.Reader, target: sql.Target, cluster: PostgresCluster
+) -> roles.RolesSeen | None:
+    """The cluster's managed roles as the primary holds them (no SQL without any)."""
+    try:
+        return roles.read_roles(read_sql, target, cluster)
+    except postgres.PostgresError as e:
+        return roles.RolesSeen(unreachable=f"unreachable: {e}")

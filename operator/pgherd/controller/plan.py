@@ -32,7 +32,7 @@ from pgherd.api.v1alpha1 import (
     PostgresCluster,
     RecoverySource,
 )
-from pgherd.controller import backups, certificates, credentials, poolers, references
+from pgherd.controller import backups, certificates, credentials, poolers, references, roles
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import (
     Action,
@@ -90,6 +90,8 @@ class Plan:
     # The certificates settled on (status.tls; the CA bundle act verifies Patroni with).
     tls: certificates.Outcome | None = None
     credentials: CredentialsStatus | None = None  # rotations carried out (status.credentials)
+    # Managed roles: one decision per role of spec.managed.roles (status.managedRoles).
+    managed_roles: roles.RolesPlan | None = None
 
     @property
     def disruptive(self) -> list[Action]:
@@ -180,7 +182,8 @@ def plan(
     restored_from = (
         cluster.status.backup.restored_from if cluster.status and cluster.status.backup else None
     ) or gate.resolved
-    return Plan(
+    # Managed roles come last: their SQL is independent of the rest.
+    return with_managed_roles(Plan(
         tuple(actions),
         tuple(problems),
         activity,
@@ -193,6 +196,20 @@ def plan(
         image,
         tls,
         rotation.status,
+    ), cluster, snapshot)  # fmt: skip
+
+
+def with_managed_roles(decided: Plan, cluster: PostgresCluster, snapshot: Snapshot) -> Plan:
+    """The plan with the managed roles' SQL after its other actions: independent of them,
+    and never held back by them."""
+    if not roles.managed_roles(cluster):
+        return decided
+    managed = roles.plan_roles(
+        cluster, snapshot.roles_seen, snapshot.sql_target,
+        usable_secrets=snapshot.usable_secrets, unusable_secrets=snapshot.unusable_secrets,
+    )  # fmt: skip
+    return dataclasses.replace(
+        decided, actions=(*decided.actions, *managed.actions), managed_roles=managed
     )
 
 

@@ -138,7 +138,8 @@ class Reconciler:
             wrote = self._degrade(snapshot, problem)
             return PassResult(snapshot, wrote, [], False, 0.0, error="InvalidSpec")
         new = st.compute(snapshot, decided, failures=outcome.failures,
-                         stuck_after=self.stuck_after)  # fmt: skip
+                         stuck_after=self.stuck_after, sql_done=outcome.sql_done,
+                         sql_errors=outcome.sql_errors)  # fmt: skip
         assert new is not None  # noqa: S101 - the cluster parsed
         patch = st.status_patch(snapshot.raw.get("status") or {}, st.dump(new))
         if patch:

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any
 
 from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.controller.roles import RolesSeen
 from pgherd.controller.sql import Target
+from pgherd.render import labels, names
 
 if TYPE_CHECKING:
     from pgherd.controller.poolers import PoolerSeen
-from pgherd.render import labels, names
 
 Manifest = dict[str, Any]
 REVISION_LABEL = "controller-revision-hash"
@@ -187,6 +188,8 @@ class Snapshot:
     pod_monitors_served: bool = False
     # How to reach the primary as the superuser, set by observe when it read the database.
     sql_target: Target | None = field(default=None, repr=False)
+    # Managed roles: what the primary holds of spec.managed.roles (None: not read).
+    roles_seen: RolesSeen | None = None
     # PostgresPooler: the poolers naming this cluster, as stored, and what the primary holds
     # for them (read only while there is one).
     poolers: tuple[Manifest, ...] = ()

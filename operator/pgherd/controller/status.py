@@ -9,7 +9,8 @@ changing, the primary moving, archiving breaking or recovering), so each is post
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +26,7 @@ from pgherd.api.v1alpha1 import (
     PostgresClusterStatus,
     SecretsStatus,
 )
-from pgherd.controller import backups
+from pgherd.controller import backups, roles
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import Event
 from pgherd.controller.conditions import Activity, Problem
@@ -201,6 +202,8 @@ def compute(
     *,
     failures: Sequence[Problem] = (),
     stuck_after: timedelta,
+    sql_done: AbstractSet[str] = frozenset(),
+    sql_errors: Mapping[str, str] | None = None,
 ) -> PostgresClusterStatus | None:
     """The cluster's new status; None when the cluster is gone or its spec does not parse
     (see failure_status)."""
@@ -241,6 +244,9 @@ def compute(
     else:
         put(c.PROGRESSING, "False", c.UP_TO_DATE, "the cluster matches its spec")
     ignored = ignored_parameters(cluster, snapshot, dict(plan.held_back))
+    # Managed roles: their states after act, and a problem naming those that failed.
+    managed_roles = roles.states(plan.managed_roles, set(sql_done), sql_errors or {})
+    failures = [*failures, *roles.problems(managed_roles)]
     put(c.DEGRADED, *degraded(cluster, snapshot, [*plan.problems, *failures], ignored,
                               stuck_after))  # fmt: skip
     insecure = [
@@ -316,6 +322,7 @@ def compute(
         tls=plan.tls.status if plan.tls and plan.tls.status else previous.tls,
         credentials=plan.credentials,
         monitoring=monitoring(cluster, snapshot),
+        managed_roles=managed_roles,
         backup=backups.cluster_backup_status(
             cluster,
             snapshot,
