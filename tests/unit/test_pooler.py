@@ -262,7 +262,8 @@ def test_the_role_password_is_sent_as_a_verifier_never_shown() -> None:
 def test_the_function_refuses_superusers_and_pins_its_search_path() -> None:
     text = " ".join(s.shown() for s in poolers.function_statements())
     assert "SECURITY DEFINER SET search_path = pg_catalog, pg_temp" in text
-    assert "NOT s.usesuper" in text and "'postgres', 'replicator', 'pgherd_pooler'" in text
+    assert "NOT s.usesuper" in text and "NOT IN ('postgres', 'replicator', 'pgherd')" in text
+    assert "!~ '^(pg_|pgherd_)'" in text  # pgherd_pooler itself among them
     assert 'REVOKE ALL ON FUNCTION "pgherd"."pooler_auth"(text) FROM PUBLIC' in text
     assert 'GRANT EXECUTE ON FUNCTION "pgherd"."pooler_auth"(text) TO "pgherd_pooler"' in text
 

@@ -35,8 +35,8 @@ from pgherd import contract
 from pgherd.api.v1alpha1 import (
     POOLER_KIND,
     POOLER_USERNAME,
-    REPLICATION_USERNAME,
-    SUPERUSER_USERNAME,
+    RESERVED_ROLE_NAMES,
+    RESERVED_ROLE_PREFIXES,
     PostgresCluster,
     PostgresPooler,
 )
@@ -167,12 +167,13 @@ def function_statements() -> tuple[Statement, ...]:
     through the pooler."""
     schema, role = Ident(contract.POOLER_AUTH_SCHEMA), Ident(POOLER_USERNAME)
     function = Ident(contract.POOLER_AUTH_SCHEMA, contract.POOLER_AUTH_FUNCTION)
-    excluded = ", ".join(f"'{r}'" for r in (SUPERUSER_USERNAME, REPLICATION_USERNAME,
-                                            POOLER_USERNAME))  # fmt: skip
+    # The names spec.managed.roles may not take either (PostgreSQL's and pgherd's).
+    excluded = ", ".join(f"'{r}'" for r in RESERVED_ROLE_NAMES)
+    prefixes = "|".join(RESERVED_ROLE_PREFIXES)
     body = (
         "SELECT s.usename, s.passwd FROM pg_catalog.pg_shadow s WHERE s.usename = p_usename"  # noqa: S608 - constants only
         " AND NOT s.usesuper AND NOT s.userepl"
-        f" AND s.usename NOT IN ({excluded}) AND s.usename !~ '^pg_'"
+        f" AND s.usename NOT IN ({excluded}) AND s.usename !~ '^({prefixes})'"
         " AND (s.valuntil IS NULL OR s.valuntil > pg_catalog.now())"
     )
     return (
