@@ -17,7 +17,7 @@ include hack/versions.env
 # buildah, docker-registry and skopeo prove the bundle image without a container engine;
 # debootstrap makes the local Debian base the operator image is built on (`make base-image`);
 # prometheus (with promtool) runs the alerting rules' tests and scrapes real instances in a test.
-DEB_PACKAGES := postgresql-15 postgresql-client-15 buildah docker-registry skopeo debootstrap prometheus
+DEB_PACKAGES := postgresql-15 postgresql-client-15 pgbouncer buildah docker-registry skopeo debootstrap prometheus
 
 PYTEST_ARGS ?=
 

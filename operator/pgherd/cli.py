@@ -1,5 +1,6 @@
 """The `pgherd` command: `pgherd operator` runs the controller; `pgherd instance` is the
-operand container's entrypoint (PostgreSQL under Patroni)."""
+operand container's entrypoint (PostgreSQL under Patroni); `pgherd pooler` a PostgresPooler's
+(PgBouncer)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="pgherd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("instance", help="run PostgreSQL under Patroni (operand entrypoint)")
+    sub.add_parser("pooler", help="run PgBouncer for a PostgresPooler (pooler entrypoint)")
     op = sub.add_parser("operator", help="run the operator")
     op.add_argument(
         "--namespace",
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         from pgherd.operand import instance  # noqa: PLC0415
 
         return instance.main()
+    if args.command == "pooler":
+        from pgherd.operand import pooler  # noqa: PLC0415
+
+        return pooler.main()
     import os  # noqa: PLC0415
 
     from pgherd.controller import runner  # noqa: PLC0415

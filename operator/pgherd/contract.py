@@ -176,3 +176,32 @@ def newer(a: str | None, b: str | None) -> str | None:
     if pa is None or (pb is not None and pb > pa):
         return b
     return a
+
+
+# ---- PostgresPooler (PgBouncer) ---------------------------------------------------------
+# The pooler container (`pgherd pooler`, pgherd.operand.pooler) and what it mounts: the
+# operator's part of pgbouncer.ini and the pause switch (a ConfigMap, re-read while running:
+# a change is a reload, never a restart), the TLS files (a Secret) and a private scratch dir
+# for the files it writes (the full pgbouncer.ini, the auth file, the pid file).
+POOLER_CONTAINER = "pgbouncer"
+POOLER_COMMAND = ["pgherd", "pooler"]
+POOLER_PORT = 5432
+POOLER_PORT_NAME = "pgbouncer"
+POOLER_CONFIG_DIR = "/etc/pgherd-pooler"
+POOLER_INI_KEY = "pgbouncer.ini"
+POOLER_PAUSED_KEY = "paused"
+POOLER_TLS_DIR = "/etc/pgherd-pooler-tls"
+POOLER_SERVER_CA = "server-ca.crt"  # what PgBouncer verifies the PostgreSQL server with
+POOLER_RUN_DIR = "/run/pgbouncer"
+# Environment of the pooler container: the Service PgBouncer connects to (the test kubelet
+# rewrites these to its local stand-in for kube-proxy), the address it listens on, and the
+# auth_user's password (from the cluster's `<cluster>-pooler` Secret).
+POOLER_HOST_ENV = "PGHERD_POOLER_HOST"
+POOLER_TARGET_PORT_ENV = "PGHERD_POOLER_TARGET_PORT"
+POOLER_LISTEN_ADDR_ENV = "PGHERD_POOLER_LISTEN_ADDR"
+POOLER_LISTEN_PORT_ENV = "PGHERD_POOLER_LISTEN_PORT"
+POOLER_PASSWORD_ENV = "PGHERD_POOLER_AUTH_PASSWORD"  # noqa: S105 - a variable's name
+# The SECURITY DEFINER function auth_query calls, in schema pgherd of each database.
+POOLER_AUTH_SCHEMA = "pgherd"
+POOLER_AUTH_FUNCTION = "pooler_auth"
+POOLER_AUTH_QUERY = f"SELECT usename, passwd FROM {POOLER_AUTH_SCHEMA}.{POOLER_AUTH_FUNCTION}($1)"  # noqa: S608 - constants only

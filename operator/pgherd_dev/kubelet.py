@@ -1,10 +1,12 @@
-"""A TEST kubelet for pgherd's PostgreSQL pods: runs each pod's own entrypoint locally.
+"""A TEST kubelet for pgherd's PostgreSQL and PgBouncer pods: runs each pod's own entrypoint
+locally.
 
 kwok schedules pods and marks them Running, but runs nothing. For pods labelled
-`app.kubernetes.io/managed-by=pgherd` and `app.kubernetes.io/component=database` this
-controller does what a kubelet would, with real processes on this machine:
+`app.kubernetes.io/managed-by=pgherd` and `app.kubernetes.io/component` database (instances)
+or pooler (a PostgresPooler's PgBouncer) this controller does what a kubelet would, with real
+processes on this machine:
 
-- probes over HTTP or HTTPS (without verifying the certificate, as a kubelet);
+- probes over HTTP or HTTPS (without verifying the certificate, as a kubelet) or TCP;
 - resolves the container's environment from the API (values, `$(VAR)` references,
   fieldRef, secretKeyRef, configMapKeyRef, envFrom) and its volumes (ConfigMap and Secret
   files, projected ConfigMap keys, emptyDirs, and PersistentVolumeClaims through their
@@ -12,6 +14,10 @@ controller does what a kubelet would, with real processes on this machine:
 - gives each pod a "network": POD_IP is 127.0.0.1 and the pod's ports are unique local
   ports (PGHERD_PG_PORT, PGHERD_API_PORT, PGHERD_METRICS_PORT), published on the pod as the
   annotation `kubelet.pgherd.dev/ports`; filesystem paths are mapped under PGHERD_ROOT;
+- a pooler pod's target Service (PGHERD_POOLER_HOST, a name no local resolver knows) becomes
+  a local forward to a ready pod behind that Service, chosen at each connection: the
+  TEST-ONLY stand-in for kube-proxy (pgherd_dev.forward), so PgBouncer follows a failover
+  through the Service as it would in a cluster;
 - gives the process its ServiceAccount's identity: a pod-bound token in a kubeconfig,
   so the operand's RBAC is really exercised;
 - runs the container command (the image is not pulled; the local virtualenv provides
@@ -39,6 +45,7 @@ import pwd
 import re
 import shutil
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -54,8 +61,13 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from pgherd_dev import processes
+from pgherd_dev.forward import Forward
 
-SELECTOR = "app.kubernetes.io/managed-by=pgherd,app.kubernetes.io/component=database"
+SELECTOR = "app.kubernetes.io/managed-by=pgherd,app.kubernetes.io/component in (database,pooler)"
+COMPONENT = "app.kubernetes.io/component"
+# A PostgresPooler's pods (PgBouncer): env names the pod spec gives the target Service in.
+POOLER_HOST_ENV = "PGHERD_POOLER_HOST"
+POOLER_TARGET_PORT_ENV = "PGHERD_POOLER_TARGET_PORT"
 PORTS_ANNOTATION = "kubelet.pgherd.dev/ports"
 HOLD_ANNOTATION = "kubelet.pgherd.dev/hold"
 POD_IP = "127.0.0.1"
@@ -128,6 +140,7 @@ class PodProcess:
     passed: bool = False
     config_sync: float = 0.0
     volume_sources: dict[str, tuple[str, str, Path]] = field(default_factory=dict)
+    forward: Forward | None = None  # a pooler pod's stand-in for kube-proxy
 
 
 class Kubelet:
@@ -399,7 +412,51 @@ class Kubelet:
                 "LANG": "C.UTF-8",
             }
         )
+        if (pod["metadata"].get("labels") or {}).get(COMPONENT) == "pooler":
+            env |= self._pooler_network(pp, env)
         return env
+
+    def _pooler_network(self, pp: PodProcess, env: dict[str, str]) -> dict[str, str]:
+        """A pooler pod's network: it listens on its unique local port, and the Service it
+        names (PGHERD_POOLER_HOST) is a local forward that picks a ready pod behind the
+        Service at each connection: the TEST-ONLY stand-in for kube-proxy routing a
+        Service's address, so PgBouncer follows a failover as it would in a cluster."""
+        service = env.get(POOLER_HOST_ENV)
+        if not service:
+            raise NotReadyToStart(f"the pooler pod names no Service in {POOLER_HOST_ENV}")
+        if pp.forward is None:
+            pp.forward = Forward(
+                lambda: self._service_backend(pp.namespace, service, "postgresql"),
+                f"{pp.namespace}/{pp.name}->{service}",
+            )
+        return {
+            POOLER_HOST_ENV: POD_IP,
+            POOLER_TARGET_PORT_ENV: str(pp.forward.port),
+            "PGHERD_POOLER_LISTEN_ADDR": POD_IP,
+            "PGHERD_POOLER_LISTEN_PORT": str(pp.ports.get("pgbouncer", 6432)),
+        }
+
+    def _service_backend(self, namespace: str, service: str, port_name: str) -> int | None:
+        """Local port of a ready pod the Service selects (as svcproxy.backend)."""
+        try:
+            svc = self.core.read_namespaced_service(service, namespace)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        selector = ",".join(f"{k}={v}" for k, v in (svc.spec.selector or {}).items())
+        if not selector:
+            return None
+        for pod in self.core.list_namespaced_pod(namespace, label_selector=selector).items:
+            ready = any(
+                c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
+            )
+            ports = (pod.metadata.annotations or {}).get(PORTS_ANNOTATION)
+            if ready and ports and not pod.metadata.deletion_timestamp:
+                port = json.loads(ports).get(port_name)
+                if port:
+                    return int(port)
+        return None
 
     def _short_root(self, pp: PodProcess) -> Path:
         # A Unix socket path may hold only 107 bytes, and PostgreSQL's socket lives under
@@ -472,6 +529,8 @@ class Kubelet:
                 proc.wait()
         for pp in pods:
             _short_link(pp.uid).unlink(missing_ok=True)
+            if pp.forward is not None:
+                pp.forward.close()
 
     def stop_all(self) -> None:
         self._stop_many(list(self.pods.values()), grace=8.0)
@@ -481,6 +540,8 @@ class Kubelet:
         if pp.proc is None or pp.proc.poll() is not None:
             return False
         spec = pod["spec"]["containers"][0].get("readinessProbe", {})
+        if "tcpSocket" in spec:
+            return self._tcp_probe(pp, spec)
         probe = spec.get("httpGet")
         if not probe:
             return True
@@ -498,6 +559,19 @@ class Kubelet:
         try:
             with urllib.request.urlopen(url, timeout=timeout, context=context) as r:  # noqa: S310
                 return 200 <= int(r.status) < 400
+        except OSError:
+            return False
+
+    @staticmethod
+    def _tcp_probe(pp: PodProcess, spec: dict[str, Any]) -> bool:
+        """A tcpSocket probe: the container's port accepts a connection."""
+        port = spec["tcpSocket"]["port"]
+        local = pp.ports.get(str(port))
+        if local is None:
+            return False
+        try:
+            with socket.create_connection((POD_IP, local), float(spec.get("timeoutSeconds", 1))):
+                return True
         except OSError:
             return False
 

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from pgherd.api import v1alpha1
 from pgherd.render import yaml_text
 from pgherd_packaging.crd_schema import model_default, structural_schema
@@ -146,22 +148,32 @@ def postgrescluster_crd() -> Manifest:
     )
 
 
-def _backup_root_schema() -> Manifest:
-    spec = structural_schema(v1alpha1.PostgresBackupSpec, nullable_optionals=False)
-    status = structural_schema(v1alpha1.PostgresBackupStatus, nullable_optionals=True)
+def _resource_schema(
+    model: type[BaseModel],
+    spec_model: type[BaseModel],
+    status_model: type[BaseModel],
+    validations: list[Any],
+) -> Manifest:
+    """The root schema of a kind that points at a cluster (PostgresBackup, PostgresPooler)."""
     return {
         "type": "object",
-        "description": (v1alpha1.PostgresBackup.__doc__ or "").strip(),
+        "description": (model.__doc__ or "").strip(),
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of this object."},
             "kind": {"type": "string", "description": "Kind of this object."},
             "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
+            "spec": structural_schema(spec_model, nullable_optionals=False),
+            "status": structural_schema(status_model, nullable_optionals=True),
         },
         "required": ["spec"],
-        "x-kubernetes-validations": v1alpha1.BACKUP_ROOT_VALIDATIONS,
+        "x-kubernetes-validations": validations,
     }
+
+
+def _backup_root_schema() -> Manifest:
+    m = v1alpha1
+    return _resource_schema(m.PostgresBackup, m.PostgresBackupSpec, m.PostgresBackupStatus,
+                            m.BACKUP_ROOT_VALIDATIONS)  # fmt: skip
 
 
 def postgresbackup_crd() -> Manifest:
@@ -183,21 +195,44 @@ def postgresbackup_crd() -> Manifest:
     )
 
 
+# ---- PostgresPooler ---------------------------------------------------------------------
+def _pooler_root_schema() -> Manifest:
+    m = v1alpha1
+    return _resource_schema(m.PostgresPooler, m.PostgresPoolerSpec, m.PostgresPoolerStatus,
+                            m.POOLER_ROOT_VALIDATIONS)  # fmt: skip
+
+
+def postgrespooler_crd() -> Manifest:
+    """The PostgresPooler CustomResourceDefinition."""
+    return _crd(
+        kind=v1alpha1.POOLER_KIND,
+        plural=v1alpha1.POOLER_PLURAL,
+        singular=v1alpha1.POOLER_SINGULAR,
+        short_names=v1alpha1.POOLER_SHORT_NAMES,
+        schema=_pooler_root_schema(),
+        subresources={"status": {}},
+        columns=[
+            {"name": "Cluster", "type": "string", "jsonPath": ".spec.cluster"},
+            {"name": "Type", "type": "string", "jsonPath": ".spec.type"},
+            {"name": "Mode", "type": "string", "jsonPath": ".spec.poolMode"},
+            {"name": "Instances", "type": "integer", "jsonPath": ".spec.instances"},
+            {"name": "Ready", "type": "integer", "jsonPath": ".status.readyInstances"},
+            {"name": "Paused", "type": "boolean", "jsonPath": ".status.paused"},
+            {
+                "name": "Status",
+                "type": "string",
+                "jsonPath": '.status.conditions[?(@.type=="Ready")].reason',
+            },
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        ],
+    )
+
+
+# ---- PostgresDatabase -------------------------------------------------------------------
 def _database_root_schema() -> Manifest:
-    spec = structural_schema(v1alpha1.PostgresDatabaseSpec, nullable_optionals=False)
-    status = structural_schema(v1alpha1.PostgresDatabaseStatus, nullable_optionals=True)
-    return {
-        "type": "object",
-        "description": (v1alpha1.PostgresDatabase.__doc__ or "").strip(),
-        "properties": {
-            "apiVersion": {"type": "string", "description": "APIVersion of this object."},
-            "kind": {"type": "string", "description": "Kind of this object."},
-            "metadata": {"type": "object"},
-            "spec": spec,
-            "status": status,
-        },
-        "required": ["spec"],
-    }
+    m = v1alpha1
+    return _resource_schema(m.PostgresDatabase, m.PostgresDatabaseSpec,
+                            m.PostgresDatabaseStatus, [])  # fmt: skip
 
 
 def postgresdatabase_crd() -> Manifest:
@@ -222,7 +257,12 @@ def postgresdatabase_crd() -> Manifest:
 
 def render_crds() -> list[Manifest]:
     """Every CustomResourceDefinition pgherd serves."""
-    return [postgrescluster_crd(), postgresbackup_crd(), postgresdatabase_crd()]
+    return [
+        postgrescluster_crd(),
+        postgresbackup_crd(),
+        postgrespooler_crd(),
+        postgresdatabase_crd(),
+    ]
 
 
 def crd_file_name(crd: Manifest) -> str:

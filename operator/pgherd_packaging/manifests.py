@@ -261,8 +261,8 @@ EXAMPLE_BACKUP_SECRET = "example-s3-credentials"  # noqa: S105
 def samples() -> list[Manifest]:
     """The CSV's alm-examples, in the order the console offers them: a three-instance cluster,
     a cluster with backups to S3 (it needs the bucket and the opted-in credentials Secret the
-    CSV's description names), an on-demand backup of that cluster, and a database in the
-    first cluster."""
+    CSV's description names), an on-demand backup of that cluster, a transaction-mode
+    PgBouncer pooler in front of the first cluster, and a database in that cluster."""
     credentials = {
         "accessKeyId": {"name": EXAMPLE_BACKUP_SECRET, "key": "accessKeyId"},
         "secretAccessKey": {"name": EXAMPLE_BACKUP_SECRET, "key": "secretAccessKey"},
@@ -290,6 +290,18 @@ def samples() -> list[Manifest]:
             "kind": v1alpha1.BACKUP_KIND,
             "metadata": {"name": "example-backup"},
             "spec": {"cluster": "example-backed-up"},
+        },
+        {
+            "apiVersion": v1alpha1.API_VERSION,
+            "kind": v1alpha1.POOLER_KIND,
+            "metadata": {"name": "example-pooler"},
+            "spec": {
+                "cluster": "example",
+                "type": "rw",
+                "instances": 2,
+                "poolMode": "transaction",
+                "parameters": {"default_pool_size": "20", "max_client_conn": "500"},
+            },
         },
         {
             "apiVersion": v1alpha1.API_VERSION,

@@ -123,6 +123,28 @@ NAMESPACED: tuple[Rule, ...] = (
     # Core v1 only: kopf posts its events there. events.k8s.io is not used, and granting it
     # draws a (false) deprecated-API warning from operator-sdk's bundle validator.
     Rule("", ("events",), ("create",), "kopf's and the operator's events (core/v1)"),
+    # PostgresPooler: kopf watches the poolers; a cluster's pass writes their status and
+    # applies their PgBouncer Deployments (children owned by the pooler).
+    Rule(
+        "pgherd.io",
+        ("postgrespoolers",),
+        ("list", "watch"),
+        "connection poolers: kopf watches them; the cluster's pass decides for them",
+    ),
+    Rule("pgherd.io", ("postgrespoolers/status",), ("patch",), "a pooler's status"),
+    Rule(
+        "pgherd.io",
+        ("postgrespoolers/finalizers",),
+        ("update",),
+        "OwnerReferences with blockOwnerDeletion on a pooler's children where the "
+        "OwnerReferencesPermissionEnforcement admission plugin runs",
+    ),
+    Rule(
+        "apps",
+        ("deployments",),
+        ("list", "watch", "create", "patch"),
+        "the PgBouncer Deployment of each PostgresPooler",
+    ),
     Rule(
         "apps",
         ("statefulsets",),

@@ -1,6 +1,6 @@
 """Every alm-example of the CSV, created as a user creates it from the console, reaches its good
 state with the operator running: the clusters Healthy (the backed-up one archiving), the
-backup Completed, the database applied.
+backup Completed, the pooler Ready, the database applied.
 
 What a user prepares first, as the CSV's description says: the bucket (on a real S3-compatible
 server on 127.0.0.1, tests/s3_server.py) and the credentials Secret the example names, opted in
@@ -78,12 +78,21 @@ def test_every_alm_example_reaches_its_good_state(
     examples = alm_examples()
     assert examples == manifests.samples()
     kinds = [e["kind"] for e in examples]
-    assert set(kinds) == {v1alpha1.KIND, v1alpha1.BACKUP_KIND, v1alpha1.DATABASE_KIND}
+    assert set(kinds) == {
+        v1alpha1.KIND,
+        v1alpha1.BACKUP_KIND,
+        v1alpha1.POOLER_KIND,
+        v1alpha1.DATABASE_KIND,
+    }
     clusters: list[tuple[Cluster, dict[str, Any]]] = []
+    poolers: list[dict[str, Any]] = []
     for example in examples:
         obj = copy.deepcopy(example)
         obj["metadata"]["namespace"] = namespace
-        if obj["kind"] == v1alpha1.KIND:
+        if obj["kind"] == v1alpha1.POOLER_KIND:
+            kube.create(obj)
+            poolers.append(obj)
+        elif obj["kind"] == v1alpha1.KIND:
             if "backup" in obj["spec"]:
                 _prepare_store(kube, namespace, s3, obj)
             kube.create(obj)
@@ -118,6 +127,17 @@ def test_every_alm_example_reaches_its_good_state(
         status = cluster.wait_healthy(obj["spec"]["instances"], timeout=300)
         assert status["conditions"], status
         assert status["secrets"]["app"] == f"{obj['metadata']['name']}-app"
+    for pooler in poolers:
+        name = pooler["metadata"]["name"]
+
+        def ready(name: str = name) -> dict[str, Any] | None:
+            got = kube.get(v1alpha1.POOLER_KIND, namespace, name) or {}
+            status: dict[str, Any] = got.get("status") or {}
+            conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+            return status if conditions.get("Ready") == "True" else None
+
+        status = wait_for(f"PostgresPooler {name} Ready", ready, timeout=180)
+        assert status["readyInstances"] == pooler["spec"]["instances"], status
     for cluster, _ in clusters:
         kube.delete(v1alpha1.KIND, namespace, cluster.name)
 

@@ -305,6 +305,7 @@ def test_main_writes_one_file_per_crd(tmp_path: Path) -> None:
         "pgherd.io_postgresbackups.yaml",
         "pgherd.io_postgresclusters.yaml",
         "pgherd.io_postgresdatabases.yaml",
+        "pgherd.io_postgrespoolers.yaml",
     ]
     assert crds.main([]) == 2
 

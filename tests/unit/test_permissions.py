@@ -14,10 +14,12 @@ import ast
 from pathlib import Path
 
 from pgherd.api import v1alpha1
+from pgherd.api.v1alpha1 import PostgresPooler
 from pgherd.controller.client import KINDS
 from pgherd.controller.runner import OPTIONAL, WATCHED
 from pgherd.controller.snapshot import expected_children
 from pgherd.render.children import desired_children
+from pgherd.render.pooler import render_auth_secret, render_pooler
 from pgherd.render.rbac import render_rbac
 from pgherd_packaging import permissions
 from tests.unit.clusters import PASSWORDS, make_cluster
@@ -28,6 +30,7 @@ KIND_CONSTANTS = {
     "KIND": v1alpha1.KIND,
     "BACKUP_KIND": v1alpha1.BACKUP_KIND,
     "DATABASE_KIND": v1alpha1.DATABASE_KIND,
+    "POOLER_KIND": v1alpha1.POOLER_KIND,
 }
 # What each planned action (pgherd.controller.actions) is, as an API verb.
 ACTION_VERBS = {"Delete": "delete", "Patch": "patch", "Create": "create"}
@@ -40,6 +43,8 @@ KOPF = {
     ("pgherd.io", "postgresbackups", "watch"),
     ("pgherd.io", "postgresdatabases", "list"),
     ("pgherd.io", "postgresdatabases", "watch"),
+    ("pgherd.io", "postgrespoolers", "list"),
+    ("pgherd.io", "postgrespoolers", "watch"),
     ("", "events", "create"),
     ("", "namespaces", "list"),
     ("", "namespaces", "watch"),
@@ -50,6 +55,8 @@ KOPF = {
 IMPLIED = {
     # ownerReferences with blockOwnerDeletion (OwnerReferencesPermissionEnforcement).
     ("pgherd.io", "postgresclusters/finalizers", "update"),
+    # ... and on a PostgresPooler's children, whose controller is the pooler.
+    ("pgherd.io", "postgrespoolers/finalizers", "update"),
 }
 # Every feature on: a cluster with backups renders every kind and every instance rule.
 WITH_BACKUP = {
@@ -62,6 +69,12 @@ WITH_BACKUP = {
             },
         }
     }
+}
+
+
+POOLER = {
+    "metadata": {"name": "pgb", "namespace": "ns", "uid": "u-1"},
+    "spec": {"cluster": "db"},
 }
 
 
@@ -116,6 +129,11 @@ def client_calls() -> set[tuple[str, str, str]]:
     for child in desired_children(make_cluster(WITH_BACKUP), PASSWORDS, pod_monitor=True):
         used |= {(*_resource(child["kind"]), "patch"), (*_resource(child["kind"]), "create")}
     used.add((*_resource(v1alpha1.KIND, "status"), "patch"))
+    # A PostgresPooler's children (and the cluster's pooler Secret), server-side applied.
+    pooler = PostgresPooler.model_validate(POOLER)
+    for child in [*render_pooler(pooler, "img", {"tls.crt": "x"}),
+                  render_auth_secret(make_cluster(), "pw")]:  # fmt: skip
+        used |= {(*_resource(child["kind"]), "patch"), (*_resource(child["kind"]), "create")}
     used.add((*_resource("Event"), "create"))
     return used | planned_writes()
 

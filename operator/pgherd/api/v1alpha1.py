@@ -1584,6 +1584,183 @@ class PostgresBackup(ApiModel):
     status: PostgresBackupStatus | None = Field(default=None, description="Observed state.")
 
 
+# ---- PostgresPooler ---------------------------------------------------------------------
+POOLER_KIND = "PostgresPooler"
+POOLER_PLURAL = "postgrespoolers"
+POOLER_SINGULAR = "postgrespooler"
+POOLER_SHORT_NAMES = ("pgp",)
+MAX_POOLER_INSTANCES = 10
+# The login role PgBouncer's auth_query runs as (pgherd.controller.pooler creates it).
+POOLER_USERNAME = "pgherd_pooler"
+# PgBouncer settings a PostgresPooler may set (spec.parameters). Everything else is refused by
+# the API: the operator owns listening, authentication, TLS, files and the databases section,
+# and an unknown name would make PgBouncer refuse to start.
+POOLER_PARAMETERS: tuple[str, ...] = (
+    "max_client_conn", "default_pool_size", "min_pool_size", "reserve_pool_size",
+    "reserve_pool_timeout", "max_db_connections", "max_user_connections",
+    "server_round_robin", "server_idle_timeout", "server_lifetime", "server_connect_timeout",
+    "server_login_retry", "server_reset_query", "server_reset_query_always",
+    "server_check_query", "server_check_delay", "server_fast_close", "query_timeout",
+    "query_wait_timeout", "cancel_wait_timeout", "client_idle_timeout", "client_login_timeout",
+    "idle_transaction_timeout", "autodb_idle_timeout", "suspend_timeout",
+    "ignore_startup_parameters", "disable_pqexec", "application_name_add_host",
+    "log_connections", "log_disconnections", "log_pooler_errors", "log_stats", "stats_period",
+    "verbose", "tcp_keepalive", "tcp_keepcnt", "tcp_keepidle", "tcp_keepintvl",
+    "tcp_user_timeout", "tcp_defer_accept", "tcp_socket_buffer", "pkt_buf", "sbuf_loopcnt",
+    "max_packet_size", "listen_backlog", "dns_max_ttl", "dns_nxdomain_ttl", "dns_zone_check_period",
+    "max_prepared_statements",
+)  # fmt: skip
+# Settings the operator writes itself: named in the API's refusal so that the message says why.
+POOLER_OWNED_PARAMETERS: tuple[str, ...] = (
+    "listen_addr", "listen_port", "unix_socket_dir", "unix_socket_mode", "unix_socket_group",
+    "pidfile", "logfile", "syslog", "user", "pool_mode", "admin_users", "stats_users",
+    "auth_type", "auth_file", "auth_hba_file", "auth_user", "auth_query", "auth_dbname",
+    "conffile", "service_name", "job_name", "so_reuseport", "peer_id",
+)  # fmt: skip
+MAX_POOLER_PARAMETER_VALUE = 1024
+
+
+def _pooler_parameter_rules() -> list[dict[str, JsonValue]]:
+    allowed = _cel_list(POOLER_PARAMETERS)
+    owned = (
+        f"(k in {_cel_list(POOLER_OWNED_PARAMETERS)} || k.startsWith('auth_')"
+        " || k.contains('_tls_') || k.startsWith('tls_'))"
+    )
+    return [
+        {
+            "rule": f"self.all(k, !{owned})",
+            "messageExpression": "'parameters: ' + self.filter(k, " + owned + ")[0] + ' is "
+            "managed by pgherd (it owns listening, authentication, TLS and files) and cannot be "
+            "set'",
+            "message": "parameters: a PgBouncer setting managed by pgherd cannot be set",
+        },
+        {
+            "rule": f"self.all(k, k in {allowed} || {owned})",
+            "messageExpression": "'parameters: ' + self.filter(k, !(k in " + allowed + "))[0]"
+            " + ' is not a PgBouncer setting a PostgresPooler may set (see docs/pooler.md for "
+            "the list)'",
+            "message": "parameters: not a PgBouncer setting a PostgresPooler may set",
+        },
+        {
+            "rule": "self.all(k, !self[k].contains('\\n') && !self[k].contains('\\r'))",
+            "message": "parameters: a value must not contain a line break",
+        },
+    ]
+
+
+class PoolerResourcesSpec(ApiModel):
+    """Compute resources of each pooler container (Kubernetes quantities)."""
+
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict, description="Requests, e.g. {cpu: 100m, memory: 64Mi}."
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict, description="Limits, e.g. {memory: 128Mi}."
+    )
+
+
+class PostgresPoolerSpec(ApiModel):
+    """A PgBouncer pool in front of a PostgresCluster's read-write or read-only Service."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                _cel("self.cluster == oldSelf.cluster", "cluster is immutable", ".cluster"),
+            ]
+        }
+    )
+
+    cluster: str = Field(
+        max_length=MAX_NAME_LENGTH,
+        pattern=DNS_LABEL_PATTERN,
+        description="Name of the PostgresCluster (same namespace) the pooler serves. Immutable.",
+    )
+    type: Literal["rw", "ro"] = Field(
+        default="rw",
+        description="rw: the cluster's <cluster>-rw Service (the primary); ro: <cluster>-ro "
+        "(the replicas).",
+    )
+    instances: int = Field(
+        default=1, ge=0, le=MAX_POOLER_INSTANCES, description="Number of PgBouncer pods."
+    )
+    pool_mode: Literal["session", "transaction"] = Field(
+        default="session",
+        description="session: a server connection per client session; transaction: a server "
+        "connection per transaction (session state such as SET or prepared statements does not "
+        "carry over).",
+    )
+    parameters: Annotated[
+        dict[str, Annotated[str, StringConstraints(max_length=MAX_POOLER_PARAMETER_VALUE)]],
+        WithJsonSchema(
+            {
+                "type": "object",
+                "maxProperties": 64,
+                "additionalProperties": {
+                    "type": "string",
+                    "maxLength": MAX_POOLER_PARAMETER_VALUE,
+                },
+                "x-kubernetes-validations": _pooler_parameter_rules(),
+            }
+        ),
+    ] = Field(
+        default_factory=dict,
+        description="PgBouncer settings ([pgbouncer] section), reloaded without dropping "
+        "connections. Only the settings listed in docs/pooler.md are accepted; listening, "
+        "authentication, TLS and file settings are the operator's.",
+    )
+    paused: bool = Field(
+        default=False,
+        description="PAUSE the pool (for maintenance): new queries wait until it is set back "
+        "to false (RESUME).",
+    )
+    resources: PoolerResourcesSpec = Field(
+        default_factory=PoolerResourcesSpec, description="Compute resources of each pod."
+    )
+
+    @field_validator("parameters")
+    @classmethod
+    def _allowed(cls, parameters: dict[str, str]) -> dict[str, str]:
+        # The API refuses these; a stored object from before a rule must not reach a file.
+        for key, value in parameters.items():
+            if key not in POOLER_PARAMETERS:
+                raise ValueError(f"{key!r} is not a PgBouncer setting a PostgresPooler may set")
+            if "\n" in value or "\r" in value:
+                raise ValueError(f"the value of {key!r} contains a line break")
+        return parameters
+
+
+class PostgresPoolerStatus(ApiModel):
+    """Observed state of a pooler."""
+
+    instances: int | None = Field(default=None, description="PgBouncer pods that exist.")
+    ready_instances: int | None = Field(default=None, description="PgBouncer pods ready.")
+    service: str | None = Field(default=None, description="Service clients connect to.")
+    paused: bool | None = Field(default=None, description="Whether the pool is paused.")
+    observed_generation: int | None = Field(
+        default=None, description="Generation of the spec last acted on."
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list, description="Ready, with a reason and message when not."
+    )
+    kopf: FreeForm | None = Field(
+        default=None, description="Bookkeeping of the operator framework (kopf)."
+    )
+
+
+# The pooler's name names its Deployment and Service: the cluster's rules on names apply.
+POOLER_ROOT_VALIDATIONS = ROOT_VALIDATIONS
+
+
+class PostgresPooler(ApiModel):
+    """A PgBouncer connection pooler in front of a PostgresCluster."""
+
+    api_version: str = Field(default=API_VERSION, description="API version.")
+    kind: str = Field(default=POOLER_KIND, description="Kind.")
+    metadata: ObjectMeta = Field(description="Standard object metadata.")
+    spec: PostgresPoolerSpec = Field(description="Desired state.")
+    status: PostgresPoolerStatus | None = Field(default=None, description="Observed state.")
+
+
 # ---- PostgresDatabase -------------------------------------------------------------------
 DATABASE_KIND = "PostgresDatabase"
 DATABASE_PLURAL = "postgresdatabases"

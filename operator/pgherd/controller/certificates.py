@@ -306,3 +306,27 @@ def plan_tls(
         renew_at=_renew_at([*mine, ca], policy.renew_fraction),
     )
     return Outcome(ca_data, tls, server_trust, tuple(issued), tuple(problems), status)
+
+
+# ---- PostgresPooler ---------------------------------------------------------------------
+def issue_pooler(
+    stored: Mapping[str, str],
+    ca_data: Mapping[str, str],
+    *,
+    common_name: str,
+    dns_names: Sequence[str],
+    now: datetime,
+    policy: Policy,
+    mint: Mint,
+) -> tuple[pki.KeyPair, tuple[str, str] | None]:
+    """A pooler's certificate for its Service names, signed by the cluster's issuing CA:
+    the stored one while it is good (same rules as the server's), else a new one, with the
+    Event that says why."""
+    ca = pki.KeyPair(ca_data[CA_CERT], ca_data[CA_KEY])
+    issued: list[tuple[str, str]] = []
+    pair = _issue(
+        stored, (contract.TLS_CERT, contract.TLS_KEY), f"pooler {common_name}", ca, mint,
+        common_name=common_name, dns_names=dns_names, client=False, now=now, policy=policy,
+        issued=issued,
+    )  # fmt: skip
+    return pair, (issued[0] if issued else None)

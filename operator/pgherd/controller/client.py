@@ -56,6 +56,9 @@ KINDS: dict[str, Kind] = {
     "PostgresCluster": Kind("pgherd.io/v1alpha1", "postgresclusters"),
     "PostgresBackup": Kind("pgherd.io/v1alpha1", "postgresbackups"),
     "PostgresDatabase": Kind("pgherd.io/v1alpha1", "postgresdatabases"),
+    # PostgresPooler: the pooler itself and its PgBouncer Deployments.
+    "PostgresPooler": Kind("pgherd.io/v1alpha1", "postgrespoolers"),
+    "Deployment": Kind("apps/v1", "deployments"),
     "StorageClass": Kind("storage.k8s.io/v1", "storageclasses", namespaced=False),
     "Namespace": Kind("v1", "namespaces", namespaced=False),
     "ClusterRole": Kind("rbac.authorization.k8s.io/v1", "clusterroles", namespaced=False),

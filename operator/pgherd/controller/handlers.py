@@ -18,6 +18,7 @@ from pgherd.api.v1alpha1 import (
     DATABASE_PLURAL,
     GROUP,
     PLURAL,
+    POOLER_PLURAL,
     VERSION,
     ObjectMeta,
 )
@@ -59,6 +60,13 @@ def backup_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
     raw = dict(event["object"])
     meta = ObjectMeta.model_validate(raw["metadata"])
     _controller(memo).on_backup(event.get("type"), meta, raw)
+
+
+@kopf.on.event(GROUP, VERSION, POOLER_PLURAL)
+def pooler_event(event: kopf.RawEvent, memo: kopf.Memo, **_: Any) -> None:
+    raw = dict(event["object"])
+    meta = ObjectMeta.model_validate(raw["metadata"])
+    _controller(memo).on_pooler(event.get("type"), meta, raw)
 
 
 @kopf.on.event(GROUP, VERSION, DATABASE_PLURAL)

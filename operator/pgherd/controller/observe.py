@@ -17,9 +17,9 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from pgherd.api.v1alpha1 import BACKUP_KIND, DATABASE_KIND, KIND, PostgresCluster
+from pgherd.api.v1alpha1 import BACKUP_KIND, DATABASE_KIND, KIND, POOLER_KIND, PostgresCluster
 from pgherd.contract import TLS_CA
-from pgherd.controller import databases_read, postgres, references, roles, sql
+from pgherd.controller import databases_read, pooler_read, postgres, references, roles, sql
 from pgherd.controller.backups import recovery_source_store
 from pgherd.controller.cache import Cache
 from pgherd.controller.client import Manifest
@@ -81,13 +81,16 @@ def observe(
     backups = tuple(
         b for b in cache.all(BACKUP_KIND, namespace) if (b.get("spec") or {}).get("cluster") == name
     )
+    poolers = tuple(
+        p for p in cache.all(POOLER_KIND, namespace) if (p.get("spec") or {}).get("cluster") == name
+    )
     databases = tuple(
         d
         for d in cache.all(DATABASE_KIND, namespace)
         if (d.get("spec") or {}).get("cluster") == name
     )
     if raw is None:
-        return Snapshot(namespace, name, now, backups=backups, databases=databases)
+        return Snapshot(namespace, name, now, backups=backups, poolers=poolers, databases=databases)
     cluster, invalid = _parse(raw)
     children: dict[ChildKey, Manifest] = {}
     for kind in CHILD_KINDS:
@@ -145,6 +148,7 @@ def observe(
         claims=tuple(c for c in claims if selected(c)),
         usable_secrets=usable,
         backups=backups,
+        poolers=poolers,
         databases=databases,
         pod_monitors_served=cache.listed("PodMonitor"),
     )
@@ -182,6 +186,9 @@ def observe(
     # own field to the snapshot here).
     snapshot = dataclasses.replace(snapshot, sql_target=target)
     snapshot = dataclasses.replace(snapshot, roles_seen=_roles_seen(read_sql, target, cluster))
+    # PostgresPooler: its role and auth_query functions, only while the cluster has a pooler.
+    if poolers:
+        snapshot = dataclasses.replace(snapshot, pooler_seen=pooler_read.read(read_sql, target))
     if snapshot.databases:
         seen = databases_read.read(read_sql, target, snapshot.databases)
         snapshot = dataclasses.replace(snapshot, databases_seen=seen)

@@ -32,7 +32,15 @@ from pgherd.api.v1alpha1 import (
     PostgresCluster,
     RecoverySource,
 )
-from pgherd.controller import backups, certificates, credentials, databases, references, roles
+from pgherd.controller import (
+    backups,
+    certificates,
+    credentials,
+    databases,
+    poolers,
+    references,
+    roles,
+)
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import (
     Action,
@@ -111,7 +119,13 @@ def plan(
     """The actions for one pass over the cluster, and why."""
     stale_after = timedelta(seconds=settings.backup_stale_seconds)
     if snapshot.raw is None or snapshot.cluster is None:
-        return plan_without_cluster(snapshot, stale_after)
+        # Gone, or its spec does not parse: nothing of it is touched; its backups are told.
+        invalid = (Problem(c.INVALID_SPEC, snapshot.invalid),) if snapshot.invalid else ()
+        # A cluster gone tells its databases too; an invalid spec leaves them be.
+        return with_databases(Plan(tuple(
+            backups.plan_backups(snapshot, stale_after) + plan_pooler_actions(
+                snapshot, None, settings, new_password=new_password, mint=mint)
+        ), invalid), snapshot)  # fmt: skip
     cluster = snapshot.cluster
     actions: list[Action] = []
     problems: list[Problem] = list(dcs_conflicts(snapshot))
@@ -176,7 +190,9 @@ def plan(
         cluster, snapshot, has_primary=primary is not None
     )
     actions += schedule_actions
-    actions += backups.plan_prune(cluster, snapshot)
+    actions += backups.plan_prune(cluster, snapshot) + plan_pooler_actions(
+        snapshot, resolved, settings, image=image, tls=tls, new_password=new_password, mint=mint
+    )
     restored_from = (
         cluster.status.backup.restored_from if cluster.status and cluster.status.backup else None
     ) or gate.resolved
@@ -215,20 +231,12 @@ def with_managed_roles(decided: Plan, cluster: PostgresCluster, snapshot: Snapsh
 def with_databases(decided: Plan, snapshot: Snapshot) -> Plan:
     """The plan with the PostgresDatabases' SQL last (after the managed roles': a database's
     owner may be created by the same pass), and their decisions for status after act."""
-    if not snapshot.databases:
+    if not snapshot.databases or (snapshot.raw is not None and snapshot.cluster is None):
         return decided
     db_actions, db_decisions = databases.plan_databases(snapshot)
     return dataclasses.replace(
         decided, actions=(*decided.actions, *db_actions), databases=db_decisions
     )
-
-
-def plan_without_cluster(snapshot: Snapshot, stale_after: timedelta) -> Plan:
-    """A cluster gone, or whose spec does not parse: nothing of it is touched; its backups
-    are told, and so are its databases when it is gone (an invalid spec leaves them be)."""
-    invalid = (Problem(c.INVALID_SPEC, snapshot.invalid),) if snapshot.invalid else ()
-    gone = Plan(tuple(backups.plan_backups(snapshot, stale_after)), invalid)
-    return with_databases(gone, snapshot) if snapshot.raw is None else gone
 
 
 def plan_disruption(
@@ -880,3 +888,40 @@ def scaling_activity(cluster: PostgresCluster, snapshot: Snapshot) -> Activity |
     if snapshot.primary is None and cluster.status is None:
         return Activity(c.CREATING, f"creating {want} instances")
     return Activity(c.SCALING, f"scaling from {have} to {want} instances")
+
+
+# ---- PostgresPooler ---------------------------------------------------------------------
+def plan_pooler_actions(
+    snapshot: Snapshot,
+    cluster: PostgresCluster | None,
+    settings: Settings,
+    *,
+    new_password: Generator,
+    mint: certificates.Mint | None,
+    image: str | None = None,
+    tls: certificates.Outcome | None = None,
+) -> list[Action]:
+    """The cluster's poolers (pgherd.controller.poolers): their role, children and status.
+    A cluster whose spec does not parse is no cluster to a pooler."""
+    problem = (
+        (poolers.CLUSTER_INVALID, f"PostgresCluster {snapshot.name!r}: {snapshot.invalid}")
+        if snapshot.raw is not None and snapshot.cluster is None
+        else None
+    )
+    inputs = poolers.Inputs(
+        cluster=cluster,
+        children=snapshot.children,
+        poolers=snapshot.poolers,
+        seen=snapshot.pooler_seen,
+        target=snapshot.sql_target,
+        now=snapshot.now,
+        image=image,
+        tls=tls,
+        policy=poolers.policy_from(
+            settings.tls_ca_lifetime_seconds,
+            settings.tls_certificate_lifetime_seconds,
+            settings.tls_renew_fraction,
+        ),
+        cluster_problem=problem,
+    )
+    return poolers.plan_poolers(inputs, new_password, mint)

@@ -16,7 +16,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from pgherd.api.v1alpha1 import BACKUP_KIND, DATABASE_KIND, KIND, ObjectMeta
+from pgherd.api.v1alpha1 import BACKUP_KIND, DATABASE_KIND, KIND, POOLER_KIND, ObjectMeta
 from pgherd.controller.cache import Cache, Informer, trim
 from pgherd.controller.client import ApiError, Client, Manifest
 from pgherd.controller.metrics import OperatorMetrics
@@ -45,6 +45,8 @@ WATCHED: tuple[tuple[str, str], ...] = (
     ("ConfigMap", CLUSTER),
     ("Secret", CLUSTER),
     ("Secret", f"{USE_LABEL}=true"),
+    # PostgresPooler: the PgBouncer Deployments (labelled for their cluster).
+    ("Deployment", CLUSTER),
 )
 # Kinds of CRDs that may be missing (the Prometheus Operator's): watched once the API serves
 # them, looked for at start and at every resync, so installing the CRD later needs no restart.
@@ -69,6 +71,7 @@ class Controller:
         self.clusters = self.cache.store(KIND)
         self.backups = self.cache.store(BACKUP_KIND)
         self.databases = self.cache.store(DATABASE_KIND)
+        self.poolers = self.cache.store(POOLER_KIND)
         self.queue = WorkQueue(metrics=self.metrics)
         self.reconciler = Reconciler(self.cache, client, settings, metrics=self.metrics)
         self.informers: list[Informer] = []
@@ -134,6 +137,21 @@ class Controller:
         cluster = (body.get("spec") or {}).get("cluster")
         if cluster:
             self.enqueue((meta.namespace, cluster))
+
+    def on_pooler(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
+        """A PostgresPooler changed: its cluster's pass decides for it (as for backups)."""
+        self.metrics.watch_event(POOLER_KIND, event or LISTED)
+        old = self.cache.get(POOLER_KIND, meta.namespace, meta.name)
+        if event == "DELETED":
+            self.cache.remove(self.poolers, meta.namespace, meta.name)
+        elif not self.cache.put(self.poolers, trim(POOLER_KIND, body)):
+            return  # the status the operator just wrote: nothing new
+        clusters = {
+            (body.get("spec") or {}).get("cluster"),
+            ((old or {}).get("spec") or {}).get("cluster"),
+        }
+        for cluster in sorted(c for c in clusters if c):
+            self.enqueue((meta.namespace, str(cluster)), now=True)
 
     def on_database(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
         self.metrics.watch_event(DATABASE_KIND, event or LISTED)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
@@ -20,6 +20,9 @@ from pgherd.controller.databases import DatabasesSeen
 from pgherd.controller.roles import RolesSeen
 from pgherd.controller.sql import Target
 from pgherd.render import labels, names
+
+if TYPE_CHECKING:
+    from pgherd.controller.poolers import PoolerSeen
 
 Manifest = dict[str, Any]
 REVISION_LABEL = "controller-revision-hash"
@@ -35,6 +38,9 @@ CHILD_KINDS = (
     "StatefulSet",
     "PodDisruptionBudget",
     "PodMonitor",
+    # PostgresPooler: the Deployments of a cluster's poolers (their other children are
+    # ConfigMaps, Secrets and Services, labelled for the cluster too).
+    "Deployment",
 )
 ChildKey = tuple[str, str]  # (kind, name)
 
@@ -188,6 +194,10 @@ class Snapshot:
     # ---- PostgresDatabase (pgherd.controller.databases)
     databases: tuple[Manifest, ...] = ()  # PostgresDatabases naming this cluster
     databases_seen: DatabasesSeen | None = None  # what the primary holds of them
+    # PostgresPooler: the poolers naming this cluster, as stored, and what the primary holds
+    # for them (read only while there is one).
+    poolers: tuple[Manifest, ...] = ()
+    pooler_seen: PoolerSeen | None = None
 
     # ---- derived views ---------------------------------------------------------------
     def child(self, kind: str, name: str) -> Manifest | None:

@@ -88,6 +88,17 @@ def _resources(cluster: PostgresCluster) -> dict[str, Any]:
     return out
 
 
+def restricted_container() -> dict[str, Any]:
+    """A container's securityContext under the `restricted` Pod Security Standard, with a
+    read-only root filesystem (also the PgBouncer pods', pgherd.render.pooler)."""
+    return {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
+
+
 def _container(cluster: PostgresCluster, image: str) -> dict[str, Any]:
     return {
         "name": contract.CONTAINER,
@@ -117,12 +128,7 @@ def _container(cluster: PostgresCluster, image: str) -> dict[str, Any]:
         # initdb or a base backup of a large primary takes a while before Patroni's loop runs.
         "startupProbe": _http_probe("/liveness", period=5, failures=120),
         "resources": _resources(cluster),
-        "securityContext": {
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "readOnlyRootFilesystem": True,
-            "runAsNonRoot": True,
-        },
+        "securityContext": restricted_container(),
         "volumeMounts": [
             {"name": contract.DATA_VOLUME, "mountPath": contract.DATA_MOUNT},
             {"name": "config", "mountPath": contract.CONFIG_DIR, "readOnly": True},

@@ -1,0 +1,232 @@
+"""PostgresPooler on real PostgreSQL, Patroni and PgBouncer: a transaction-mode pooler in front
+of a 2-instance cluster. A client through the pooler (TLS, authenticated by auth_query as the
+application's user) keeps writing across a failover through the same PgBouncer process; a
+changed setting reloads PgBouncer without dropping an open connection; pause holds queries
+until resume; the API refuses a setting that is not allowed."""
+
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgherd.controller.client import Client as Kube
+from pgherd_dev.controlplane import ControlPlane
+from pgherd_dev.kubelet import PORTS_ANNOTATION
+from tests.operator_harness import Cluster, Operator, refused, wait_for
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+POOLER = "pgb"
+
+
+def _pooler(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "pgherd.io/v1alpha1",
+        "kind": "PostgresPooler",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": spec,
+    }
+
+
+class Through:
+    """Connections to the pooler's pod, verifying its certificate by its Service's name."""
+
+    def __init__(self, kube: Kube, cluster: Cluster, cp: ControlPlane) -> None:
+        self.kube, self.cluster, self.cp = kube, cluster, cp
+        ns = cluster.namespace
+        pods = kube.list(
+            "Pod", ns, f"app.kubernetes.io/name=pgbouncer,app.kubernetes.io/instance={POOLER}"
+        )
+        assert len(pods) == 1, pods
+        self.pod = pods[0]
+        self.port = int(
+            json.loads(self.pod["metadata"]["annotations"][PORTS_ANNOTATION])["pgbouncer"]
+        )
+        secret = kube.get("Secret", ns, f"{POOLER}-tls")
+        assert secret is not None
+        self.ca = Path(tempfile.gettempdir()) / f"pgherd-{ns}-{POOLER}-ca.crt"
+        self.ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        user, password, dbname = self.cluster.app_credentials()
+        return psycopg.connect(
+            host=f"{POOLER}.{self.cluster.namespace}.svc", hostaddr="127.0.0.1",
+            port=str(self.port), sslmode="verify-full", sslrootcert=str(self.ca), user=user,
+            password=password, dbname=dbname, connect_timeout="5", autocommit=True,
+            application_name="pooler-test",
+            # Transaction pooling: no server-side prepared statements (PgBouncer 1.18 does
+            # not carry them from one server connection to the next).
+            prepare_threshold=None, **kwargs,
+        )  # fmt: skip
+
+    def pid(self) -> int:
+        ns, name = self.cluster.namespace, self.pod["metadata"]["name"]
+        return int((self.cp.workdir / "pods" / ns / name / "current" / "pid").read_text())
+
+
+class Writer(threading.Thread):
+    """Inserts rows through the pooler, one transaction each; reconnects (to the same
+    pooler) after an error; records every failed transaction and when it happened."""
+
+    def __init__(self, through: Through) -> None:
+        super().__init__(daemon=True)
+        self.through = through
+        self.acked: list[int] = []
+        self.committed: list[float] = []
+        self.failures: list[float] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        n = 0
+        conn: psycopg.Connection[Any] | None = None
+        while not self.stop.is_set():
+            try:
+                if conn is None:
+                    conn = self.through.connect()
+                n += 1
+                conn.execute("INSERT INTO through_pooler (id) VALUES (%s)", (n,))
+                self.acked.append(n)
+                self.committed.append(time.monotonic())
+                time.sleep(0.02)
+            except psycopg.Error as e:
+                self.failures.append(time.monotonic())
+                self.errors.append(str(e).strip().splitlines()[0] if str(e) else type(e).__name__)
+                if conn is not None:
+                    conn.close()
+                conn = None
+                time.sleep(0.1)
+        if conn is not None:
+            conn.close()
+
+
+def _ready(kube: Kube, namespace: str) -> dict[str, Any] | None:
+    got = kube.get("PostgresPooler", namespace, POOLER) or {}
+    status = got.get("status") or {}
+    ready = next((c for c in status.get("conditions", []) if c["type"] == "Ready"), {})
+    return status if ready.get("status") == "True" else None
+
+
+def test_pooler_follows_failover_reloads_and_pauses(
+    operator: Operator, kube: Kube, namespace: str, control_plane: ControlPlane
+) -> None:
+    started = time.monotonic()
+    # Bad input first: the API refuses what the pooler may not set, saying which and why.
+    unknown = refused(lambda: kube.create(_pooler(namespace, "bad", {
+        "cluster": "pool", "parameters": {"bogus_setting": "1"}})))  # fmt: skip
+    assert "bogus_setting is not a PgBouncer setting a PostgresPooler may set" in unknown
+    owned = refused(lambda: kube.create(_pooler(namespace, "bad", {
+        "cluster": "pool", "parameters": {"listen_port": "1"}})))  # fmt: skip
+    assert "listen_port is managed by pgherd" in owned
+
+    # A pooler for a cluster that does not exist (yet) says so.
+    kube.create(_pooler(namespace, POOLER, {"cluster": "pool", "poolMode": "transaction"}))
+    wait_for(
+        "ClusterNotFound",
+        lambda: any(
+            c.get("reason") == "ClusterNotFound"
+            for c in (
+                (kube.get("PostgresPooler", namespace, POOLER) or {}).get("status") or {}
+            ).get("conditions", [])
+        ),
+        timeout=30,
+    )
+    cluster = Cluster(kube, namespace, "pool")
+    cluster.create({"instances": 2, "patroni": {"ttl": 20, "loopWait": 2, "retryTimeout": 5}})
+    cluster.wait_healthy(2)
+    status = wait_for("the pooler Ready", lambda: _ready(kube, namespace), timeout=120)
+    assert status["readyInstances"] == 1 and status["service"] == POOLER
+    print(f"cluster and pooler ready in {time.monotonic() - started:.1f}s")
+
+    through = Through(kube, cluster, control_plane)
+    with through.connect() as conn:
+        assert conn.info.parameter_status("server_version")
+        assert conn.pgconn.ssl_in_use
+        conn.execute("CREATE TABLE through_pooler (id int PRIMARY KEY)")
+    # auth_query refuses the superuser: it never logs in through the pooler.
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(
+            host=f"{POOLER}.{namespace}.svc", hostaddr="127.0.0.1", port=str(through.port),
+            sslmode="verify-full", sslrootcert=str(through.ca), user="postgres",
+            password=cluster.superuser_password(), dbname="postgres", connect_timeout="5",
+        ).close()  # fmt: skip
+    pid = through.pid()
+
+    # ---- failover: the same PgBouncer process reaches the new primary -----------------
+    writer = Writer(through)
+    writer.start()
+    wait_for("writes flowing through the pooler", lambda: len(writer.acked) > 50, timeout=30)
+    old = cluster.primary()
+    killed_at = time.monotonic()
+    cluster.kill(old, control_plane, hold=True)
+    wait_for("a replica promoted", lambda: (p := cluster.primary()) != old and p, timeout=90)
+    count = len(writer.acked)
+    wait_for("writes through the pooler again", lambda: len(writer.acked) > count + 50, timeout=60)
+    writer.stop.set()
+    writer.join(timeout=10)
+    # The outage: the longest time without a commit from the kill on (a transaction that
+    # waited in PgBouncer's queue meanwhile, then committed, is not a failed one).
+    times = [t for t in writer.committed if t >= killed_at]
+    start = max(t for t in writer.committed if t < killed_at)
+    outage = max(b - a for a, b in zip([start, *times], times, strict=False))
+    print(
+        f"failover through the pooler: {len(writer.failures)} failed transactions, longest "
+        f"time without a commit {outage:.1f}s, {len(writer.acked)} committed; errors: "
+        f"{sorted(set(writer.errors))[:3]}"
+    )
+    assert len(writer.failures) <= 5, writer.errors
+    assert through.pid() == pid, "the pooler's process was restarted"
+    again = kube.get("Pod", namespace, through.pod["metadata"]["name"])
+    assert again is not None and again["metadata"]["uid"] == through.pod["metadata"]["uid"]
+    with cluster.connect(cluster.primary()) as conn:
+        stored = {r[0] for r in conn.execute("SELECT id FROM through_pooler")}
+    assert set(writer.acked) <= stored
+    cluster.release(old)
+
+    # ---- reload: a setting changes, an open connection stays --------------------------
+    held = through.connect()
+    assert " - " not in str(held.execute("SHOW application_name").fetchone()[0])
+    kube.patch("PostgresPooler", namespace, POOLER, {"spec": {"parameters": {
+        "application_name_add_host": "1", "default_pool_size": "10"}}})  # fmt: skip
+
+    def reloaded() -> bool:
+        with through.connect() as fresh:
+            return " - 127.0.0.1:" in str(fresh.execute("SHOW application_name").fetchone()[0])
+
+    wait_for("pgbouncer to reload the new setting", reloaded, timeout=60, interval=1)
+    assert held.execute("SELECT 1").fetchone() == (1,), "the open connection was dropped"
+    assert through.pid() == pid, "a reload must not restart PgBouncer"
+
+    # ---- pause and resume -------------------------------------------------------------
+    kube.patch("PostgresPooler", namespace, POOLER, {"spec": {"paused": True}})
+    wait_for(
+        "status.paused",
+        lambda: ((kube.get("PostgresPooler", namespace, POOLER) or {}).get("status") or {}).get(
+            "paused"
+        ),
+        timeout=30,
+    )
+    time.sleep(8)  # the pod sees its mounted ConfigMap within the kubelet's refresh period
+    done = threading.Event()
+
+    def query() -> None:
+        held.execute("SELECT 1")
+        done.set()
+
+    waiting = threading.Thread(target=query, daemon=True)
+    waiting.start()
+    assert not done.wait(4), "a query ran while the pool was paused"
+    resumed_at = time.monotonic()
+    kube.patch("PostgresPooler", namespace, POOLER, {"spec": {"paused": False}})
+    assert done.wait(30), "the query did not complete after resume"
+    print(f"paused query completed {time.monotonic() - resumed_at:.1f}s after resume")
+    held.close()
+    assert through.pid() == pid
