@@ -12,8 +12,10 @@ Writes bench-results/bench.json. Not a test: it asserts nothing, it measures.
   - WAL archive lag under a steady insert load of PGHERD_BENCH_WAL_ROWS rows/s (default
     5000) for PGHERD_BENCH_WAL_SECONDS (default 60) seconds, archiving to moto;
   - the operator's own metrics: its RSS and CPU with N clusters, metrics on vs off, and the
-    time and size of a /metrics scrape.
-PGHERD_BENCH_ONLY=latency,ha,backup,wal,tls,metrics runs some sections only (default: all),
+    time and size of a /metrics scrape;
+  - the pooler: pgbench through a PostgresPooler vs direct at 10, 100 and 500 clients (TPS,
+    connection set-up time) and the write outage through it during a failover (bench.pooler).
+PGHERD_BENCH_ONLY=latency,ha,backup,wal,tls,metrics,pooler runs some sections only (default: all),
 writing bench-results/bench-<sections>.json instead.
 Clusters in the latency runs park their pods off every node (nodeSelector), so only the
 operator's work is timed and 600 PostgreSQL servers are not needed.
@@ -401,7 +403,7 @@ def _backups(kube: Kube, tmp: Path, sections: set[str], results: dict[str, Any])
         s3.stop()
 
 
-SECTIONS = ("latency", "ha", "backup", "wal", "tls", "metrics")
+SECTIONS = ("latency", "ha", "backup", "wal", "tls", "metrics", "pooler")
 
 
 def _connect_ms(cluster: Cluster, pod: str, count: int, **kw: Any) -> dict[str, float]:
@@ -545,6 +547,10 @@ def main() -> int:
                 _backups(kube, Path(tmp), sections, results)
             if "tls" in sections:
                 results["tls"] = tls_costs(kube, _ns(kube, "bench-tls"))
+            if "pooler" in sections:
+                from bench.pooler import pooler_costs  # noqa: PLC0415 - that section only
+
+                results["pooler"] = pooler_costs(kube, cp, _ns(kube, "bench-pooler"))
             op.stop(signal.SIGTERM)
             if "metrics" in sections:  # with operators of its own, one at a time
                 results[f"operator_metrics_{n}_clusters"] = metrics_costs(kube, cp, Path(tmp), n)

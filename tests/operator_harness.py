@@ -210,6 +210,42 @@ class Cluster:
 WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 
+class PoolerClient:
+    """Connections to the pooler's pod, verifying its certificate by its Service's name."""
+
+    def __init__(self, kube: Kube, cluster: Cluster, cp: ControlPlane, name: str) -> None:
+        self.kube, self.cluster, self.cp, self.name = kube, cluster, cp, name
+        ns = cluster.namespace
+        pods = kube.list(
+            "Pod", ns, f"app.kubernetes.io/name=pgbouncer,app.kubernetes.io/instance={self.name}"
+        )
+        assert len(pods) == 1, pods
+        self.pod = pods[0]
+        self.port = int(
+            json.loads(self.pod["metadata"]["annotations"][PORTS_ANNOTATION])["pgbouncer"]
+        )
+        secret = kube.get("Secret", ns, f"{self.name}-tls")
+        assert secret is not None
+        self.ca = Path(tempfile.gettempdir()) / f"pgherd-{ns}-{self.name}-ca.crt"
+        self.ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
+        user, password, dbname = self.cluster.app_credentials()
+        return psycopg.connect(
+            host=f"{self.name}.{self.cluster.namespace}.svc", hostaddr="127.0.0.1",
+            port=str(self.port), sslmode="verify-full", sslrootcert=str(self.ca), user=user,
+            password=password, dbname=dbname, connect_timeout="5", autocommit=True,
+            application_name="pgherd-pooler-client",
+            # Transaction pooling: no server-side prepared statements (PgBouncer 1.18 does
+            # not carry them from one server connection to the next).
+            prepare_threshold=None, **kwargs,
+        )  # fmt: skip
+
+    def pid(self) -> int:
+        ns, name = self.cluster.namespace, self.pod["metadata"]["name"]
+        return int((self.cp.workdir / "pods" / ns / name / "current" / "pid").read_text())
+
+
 def _epoch(event: dict[str, Any]) -> float:
     """When the apiserver received an audited request, in epoch seconds."""
     stamp = event["requestReceivedTimestamp"].rstrip("Z")

@@ -6,12 +6,8 @@ until resume; the API refuses a setting that is not allowed."""
 
 from __future__ import annotations
 
-import base64
-import json
-import tempfile
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,8 +15,7 @@ import pytest
 
 from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
-from pgherd_dev.kubelet import PORTS_ANNOTATION
-from tests.operator_harness import Cluster, Operator, refused, wait_for
+from tests.operator_harness import Cluster, Operator, PoolerClient, refused, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -36,47 +31,11 @@ def _pooler(namespace: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class Through:
-    """Connections to the pooler's pod, verifying its certificate by its Service's name."""
-
-    def __init__(self, kube: Kube, cluster: Cluster, cp: ControlPlane) -> None:
-        self.kube, self.cluster, self.cp = kube, cluster, cp
-        ns = cluster.namespace
-        pods = kube.list(
-            "Pod", ns, f"app.kubernetes.io/name=pgbouncer,app.kubernetes.io/instance={POOLER}"
-        )
-        assert len(pods) == 1, pods
-        self.pod = pods[0]
-        self.port = int(
-            json.loads(self.pod["metadata"]["annotations"][PORTS_ANNOTATION])["pgbouncer"]
-        )
-        secret = kube.get("Secret", ns, f"{POOLER}-tls")
-        assert secret is not None
-        self.ca = Path(tempfile.gettempdir()) / f"pgherd-{ns}-{POOLER}-ca.crt"
-        self.ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
-
-    def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
-        user, password, dbname = self.cluster.app_credentials()
-        return psycopg.connect(
-            host=f"{POOLER}.{self.cluster.namespace}.svc", hostaddr="127.0.0.1",
-            port=str(self.port), sslmode="verify-full", sslrootcert=str(self.ca), user=user,
-            password=password, dbname=dbname, connect_timeout="5", autocommit=True,
-            application_name="pooler-test",
-            # Transaction pooling: no server-side prepared statements (PgBouncer 1.18 does
-            # not carry them from one server connection to the next).
-            prepare_threshold=None, **kwargs,
-        )  # fmt: skip
-
-    def pid(self) -> int:
-        ns, name = self.cluster.namespace, self.pod["metadata"]["name"]
-        return int((self.cp.workdir / "pods" / ns / name / "current" / "pid").read_text())
-
-
 class Writer(threading.Thread):
     """Inserts rows through the pooler, one transaction each; reconnects (to the same
     pooler) after an error; records every failed transaction and when it happened."""
 
-    def __init__(self, through: Through) -> None:
+    def __init__(self, through: PoolerClient) -> None:
         super().__init__(daemon=True)
         self.through = through
         self.acked: list[int] = []
@@ -146,7 +105,7 @@ def test_pooler_follows_failover_reloads_and_pauses(
     assert status["readyInstances"] == 1 and status["service"] == POOLER
     print(f"cluster and pooler ready in {time.monotonic() - started:.1f}s")
 
-    through = Through(kube, cluster, control_plane)
+    through = PoolerClient(kube, cluster, control_plane, POOLER)
     with through.connect() as conn:
         assert conn.info.parameter_status("server_version")
         assert conn.pgconn.ssl_in_use
