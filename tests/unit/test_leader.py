@@ -122,9 +122,12 @@ def test_one_replica_leads_the_other_waits_then_takes_over_an_expired_lease() ->
         clock.now += 2
         assert a.try_once() == (True, "")
         assert b.try_once() == (False, "a")
-    # a dies: b waits out the lease's duration from when the record last changed.
+    # a dies: b waits out the lease's duration from when the record last changed, and
+    # tries again right when it expires.
     clock.now += 14
     assert b.try_once() == (False, "a")
+    assert b.expires_in == 1
+    assert b._pause() == pytest.approx(1.05)
     clock.now += 1
     assert b.try_once() == (True, "")
     assert api.lease["spec"]["holderIdentity"] == "b"

@@ -165,6 +165,8 @@ class Elector:
         self._record: Record | None = None  # the version of our own last write
         self._seen: tuple[tuple[str, str], float] | None = None  # (record key, first seen)
         self._thread: threading.Thread | None = None
+        # A standby's time left (on its clock) until the lease it waits on expires.
+        self.expires_in: float | None = None
 
     def __repr__(self) -> str:
         c = self.config
@@ -199,7 +201,13 @@ class Elector:
             elif not self.leading.is_set() and other and other != waiting_logged:
                 log.info("standby: %r is held by %s; waiting", self, other)
                 waiting_logged = other
-            self._stop.wait(self.config.retry_period_seconds)
+            self._stop.wait(self._pause())
+
+    def _pause(self) -> float:
+        retry = self.config.retry_period_seconds
+        if self.leading.is_set() or self.expires_in is None:
+            return retry
+        return max(0.05, min(retry, self.expires_in + 0.05))
 
     def try_once(self) -> tuple[bool, str]:
         """One read and, when the decision says so, one conditional write. Returns whether
@@ -220,7 +228,10 @@ class Elector:
             unchanged = now - self._seen[1] if self._seen is not None else 0.0
             decision = decide(record, c.identity, unchanged_for=unchanged)
             if decision is Decision.WAIT:
+                # Try again right when it would expire, not up to a retry period later.
+                self.expires_in = record.duration_seconds - unchanged if record else None
                 return False, record.holder if record else ""
+            self.expires_in = None
             body = lease_body(
                 c, record, holder=c.identity, now=self.wall(), taking=decision is not Decision.RENEW
             )
@@ -264,4 +275,10 @@ def status(elector: Elector | None) -> dict[str, Any]:
     """What /healthz says of the election."""
     if elector is None:
         return {"leader_election": False, "leading": True}
-    return {"leader_election": True, "leading": elector.leading.is_set(), "lease": repr(elector)}
+    c = elector.config
+    return {
+        "leader_election": True,
+        "leading": elector.leading.is_set(),
+        "lease": f"{c.namespace}/{c.name}",
+        "identity": c.identity,
+    }
