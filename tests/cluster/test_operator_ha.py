@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client as k8s
+from prometheus_client.parser import text_string_to_metric_families
 
 from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
@@ -55,6 +56,14 @@ def _holder(kube: Kube, lease: str) -> str:
     return str((got.get("spec") or {}).get("holderIdentity") or "")
 
 
+def _leader_gauge(op: Operator) -> float:
+    """The replica's pgherd_operator_leader (its /metrics, read live)."""
+    for family in text_string_to_metric_families(op.metrics()):
+        if family.name == "pgherd_operator_leader":
+            return float(family.samples[0].value)
+    raise AssertionError("no pgherd_operator_leader")
+
+
 def _reconciled(cluster: Cluster) -> bool:
     return bool(cluster.status().get("phase"))
 
@@ -77,7 +86,6 @@ class Replicas:
                 "POD_NAMESPACE": OPERATOR_NAMESPACE,
                 "POD_NAME": name,
                 "PGHERD_LEASE_NAME": self.lease,
-                "PGHERD_METRICS_PORT": "0",
             },
             args=[f"--namespace={self.namespace}"],
         )
@@ -130,6 +138,7 @@ def test_one_leader_acts_and_a_standby_takes_over(
     wait_for("the leader to reconcile first", lambda: _reconciled(first), 60)
     assert _holder(kube, replicas.lease) == a_id
     assert not _leading(b)
+    assert (_leader_gauge(a), _leader_gauge(b)) == (1, 0)
 
     # kill -9 the leader: nothing releases the lease; the standby waits it out.
     a.stop(signal.SIGKILL)

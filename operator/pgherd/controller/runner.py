@@ -94,6 +94,7 @@ class Controller:
         self.passes = 0
         self._stop = threading.Event()
         self._terminating = threading.Event()
+        self.metrics.leading(elector is None)
 
     # ---- scope -------------------------------------------------------------------------
     def in_scope(self, namespace: str) -> bool:
@@ -164,6 +165,7 @@ class Controller:
             # replica leads.
             self.elector.start(on_started=self.start, on_lost=self._lost_leadership)
             return
+        self.metrics.leading(True)
         for scope in self._scopes():
             for kind, selector in WATCHED:
                 self.informers.append(
