@@ -20,6 +20,13 @@ typed and validated, then passed to what needs them. Nothing reads the environme
 | PGHERD_HEALTH_HOST | 0.0.0.0 | where /healthz listens (probes reach the pod IP) |
 | PGHERD_METRICS_PORT | 8080 | port of /metrics (Prometheus); 0: no metrics; --metrics-port wins |
 | PGHERD_METRICS_HOST | 0.0.0.0 | where /metrics listens |
+| PGHERD_LEADER_ELECTION | 0 (Deployment: 1) | 1: elect a leader on a Lease; only it acts |
+| PGHERD_LEASE_NAME | pgherd-operator | the Lease's name |
+| PGHERD_LEASE_NAMESPACE | POD_NAMESPACE | the Lease's namespace (the operator's own) |
+| POD_NAME | (host name) | this replica's name, the start of its holder identity |
+| PGHERD_LEASE_DURATION_SECONDS | 12 | a lease not renewed this long is taken over |
+| PGHERD_RENEW_DEADLINE_SECONDS | 8 | a leader that has not renewed this long stops and exits |
+| PGHERD_RETRY_PERIOD_SECONDS | 2 | how often the leader renews and a standby tries |
 """
 
 from __future__ import annotations
@@ -27,12 +34,13 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pgherd.api.v1alpha1 import DEFAULT_IMAGE, DEFAULT_POSTGRES_VERSION
 
 IMAGE_PREFIX = "RELATED_IMAGE_POSTGRES"
 DEFAULT_METRICS_PORT = 8080
+DEFAULT_LEASE_NAME = "pgherd-operator"
 _MAJOR_IMAGE = re.compile(rf"^{IMAGE_PREFIX}_(\d+)$")
 
 
@@ -67,6 +75,47 @@ def _port(env: Mapping[str, str], name: str, default: int) -> int:
     return int(value)
 
 
+def _election(env: Mapping[str, str]) -> dict[str, Any]:
+    """The leader election's settings; its timing must let a leader stop before its lease
+    can be taken (renew deadline < duration) and retry within the deadline."""
+    raw = env.get("PGHERD_LEADER_ELECTION", "").strip().lower()
+    if raw not in ("", "0", "1", "false", "true"):
+        raise SettingsError(f"PGHERD_LEADER_ELECTION={raw!r} must be 0 or 1")
+    enabled = raw in ("1", "true")
+    duration = _number(env, "PGHERD_LEASE_DURATION_SECONDS", 12, minimum=1)
+    deadline = _number(env, "PGHERD_RENEW_DEADLINE_SECONDS", 8.0, minimum=0.5)
+    retry = _number(env, "PGHERD_RETRY_PERIOD_SECONDS", 2.0, minimum=0.1)
+    if duration != int(duration):
+        raise SettingsError(f"PGHERD_LEASE_DURATION_SECONDS={duration:g} must be whole seconds")
+    if deadline >= duration:
+        raise SettingsError(
+            f"PGHERD_RENEW_DEADLINE_SECONDS={deadline:g} must be below "
+            f"PGHERD_LEASE_DURATION_SECONDS={duration:g}"
+        )
+    if retry >= deadline:
+        raise SettingsError(
+            f"PGHERD_RETRY_PERIOD_SECONDS={retry:g} must be below "
+            f"PGHERD_RENEW_DEADLINE_SECONDS={deadline:g}"
+        )
+    namespace = (
+        env.get("PGHERD_LEASE_NAMESPACE", "").strip() or env.get("POD_NAMESPACE", "").strip()
+    )
+    if enabled and not namespace:
+        raise SettingsError(
+            "PGHERD_LEADER_ELECTION=1 needs the operator's namespace: POD_NAMESPACE "
+            "(the downward API) or PGHERD_LEASE_NAMESPACE"
+        )
+    return {
+        "leader_election": enabled,
+        "lease_name": env.get("PGHERD_LEASE_NAME", "").strip() or DEFAULT_LEASE_NAME,
+        "lease_namespace": namespace,
+        "pod_name": env.get("POD_NAME", "").strip(),
+        "lease_duration_seconds": int(duration),
+        "renew_deadline_seconds": deadline,
+        "retry_period_seconds": retry,
+    }
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the operator is configured with (see the module docstring)."""
@@ -90,6 +139,17 @@ class Settings:
     health_port: int = 8081
     metrics_host: str = "0.0.0.0"  # noqa: S104 - Prometheus scrapes the pod IP
     metrics_port: int = DEFAULT_METRICS_PORT
+    # Leader election (pgherd.controller.leader); off unless asked for, so that operators run
+    # side by side by tests each serve their own namespaces.
+    leader_election: bool = False
+    lease_name: str = DEFAULT_LEASE_NAME
+    lease_namespace: str = ""
+    pod_name: str = ""
+    # 12 s: a standby judges expiry from when it saw the last renewal, up to one retry (2 s)
+    # late, so a takeover takes at most 14 s, within the 15 s the operator promises.
+    lease_duration_seconds: int = 12
+    renew_deadline_seconds: float = 8.0
+    retry_period_seconds: float = 2.0
 
     @classmethod
     def from_env(
@@ -109,6 +169,7 @@ class Settings:
         for name, value in env.items():
             if (m := _MAJOR_IMAGE.match(name)) and value.strip():
                 images[int(m.group(1))] = value.strip()
+        election = _election(env)
         log_format = env.get("PGHERD_LOG_FORMAT", "plain").strip().lower() or "plain"
         if log_format not in ("plain", "json"):
             raise SettingsError(f"PGHERD_LOG_FORMAT={log_format!r} must be plain or json")
@@ -139,6 +200,7 @@ class Settings:
             metrics_port=_port(env, "PGHERD_METRICS_PORT", DEFAULT_METRICS_PORT)
             if metrics_port is None
             else metrics_port,
+            **election,
         )
 
     def image_for(self, major: int) -> str | None:

@@ -183,7 +183,8 @@ def render_csv(
         alm_examples=json.dumps(manifests.samples(), indent=2, sort_keys=True),
         service_account=manifests.NAME,
         cluster_rules=cluster_rules,
-        namespaced_rules=namespaced_rules,
+        # The Lease's rule joins `permissions`: OLM grants those in the install namespace.
+        namespaced_rules=[*namespaced_rules, *manifests.own_namespace_rules()],
         deployment_name=manifests.NAME,
         deployment_labels=manifests.LABELS,
         deployment_spec=manifests.deployment_spec(

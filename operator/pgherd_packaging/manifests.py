@@ -30,6 +30,9 @@ Manifest = dict[str, Any]
 NAMESPACE = "pgherd-system"
 NAME = "pgherd-operator"
 CLUSTER_ROLE_SUFFIX = "-cluster"
+LEADER_ELECTION_SUFFIX = "-leader-election"
+# Replicas of the operator: one leads (the Lease), the other stands by to take over.
+REPLICAS = 2
 HEALTH_PORT = 8081
 # Prometheus' /metrics: the operator's default port (PGHERD_METRICS_PORT), named for scrapers.
 METRICS_PORT = DEFAULT_METRICS_PORT
@@ -82,6 +85,30 @@ def cluster_rules() -> list[Manifest]:
     return permissions.policy_rules(permissions.CLUSTER)
 
 
+def own_namespace_rules() -> list[Manifest]:
+    """What the operator does in its own namespace: its leader election's Lease."""
+    return permissions.policy_rules(permissions.OWN_NAMESPACE)
+
+
+def _role(name: str, rules: list[Manifest]) -> list[Manifest]:
+    """A Role in the operator's namespace and its binding to the operator's account."""
+    return [
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(name, NAMESPACE),
+            "rules": rules,
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(name, NAMESPACE),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": NAME, "namespace": NAMESPACE}],
+        },
+    ]
+
+
 def _cluster_role(name: str, rules: list[Manifest]) -> Manifest:
     return {
         "apiVersion": "rbac.authorization.k8s.io/v1",
@@ -102,7 +129,8 @@ def _cluster_role_binding(name: str) -> Manifest:
 
 
 def rbac() -> list[Manifest]:
-    """ServiceAccount, and a ClusterRole with its binding for each rule list."""
+    """ServiceAccount, a ClusterRole with its binding for each cluster-wide rule list, and
+    the Role (with its binding) of the operator's own namespace."""
     cluster_name = NAME + CLUSTER_ROLE_SUFFIX
     return [
         service_account(),
@@ -110,6 +138,7 @@ def rbac() -> list[Manifest]:
         _cluster_role_binding(NAME),
         _cluster_role(cluster_name, cluster_rules()),
         _cluster_role_binding(cluster_name),
+        *_role(NAME + LEADER_ELECTION_SUFFIX, own_namespace_rules()),
     ]
 
 
@@ -178,6 +207,14 @@ def deployment_spec(
             watch_namespace,
             {"name": "PGHERD_LOG_FORMAT", "value": "json"},
             {"name": RELATED_IMAGE_POSTGRES, "value": operand_image},
+            # Leader election: the Lease lives in the operator's own namespace; the pod's
+            # name starts its holder identity (who leads shows in the Lease).
+            {"name": "PGHERD_LEADER_ELECTION", "value": "1"},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         ],
         "ports": [
             {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
@@ -202,10 +239,14 @@ def deployment_spec(
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],  # noqa: S108 - an emptyDir
     }
     return {
-        # kopf has no lease-based leader election: exactly one replica, and Recreate so an
-        # upgrade never runs two operators at once.
-        "replicas": 1,
-        "strategy": {"type": "Recreate"},
+        # Two replicas elect a leader on a Lease (only it acts), so a rolling update is safe:
+        # maxUnavailable 0 starts the new pod before an old one stops, so a standby is always
+        # there to take over at once when the leader, stopped, releases the lease.
+        "replicas": REPLICAS,
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        },
         "selector": {"matchLabels": dict(SELECTOR)},
         "template": {
             "metadata": {
@@ -219,6 +260,8 @@ def deployment_spec(
                     "runAsNonRoot": True,
                     "seccompProfile": {"type": "RuntimeDefault"},
                 },
+                # The operator exits within 5 s of SIGTERM (lease released); 30 s stays as
+                # the margin for a node under pressure, and costs nothing when it is not used.
                 "terminationGracePeriodSeconds": 30,
                 "containers": [container],
                 # Python writes caches and temporary files; the root filesystem is read-only.

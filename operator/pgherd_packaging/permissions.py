@@ -9,6 +9,8 @@ NAMESPACED rules act on objects inside the watched namespaces: OLM grants them a
 target namespace (OwnNamespace, SingleNamespace, MultiNamespace) or cluster-wide
 (AllNamespaces); the plain manifests, which watch every namespace, bind them with a
 ClusterRole. CLUSTER rules act on cluster-scoped objects and are always a ClusterRole.
+OWN_NAMESPACE rules act in the operator's own namespace: a Role there in the plain manifests,
+and the CSV's `permissions` (which OLM grants in the install namespace too).
 """
 
 from __future__ import annotations
@@ -186,6 +188,18 @@ CLUSTER: tuple[Rule, ...] = (
         "kopf observes the CRDs of the resources it serves",
     ),
     Rule("", ("namespaces",), ("list", "watch"), "kopf observes namespaces (watch patterns)"),
+)
+
+
+# In the operator's own namespace only (a Role there, never cluster-wide in the plain
+# manifests): the Lease its replicas elect their leader on (pgherd.controller.leader).
+OWN_NAMESPACE: tuple[Rule, ...] = (
+    Rule(
+        "coordination.k8s.io",
+        ("leases",),
+        ("get", "create", "update"),
+        "leader election among the operator's replicas (PGHERD_LEADER_ELECTION)",
+    ),
 )
 
 

@@ -335,3 +335,10 @@ def test_metrics_settings() -> None:
     for bad in ("http", "-1", "70000", "80.5"):
         with pytest.raises(SettingsError, match="PGHERD_METRICS_PORT"):
             Settings.from_env({"PGHERD_METRICS_PORT": bad})
+
+
+def test_the_leader_gauge_says_whether_this_replica_acts(metrics: OperatorMetrics) -> None:
+    metrics.leading(False)
+    assert value(metrics, "pgherd_operator_leader") == 0
+    metrics.leading(True)
+    assert value(metrics, "pgherd_operator_leader") == 1

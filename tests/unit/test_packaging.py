@@ -84,10 +84,14 @@ def test_operator_holds_every_permission_it_grants_to_instances() -> None:
 # --- install manifests -------------------------------------------------------------------------
 
 
-def test_deployment_is_restricted_single_and_probed() -> None:
+def test_deployment_is_restricted_highly_available_and_probed() -> None:
     spec = manifests.deployment_spec(IMAGE)
-    assert spec["replicas"] == 1
-    assert spec["strategy"] == {"type": "Recreate"}
+    # Two replicas electing a leader on a Lease; a rollout never leaves no standby.
+    assert spec["replicas"] == 2
+    assert spec["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     pod = spec["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
@@ -108,6 +112,9 @@ def test_deployment_is_restricted_single_and_probed() -> None:
     ]
     env = {e["name"]: e for e in c["env"]}
     assert env["RELATED_IMAGE_POSTGRES"]["value"] == v1alpha1.DEFAULT_IMAGE
+    assert env["PGHERD_LEADER_ELECTION"]["value"] == "1"
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert env["WATCH_NAMESPACE"]["value"] == ""
     assert env["PGHERD_LOG_FORMAT"]["value"] == "json"
     # Only nodes of a platform the image is built for.
@@ -181,9 +188,11 @@ def test_committed_rbac_is_bound_to_the_service_account() -> None:
 def test_csv_permissions_are_the_manifests_rbac(csv: dict[str, Any]) -> None:
     docs = load_all(REPO / "manifests" / "rbac" / "rbac.yaml")
     roles = {d["metadata"]["name"]: d["rules"] for d in docs if d["kind"] == "ClusterRole"}
+    # The leader election's Role, in the operator's namespace only.
+    (own,) = [d["rules"] for d in docs if d["kind"] == "Role"]
     strategy = csv["spec"]["install"]["spec"]
     assert strategy["permissions"] == [
-        {"serviceAccountName": "pgherd-operator", "rules": roles["pgherd-operator"]}
+        {"serviceAccountName": "pgherd-operator", "rules": roles["pgherd-operator"] + own}
     ]
     assert strategy["clusterPermissions"] == [
         {"serviceAccountName": "pgherd-operator", "rules": roles["pgherd-operator-cluster"]}

@@ -135,6 +135,8 @@ def client_calls() -> set[tuple[str, str, str]]:
                   render_auth_secret(make_cluster(), "pw")]:  # fmt: skip
         used |= {(*_resource(child["kind"]), "patch"), (*_resource(child["kind"]), "create")}
     used.add((*_resource("Event"), "create"))
+    # The leader elector (pgherd.controller.leader): read, create, and the conditional PUT.
+    used |= {(*_resource("Lease"), verb) for verb in ("get", "create", "update")}
     return used | planned_writes()
 
 
@@ -153,7 +155,7 @@ def granted_to_instances() -> set[tuple[str, str, str]]:
 def granted() -> set[tuple[str, str, str]]:
     return {
         (rule.api_group, resource, verb)
-        for rule in (*permissions.NAMESPACED, *permissions.CLUSTER)
+        for rule in (*permissions.NAMESPACED, *permissions.CLUSTER, *permissions.OWN_NAMESPACE)
         for resource in rule.resources
         for verb in rule.verbs
     }

@@ -51,6 +51,8 @@ KINDS: dict[str, Kind] = {
     "RoleBinding": Kind("rbac.authorization.k8s.io/v1", "rolebindings"),
     "StatefulSet": Kind("apps/v1", "statefulsets"),
     "PodDisruptionBudget": Kind("policy/v1", "poddisruptionbudgets"),
+    # The operator's own leader election (pgherd.controller.leader), in its namespace.
+    "Lease": Kind("coordination.k8s.io/v1", "leases"),
     # The Prometheus Operator's, when installed (spec.monitoring.enablePodMonitor).
     "PodMonitor": Kind("monitoring.coreos.com/v1", "podmonitors"),
     "PostgresCluster": Kind("pgherd.io/v1alpha1", "postgresclusters"),
@@ -291,6 +293,18 @@ class Client:
         except NotFound:
             return False
         return True
+
+    def replace(self, body: Manifest) -> Manifest:
+        """A PUT of the whole object, conditional on its metadata.resourceVersion (Conflict
+        when the object changed since): the Lease's optimistic lock."""
+        meta = body["metadata"]
+        result: Manifest = self.request(
+            "PUT",
+            KINDS[body["kind"]].path(meta.get("namespace"), meta["name"]),
+            body,
+            query=[("fieldManager", FIELD_MANAGER)],
+        )
+        return result
 
     def create(self, body: Manifest) -> Manifest:
         meta = body["metadata"]

@@ -136,6 +136,12 @@ class OperatorMetrics:
             "Duration of calls to Patroni's REST API, by operation.",
             ["operation"], buckets=SECONDS_BUCKETS, registry=r,
         )  # fmt: skip
+        self._leader = Gauge(
+            f"{PREFIX}_operator_leader",
+            "1 while this replica acts (it holds the leader election's Lease, or runs "
+            "without leader election), 0 while it stands by.",
+            registry=r,
+        )
         # Its collect(): the gauges read from the caches at each scrape.
         r.register(self)
 
@@ -216,6 +222,11 @@ class OperatorMetrics:
     def retried(self) -> None:
         if self.enabled:
             self._retries.inc()
+
+    def leading(self, acting: bool) -> None:
+        """Whether this replica acts (leads) or stands by (pgherd.controller.leader)."""
+        if self.enabled:
+            self._leader.set(1 if acting else 0)
 
     def patroni_call(self, operation: str, outcome: str, seconds: float) -> None:
         if not self.enabled:

@@ -4,19 +4,31 @@ hands them over.
 
 kopf watches the custom resources (PostgresCluster, PostgresBackup) and calls the handlers
 (pgherd.controller.handlers), which feed their caches and queue the clusters; pgherd's own
-informers watch the children, selected by pgherd's labels. kopf has no lease-based leader
-election, so exactly one replica runs (Deployment strategy Recreate) in standalone mode.
+informers watch the children, selected by pgherd's labels.
+
+kopf has no lease-based leader election: with PGHERD_LEADER_ELECTION=1 (the Deployment runs
+two replicas) the controller starts only once this replica holds the Lease
+(pgherd.controller.leader); a standby keeps kopf's watch of the custom resources (its handlers
+only fill caches and queue keys nobody takes) and writes nothing. On SIGTERM the operator stops
+taking work, lets a pass under way end for a moment, releases the Lease and exits at once
+(`Controller.terminate`): kopf's own graceful exit and the non-daemon worker threads would
+keep it alive past the pod's grace period.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import os
+import secrets
+import signal
+import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pgherd.api.v1alpha1 import BACKUP_KIND, DATABASE_KIND, KIND, POOLER_KIND, ObjectMeta
+from pgherd.controller import leader
 from pgherd.controller.cache import Cache, Informer, trim
 from pgherd.controller.client import ApiError, Client, Manifest
 from pgherd.controller.metrics import OperatorMetrics
@@ -61,8 +73,13 @@ class Controller:
     """Everything that runs: caches, informers, queue, workers and the resync."""
 
     def __init__(
-        self, settings: Settings, client: Client, metrics: OperatorMetrics | None = None
+        self,
+        settings: Settings,
+        client: Client,
+        metrics: OperatorMetrics | None = None,
+        elector: leader.Elector | None = None,
     ) -> None:
+        self.elector = elector
         self.settings = settings
         self.client = client
         self.metrics = metrics or OperatorMetrics.disabled()
@@ -80,6 +97,8 @@ class Controller:
         self.optional_watched: set[str] = set()
         self.passes = 0
         self._stop = threading.Event()
+        self._terminating = threading.Event()
+        self.metrics.leading(elector is None)
 
     # ---- scope -------------------------------------------------------------------------
     def in_scope(self, namespace: str) -> bool:
@@ -170,6 +189,12 @@ class Controller:
         return not result.retry
 
     def start(self) -> None:
+        if self.elector is not None and not self.elector.leading.is_set():
+            # A standby starts nothing that writes; the elector calls start again once this
+            # replica leads.
+            self.elector.start(on_started=self.start, on_lost=self._lost_leadership)
+            return
+        self.metrics.leading(True)
         for scope in self._scopes():
             for kind, selector in WATCHED:
                 self.informers.append(
@@ -227,6 +252,39 @@ class Controller:
         for informer in self.informers:
             informer.stop()
 
+    # ---- leadership and exit ------------------------------------------------------------
+    def _lost_leadership(self) -> None:
+        """The lease was not renewed in time: another replica may take it any moment, so this
+        one stops acting at once and exits (it restarts as a standby), as controller-runtime
+        does. A pass cut short is redone by the next leader: every step is idempotent."""
+        self.stop()
+        _exit(1)
+
+    def terminate(self, signum: int) -> None:
+        """SIGTERM (or SIGINT): exit within TERMINATE_SECONDS, handing the lease over."""
+        if self._terminating.is_set():
+            return
+        self._terminating.set()
+        log.info("%s: stopping", signal.Signals(signum).name)
+        # Whatever blocks below (an API call that hangs), the process exits in time.
+        threading.Timer(TERMINATE_SECONDS, _exit, args=(0,)).start()
+        threading.Thread(target=self._terminate, name="terminate", daemon=True).start()
+
+    def _terminate(self) -> None:
+        self.stop()
+        pool = self.pool
+        if pool is not None:
+            # Passes under way finish their step, or are abandoned (and redone by the next
+            # leader) when they take longer than the grace.
+            ending = threading.Thread(target=pool.shutdown, name="workers-end", daemon=True)
+            ending.start()
+            ending.join(PASS_GRACE_SECONDS)
+            if ending.is_alive():
+                log.warning("a pass did not end within %gs: abandoned", PASS_GRACE_SECONDS)
+        if self.elector is not None:
+            self.elector.release()
+        _exit(0)
+
     def _phases(self) -> list[str | None]:
         return [(c.get("status") or {}).get("phase") for c in self.cache.all(KIND)]
 
@@ -245,7 +303,36 @@ class Controller:
             "cached_objects": self.cache.count(),
             "queue_depth": self.queue.depth(),
             "passes": self.passes,
+            **leader.status(self.elector),
         }
+
+
+# SIGTERM: a pass under way gets this long to end; the process is gone by TERMINATE_SECONDS.
+PASS_GRACE_SECONDS = 2.0
+TERMINATE_SECONDS = 4.5
+
+
+def _exit(code: int) -> None:
+    """Exit now: the log flushed, no thread joined (the workers, kopf's loop and executor)."""
+    logging.shutdown()
+    os._exit(code)
+
+
+def _elector(settings: Settings, api: Any) -> leader.Elector | None:
+    if not settings.leader_election:
+        return None
+    identity = f"{settings.pod_name or socket.gethostname()}_{secrets.token_hex(3)}"
+    config = leader.LeaseConfig(
+        namespace=settings.lease_namespace,
+        name=settings.lease_name,
+        identity=identity,
+        duration_seconds=settings.lease_duration_seconds,
+        renew_deadline_seconds=settings.renew_deadline_seconds,
+        retry_period_seconds=settings.retry_period_seconds,
+    )
+    # Short timeouts of its own: a renewal that hangs must not outlast the renew deadline.
+    retry = settings.retry_period_seconds
+    return leader.Elector(Client(api, timeout=(retry, retry * 2)), config)
 
 
 def _key(obj: Manifest) -> ClusterKey:
@@ -271,20 +358,39 @@ def main(settings: Settings) -> int:
     metrics = OperatorMetrics(version=_version(), enabled=settings.metrics_port != 0)
     # Before the controller: a port taken makes start-up fail at once, not in a thread.
     stop_metrics = metrics.serve(settings.metrics_host, settings.metrics_port)
-    controller = Controller(settings, Client(client.ApiClient()), metrics)
+    api = client.ApiClient()
+    elector = _elector(settings, api)
+    # The replica's identity in the API server's audit log (which replica wrote what).
+    api.user_agent = f"pgherd-operator/{_version()}" + (
+        f" ({elector.config.identity})" if elector else ""
+    )
+    controller = Controller(settings, Client(api), metrics, elector)
     from pgherd.controller import handlers  # noqa: F401, PLC0415 - registers the handlers
 
-    kopf.run(
-        standalone=True,
-        clusterwide=not settings.namespaces,
-        namespaces=list(settings.namespaces),
-        liveness_endpoint=(
-            f"http://{settings.health_host}:{settings.health_port}/healthz"
-            if settings.health_port
-            else None
-        ),
-        memo=kopf.Memo(controller=controller),
+    # kopf runs in a thread of its own, so that the signals are pgherd's (kopf installs its
+    # handlers only in the main thread): its graceful exit waits on its tasks and threads,
+    # where SIGTERM must hand the lease over and exit within seconds.
+    kopf_thread = threading.Thread(
+        target=kopf.run,
+        kwargs={
+            "standalone": True,
+            "clusterwide": not settings.namespaces,
+            "namespaces": list(settings.namespaces),
+            "liveness_endpoint": (
+                f"http://{settings.health_host}:{settings.health_port}/healthz"
+                if settings.health_port
+                else None
+            ),
+            "memo": kopf.Memo(controller=controller),
+        },
+        name="kopf",
+        daemon=True,
     )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: controller.terminate(received))
+    kopf_thread.start()
+    while kopf_thread.is_alive():
+        kopf_thread.join(1.0)
     stop_metrics()
     return 0
 
