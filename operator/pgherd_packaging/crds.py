@@ -154,8 +154,9 @@ def _resource_schema(
     status_model: type[BaseModel],
     validations: list[Any],
 ) -> Manifest:
-    """The root schema of a kind that points at a cluster (PostgresBackup, PostgresPooler)."""
-    return {
+    """The root schema of a kind that points at a cluster (PostgresBackup, PostgresPooler,
+    PostgresDatabase); validations: its CEL rules (none: no such key at all)."""
+    schema: Manifest = {
         "type": "object",
         "description": (model.__doc__ or "").strip(),
         "properties": {
@@ -166,8 +167,10 @@ def _resource_schema(
             "status": structural_schema(status_model, nullable_optionals=True),
         },
         "required": ["spec"],
-        "x-kubernetes-validations": validations,
     }
+    if validations:
+        schema["x-kubernetes-validations"] = validations
+    return schema
 
 
 def _backup_root_schema() -> Manifest:

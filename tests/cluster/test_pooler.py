@@ -74,6 +74,13 @@ def _ready(kube: Kube, namespace: str) -> dict[str, Any] | None:
     return status if ready.get("status") == "True" else None
 
 
+def _events(kube: Kube, namespace: str, reason: str) -> list[dict[str, Any]]:
+    """The Events on the pooler with reason."""
+    return [e for e in kube.list("Event", namespace)
+            if e["involvedObject"].get("kind") == "PostgresPooler"
+            and e["involvedObject"]["name"] == POOLER and e["reason"] == reason]  # fmt: skip
+
+
 def test_pooler_follows_failover_reloads_and_pauses(
     operator: Operator, kube: Kube, namespace: str, control_plane: ControlPlane
 ) -> None:
@@ -103,6 +110,10 @@ def test_pooler_follows_failover_reloads_and_pauses(
     cluster.wait_healthy(2)
     status = wait_for("the pooler Ready", lambda: _ready(kube, namespace), timeout=120)
     assert status["readyInstances"] == 1 and status["service"] == POOLER
+    # One Warning on the pooler itself for the missing cluster, one Normal once Ready.
+    wait_for("the Normal Event", lambda: _events(kube, namespace, "Ready"), timeout=30)
+    (warning,) = _events(kube, namespace, "ClusterNotFound")
+    assert warning["type"] == "Warning" and "'pool' does not exist" in warning["message"]
     print(f"cluster and pooler ready in {time.monotonic() - started:.1f}s")
 
     through = PoolerClient(kube, cluster, control_plane, POOLER)

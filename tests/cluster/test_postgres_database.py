@@ -197,12 +197,27 @@ def test_an_extension_the_image_lacks_is_an_error_and_the_rest_applies(cluster: 
     )
     assert "not available in the image" in status["error"]
     assert status["applied"] is False
+    # One Warning on the PostgresDatabase itself (not the cluster), however many passes.
+    wait_for("the Warning", lambda: _events(cluster, "inventory", "ExtensionNotAvailable"), 30)
     wait_for("the other schema", lambda: _schemas(cluster).get("later") == OWNER, 30)
     # The cluster itself is not held up.
     assert cluster.status()["phase"] == "Healthy"
+    applied_before = len(_events(cluster, "inventory", "Applied"))
     cluster.kube.patch("PostgresDatabase", cluster.namespace, "inventory", {"spec": {
         "extensions": [{"name": "citext", "schema": SCHEMA}, {"name": "hstore"}]}})  # fmt: skip
     _applied(cluster, "inventory")
+    wait_for("the Normal Event", lambda: len(_events(cluster, "inventory", "Applied"))
+             > applied_before, 30)  # fmt: skip
+    (warning,) = _events(cluster, "inventory", "ExtensionNotAvailable")
+    assert warning["type"] == "Warning" and "no_such_extension" in warning["message"]
+    assert warning["involvedObject"]["uid"] == (_get(cluster, "inventory") or {})["metadata"]["uid"]
+
+
+def _events(cluster: Cluster, name: str, reason: str) -> list[dict[str, Any]]:
+    """The Events on PostgresDatabase name with reason."""
+    return [e for e in cluster.kube.list("Event", cluster.namespace)
+            if e["involvedObject"].get("kind") == "PostgresDatabase"
+            and e["involvedObject"]["name"] == name and e["reason"] == reason]  # fmt: skip
 
 
 def test_the_older_resource_owns_a_database(cluster: Cluster) -> None:

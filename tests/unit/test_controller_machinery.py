@@ -8,9 +8,13 @@ from typing import Any
 
 import pytest
 
+from pgherd.controller.act import Actor
+from pgherd.controller.actions import Event, Involved
 from pgherd.controller.cache import Cache, selects, trim
 from pgherd.controller.queue import WorkQueue, run_workers
+from pgherd.controller.snapshot import Snapshot
 from pgherd.settings import Settings, SettingsError
+from tests.unit.snapshots import NOW, cluster_raw
 
 
 class Clock:
@@ -315,3 +319,30 @@ def test_a_terminating_pod_is_not_asked_about() -> None:
     cache = _cache_with_pods(pod(1, state="starting", deleting=True))
     snapshot, _ = _observe(cache, live_state=lambda url, _ca: pytest.fail(f"asked {url}"))
     assert [m.ready for m in snapshot.members] == [False]
+
+
+# ---- Events ---------------------------------------------------------------------------------
+class _Recorder:
+    def __init__(self) -> None:
+        self.created: list[dict[str, Any]] = []
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.created.append(body)
+        return body
+
+
+def test_an_event_is_on_the_cluster_unless_it_names_another_object() -> None:
+    kube = _Recorder()
+    actor = Actor(kube, Cache(), patroni_timeout=1)  # type: ignore[arg-type]
+    snapshot = Snapshot("prod", "db", NOW, raw=cluster_raw())
+    actor.post(snapshot, Event("Switchover", message="m"))
+    on = Involved("PostgresDatabase", "app", "uid-app")
+    actor.post(snapshot, Event("RoleNotFound", type="Warning", message="no alice", involved=on))
+    cluster, database = (e["involvedObject"] for e in kube.created)
+    assert cluster == {"apiVersion": "pgherd.io/v1alpha1", "kind": "PostgresCluster",
+                       "name": "db", "namespace": "prod",
+                       "uid": cluster_raw()["metadata"].get("uid")}  # fmt: skip
+    assert database == {"apiVersion": "pgherd.io/v1alpha1", "kind": "PostgresDatabase",
+                        "name": "app", "namespace": "prod", "uid": "uid-app"}  # fmt: skip
+    assert kube.created[1]["metadata"]["name"].startswith("app.")
+    assert (kube.created[1]["type"], kube.created[1]["reason"]) == ("Warning", "RoleNotFound")

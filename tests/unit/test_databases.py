@@ -12,7 +12,7 @@ import pytest
 
 from pgherd.controller import databases as d
 from pgherd.controller import databases_read
-from pgherd.controller.actions import Action, Patch, RunSql
+from pgherd.controller.actions import Action, Event, Involved, Patch, RunSql
 from pgherd.controller.databases import FINALIZER, DatabasesSeen, Inside, LiveDatabase
 from pgherd.controller.plan import plan
 from pgherd.controller.postgres import PostgresError
@@ -510,3 +510,62 @@ def test_a_managed_role_owns_a_database_created_by_the_same_pass() -> None:
     )
     groups = [a.group for a in plan(s, SETTINGS).actions if isinstance(a, RunSql)]
     assert groups == ["role:carol", "database:app"]
+
+
+# ---- Events on the resource itself -------------------------------------------------------
+def _status_after(raw: Manifest, seen_: DatabasesSeen | None, errors: dict[str, str],
+                  cluster: bool = True) -> tuple[list[Action], Manifest]:  # fmt: skip
+    """One pass (act ran the SQL; errors: the groups that failed): its actions after act,
+    and the resource as stored once they are written."""
+    actions, decisions = d.plan_databases(snap(raw, seen_=seen_, cluster=cluster))
+    done = {a.group for a in actions if isinstance(a, RunSql)} - set(errors)
+    after = d.after_act(decisions, errors, done, NOW)
+    stored = copy.deepcopy(raw)
+    for body in patches(after):
+        stored["status"] = {**stored.get("status", {}), **body.get("status", {})}
+    return after, stored
+
+
+NO_OWNER = seen(roles=("bob",))
+READY_SEEN = seen({"app": LIVE}, inside={"app": Inside()})
+SQL_ERR = {"database:app": 'CREATE DATABASE "app": boom'}
+
+
+def _stored(*passes: tuple[DatabasesSeen | None, dict[str, str], bool]) -> Manifest:
+    raw = resource()
+    for seen_, errors, cluster in passes:
+        _, raw = _status_after(raw, seen_, errors, cluster)
+    return raw
+
+
+EVENT_CASES = [
+    ("new, its owner missing: one warning", [], NO_OWNER, {}, True,
+     [("Warning", d.ROLE_NOT_FOUND)]),
+    ("new, applied at once: nothing to tell", [], READY_SEEN, {}, True, []),
+    ("new, waiting for a primary: a normal step", [], None, {}, True, []),
+    ("new, its cluster missing", [], None, {}, False, [("Warning", d.CLUSTER_NOT_FOUND)]),
+    ("the same failure again: nothing", [(NO_OWNER, {}, True)], NO_OWNER, {}, True, []),
+    ("another failure: a new warning", [(NO_OWNER, {}, True)], seen(), SQL_ERR, True,
+     [("Warning", d.SQL_FAILED)]),
+    ("applied after a failure: normal", [(NO_OWNER, {}, True)], READY_SEEN, {}, True,
+     [("Normal", d.APPLIED)]),
+    ("applied after waiting: normal", [(None, {}, True)], READY_SEEN, {}, True,
+     [("Normal", d.APPLIED)]),
+    ("applied, then a statement fails", [(READY_SEEN, {}, True)], seen(), SQL_ERR, True,
+     [("Warning", d.SQL_FAILED)]),
+    ("applied and still so: nothing", [(READY_SEEN, {}, True)], READY_SEEN, {}, True, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("why", "before", "seen_", "errors", "cluster", "expected"),
+                         EVENT_CASES, ids=[c[0] for c in EVENT_CASES])  # fmt: skip
+def test_events_on_the_resource(why: str, before: list[Any], seen_: DatabasesSeen | None,
+                                errors: dict[str, str], cluster: bool,
+                                expected: list[tuple[str, str]]) -> None:  # fmt: skip
+    after, _ = _status_after(_stored(*before), seen_, errors, cluster)
+    events = [a for a in after if isinstance(a, Event)]
+    assert [(e.type, e.reason) for e in events] == expected
+    for e in events:
+        assert e.involved == Involved("PostgresDatabase", "app", "uid-app")
+        status = next(p["status"] for p in patches(after) if "status" in p)
+        assert e.message == status["conditions"][0]["message"]

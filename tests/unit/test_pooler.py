@@ -18,7 +18,7 @@ from pgherd import contract
 from pgherd.api import v1alpha1
 from pgherd.api.v1alpha1 import PostgresPooler
 from pgherd.controller import certificates, poolers
-from pgherd.controller.actions import Action, Apply, Patch, RunSql
+from pgherd.controller.actions import Action, Apply, Event, Involved, Patch, RunSql
 from pgherd.controller.diff import stamped
 from pgherd.controller.poolers import Inputs, PoolerSeen
 from pgherd.controller.sql import Target
@@ -367,3 +367,57 @@ def test_the_secret_holds_the_password_for_the_pods() -> None:
     secret = render.render_auth_secret(CLUSTER, PASSWORD)
     assert base64.b64decode(secret["data"]["password"]).decode() == PASSWORD
     assert secret["metadata"]["ownerReferences"][0]["kind"] == "PostgresCluster"
+
+
+# ---- Events on the pooler itself ---------------------------------------------------------
+def _pass(raw: dict[str, Any], situation: str) -> tuple[list[Action], dict[str, Any]]:
+    """One pass in a named situation: its actions, and the pooler as stored after them."""
+    children = _live(pooler_raw(), ready=1)
+    kw: dict[str, Any] = {
+        "ready": {},
+        "no pods": {"children": _live(pooler_raw(), ready=0)},
+        "first": {"children": {}},
+        "no cluster": {"cluster": None},
+        "conflict": {"children": {**children, ("Service", "pgb"): {
+            "kind": "Service", "metadata": {"name": "pgb", "resourceVersion": "1"}}}},
+    }[situation]  # fmt: skip
+    inputs = _inputs(raw, **({"children": children} | kw))
+    actions = poolers.plan_poolers(inputs, lambda: PASSWORD)
+    patch = next((a for a in actions if isinstance(a, Patch)), None)
+    return actions, raw if patch is None else pooler_raw(status=patch.body["status"])
+
+
+EVENT_CASES = [
+    ("new, no such cluster: one warning", [], "no cluster", [("Warning", "ClusterNotFound")]),
+    ("new, coming up: normal steps", [], "first", []),
+    ("pods on their way: a normal step", ["first"], "no pods", []),
+    ("ready after its steps: normal", ["first", "no pods"], "ready", [("Normal", "Ready")]),
+    ("ready and steady: nothing", ["ready"], "ready", []),
+    ("ready, then its pods are not: warning", ["ready"], "no pods",
+     [("Warning", "PodsNotReady")]),
+    ("ready, then the cluster goes", ["ready"], "no cluster", [("Warning", "ClusterNotFound")]),
+    ("the same failure again: nothing", ["no cluster"], "no cluster", []),
+    ("another failure: a new warning", ["no cluster"], "conflict",
+     [("Warning", "ChildNameConflict")]),
+    ("fixed: normal", ["conflict"], "ready", [("Normal", "Ready")]),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("why", "before", "now", "expected"), EVENT_CASES,
+                         ids=[c[0] for c in EVENT_CASES])  # fmt: skip
+def test_events_on_the_pooler(why: str, before: list[str], now: str,
+                              expected: list[tuple[str, str]]) -> None:  # fmt: skip
+    raw = pooler_raw()
+    for situation in before:
+        _, raw = _pass(raw, situation)
+    actions, _ = _pass(raw, now)
+    events = [a for a in actions if isinstance(a, Event) and a.involved is not None]
+    assert [(e.type, e.reason) for e in events] == expected
+    for e in events:
+        assert e.involved == Involved("PostgresPooler", "pgb", POOLER_UID)
+        assert e.message == _message(actions)
+
+
+def _message(actions: list[Action]) -> str:
+    patch = next(a for a in actions if isinstance(a, Patch))
+    return str(patch.body["status"]["conditions"][0]["message"])

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from pgherd.api.v1alpha1 import KIND
 from pgherd.controller import conditions as c
 from pgherd.controller import events, patroni, postgres
 from pgherd.controller.actions import (
@@ -247,17 +248,22 @@ class Actor:
         self.post(snapshot, Event(reason, message=f"{action.describe()}: {action.reason}"))
 
     def post(self, snapshot: Snapshot, event: Event) -> None:
-        uid = (snapshot.raw or {}).get("metadata", {}).get("uid")
+        if event.involved is not None:  # a resource of the cluster's namespace, not the cluster
+            kind, name, uid = event.involved.kind, event.involved.name, event.involved.uid
+        else:
+            kind, name = KIND, snapshot.name
+            uid = (snapshot.raw or {}).get("metadata", {}).get("uid")
         events.post(
             self.client,
             events.render_event(
                 snapshot.namespace,
-                snapshot.name,
+                name,
                 uid=uid,
                 type_=event.type,
                 reason=event.reason,
                 message=event.message,
                 now=snapshot.now,
+                kind=kind,
             ),
         )
 

@@ -186,11 +186,55 @@ class Restart(Action):
 
 
 @dataclass(frozen=True)
+class Involved:
+    """The object an Event is about when it is not the cluster: a resource of the cluster's
+    namespace that points at it (a PostgresDatabase, a PostgresPooler)."""
+
+    kind: str
+    name: str
+    uid: str | None = None
+
+
+@dataclass(frozen=True)
 class Event(Action):
-    """A Kubernetes Event on the cluster (reason is the Event's reason)."""
+    """A Kubernetes Event on the cluster, or on involved (reason is the Event's reason)."""
 
     type: str = "Normal"
     message: str = ""
+    involved: Involved | None = None
 
     def describe(self) -> str:
-        return f"event {self.type} {self.reason}"
+        on = f" on {self.involved.kind}/{self.involved.name}" if self.involved else ""
+        return f"event {self.type} {self.reason}{on}"
+
+
+def ready_events(
+    involved: Involved,
+    before: Mapping[str, Any] | None,
+    after: Mapping[str, Any] | None,
+    progress: frozenset[str] = frozenset(),
+) -> list[Event]:
+    """The Event (at most one) a resource's Ready condition going from before to after is
+    worth, from its stored status and its new one alone (the same pair never comes twice:
+    a pass that changes nothing writes nothing).
+
+    Warning (the condition's reason and message) when Ready turns False or changes reason
+    while False; but a reason in progress (a normal step on the way to ready, like waiting
+    for the primary or for pods) is no warning unless it takes away a Ready that was True.
+    Normal when Ready becomes True after having been False."""
+    if after is None:
+        return []
+    status, reason = after.get("status"), str(after.get("reason") or "")
+    message = str(after.get("message") or "")
+    was = before.get("status") if before else None
+    if status == "True":
+        if was == "False":
+            return [Event(reason, message=message, involved=involved)]
+        return []
+    if status != "False":
+        return []
+    if was == "True" or (
+        reason not in progress and (was != "False" or (before or {}).get("reason") != reason)
+    ):
+        return [Event(reason, type="Warning", message=message, involved=involved)]
+    return []

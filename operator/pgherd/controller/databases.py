@@ -49,7 +49,7 @@ from pgherd.api.v1alpha1 import (
     PostgresDatabaseStatus,
 )
 from pgherd.controller import conditions as c
-from pgherd.controller.actions import Action, Patch, RunSql
+from pgherd.controller.actions import Action, Involved, Patch, RunSql, ready_events
 from pgherd.controller.sql import Ident, Lit, Statement, join
 
 if TYPE_CHECKING:
@@ -530,4 +530,21 @@ def after_act(
             actions.append(Patch(str(new.get("error") or new.get("message")),
                                  kind=DATABASE_KIND, name=d.name, body={"status": patch},
                                  subresource="status"))  # fmt: skip
+            actions += events_of(d, old, new)
     return actions
+
+
+# Ready False on the way to applied: no warning (a primary missing for a moment).
+PROGRESS = frozenset({WAITING})
+
+
+def _ready(status: Manifest) -> Manifest | None:
+    return next((x for x in status.get("conditions") or [] if x.get("type") == c.READY), None)
+
+
+def events_of(decision: Decision, old: Manifest, new: Manifest) -> list[Action]:
+    """The Event on the PostgresDatabase itself that its status going from old to new is
+    worth (actions.ready_events)."""
+    uid = (decision.stored.get("metadata") or {}).get("uid")
+    involved = Involved(DATABASE_KIND, decision.name, uid)
+    return list(ready_events(involved, _ready(old), _ready(new), PROGRESS))

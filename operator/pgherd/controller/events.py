@@ -1,7 +1,9 @@
-"""Kubernetes Events about a PostgresCluster (core v1, as kubectl describe shows them).
+"""Kubernetes Events about a PostgresCluster, or about a resource that points at one (a
+PostgresDatabase, a PostgresPooler), in core v1 as kubectl describe shows them.
 
-Which Events to post is decided elsewhere (status transitions, plan actions); this renders
-one and posts it. A failure to post is logged and never fails a pass.
+Which Events to post is decided elsewhere (status transitions, plan actions,
+actions.ready_events); this renders one and posts it. A failure to post is logged and never
+fails a pass.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ def render_event(
     reason: str,
     message: str,
     now: datetime,
+    kind: str = KIND,
 ) -> dict[str, Any]:
-    """An Event on PostgresCluster namespace/name."""
+    """An Event on the object kind namespace/name (a PostgresCluster unless told)."""
     stamp = now.strftime("%Y-%m-%dT%H:%M:%SZ")
     return {
         "apiVersion": "v1",
@@ -40,7 +43,7 @@ def render_event(
         },
         "involvedObject": {
             "apiVersion": API_VERSION,
-            "kind": KIND,
+            "kind": kind,
             "name": name,
             "namespace": namespace,
             "uid": uid,

@@ -41,7 +41,7 @@ from pgherd.api.v1alpha1 import (
     PostgresPooler,
 )
 from pgherd.controller import certificates, references
-from pgherd.controller.actions import Action, Apply, Event, Patch, RunSql
+from pgherd.controller.actions import Action, Apply, Event, Involved, Patch, RunSql, ready_events
 from pgherd.controller.diff import contains, stamped
 from pgherd.controller.snapshot import expected_children
 from pgherd.controller.sql import Ident, Lit, Statement, Target
@@ -484,7 +484,23 @@ def plan_poolers(
         patch = status_patch(raw, inputs.now, reason, message, extra=extra)
         if patch is not None:
             patches.append(patch)
+            patches += events_of(raw, patch)
     return actions + patches
+
+
+# Ready False on a normal way to ready: no warning unless it takes a Ready away.
+PROGRESS = frozenset({TLS_NOT_READY, NO_IMAGE, AUTH_NOT_READY, PODS_NOT_READY})
+
+
+def events_of(raw: Manifest, patch: Patch) -> list[Event]:
+    """The Event on the pooler itself that its status patch is worth: from the stored Ready
+    condition to the one written (actions.ready_events)."""
+    meta = raw.get("metadata") or {}
+    stored = (raw.get("status") or {}).get("conditions") or []
+    before = next((x for x in stored if x.get("type") == "Ready"), None)
+    after = patch.body["status"]["conditions"][0]
+    involved = Involved(POOLER_KIND, str(meta.get("name")), meta.get("uid"))
+    return ready_events(involved, before, after, PROGRESS)
 
 
 def policy_from(lifetime_ca: float, lifetime: float, fraction: float) -> certificates.Policy:
