@@ -146,13 +146,20 @@ def test_pooler_follows_failover_reloads_and_pauses(
     # waited in PgBouncer's queue meanwhile, then committed, is not a failed one).
     times = [t for t in writer.committed if t >= killed_at]
     start = max(t for t in writer.committed if t < killed_at)
-    outage = max(b - a for a, b in zip([start, *times], times, strict=False))
+    gaps = [(b - a, b) for a, b in zip([start, *times], times, strict=False)]
+    outage, resumed_at = max(gaps)
     print(
         f"failover through the pooler: {len(writer.failures)} failed transactions, longest "
         f"time without a commit {outage:.1f}s, {len(writer.acked)} committed; errors: "
         f"{sorted(set(writer.errors))[:3]}"
     )
-    assert len(writer.failures) <= 5, writer.errors
+    # While no server is there, PgBouncer fails what it cannot send ("server conn crashed?",
+    # then "server login has been failing" until it logs in to the new primary): how many
+    # depends on how fast the client retries, so what is asserted is that the failures end
+    # with the outage and the outage is the failover's (Patroni ttl 20 s), not more.
+    late = [t - resumed_at for t in writer.failures if t > resumed_at]
+    assert not late, f"transactions failed after writes resumed: {late} {writer.errors}"
+    assert outage < 45, f"{outage:.1f}s without a commit through the pooler"
     assert through.pid() == pid, "the pooler's process was restarted"
     again = kube.get("Pod", namespace, through.pod["metadata"]["name"])
     assert again is not None and again["metadata"]["uid"] == through.pod["metadata"]["uid"]
