@@ -66,7 +66,20 @@ def trim(kind: str, obj: Manifest) -> Manifest:
         }
     out = {**obj, "metadata": meta}
     if kind == "Pod":
+        # Of the spec only the node (drain-aware switchover).
+        node = (obj.get("spec") or {}).get("nodeName")
         out = {"metadata": meta, "status": obj.get("status") or {}}
+        if node:
+            out["spec"] = {"nodeName": node}
+    if kind == "Node":
+        # Whether it drains (cordon, removal taints) is all a decision reads of a Node; its
+        # status (heartbeats, images) is most of its size.
+        spec = obj.get("spec") or {}
+        keep = {"name": meta.get("name"), "resourceVersion": meta.get("resourceVersion")}
+        out = {
+            "metadata": {k: v for k, v in keep.items() if v is not None},
+            "spec": {k: spec[k] for k in ("unschedulable", "taints") if k in spec},
+        }
     if kind in _STATUS_KEPT:
         status = out.get("status") or {}
         out["status"] = {k: status[k] for k in _STATUS_KEPT[kind] if k in status}

@@ -25,6 +25,7 @@ SCALING = "Scaling"
 ROLLING_UPDATE = "RollingUpdate"
 RESTARTING = "RestartingForParameters"
 SWITCHOVER = "Switchover"
+NODE_DRAINING = "NodeDraining"  # the primary's node is cordoned: switching over first
 ROTATING_CREDENTIALS = "RotatingCredentials"
 UP_TO_DATE = "UpToDate"
 AS_EXPECTED = "AsExpected"

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from pgherd.api.v1alpha1 import BACKUP_KIND, KIND, POOLER_KIND, PostgresCluster
 from pgherd.contract import TLS_CA
-from pgherd.controller import pooler_read, postgres, references, roles, sql
+from pgherd.controller import drain, pooler_read, postgres, references, roles, sql
 from pgherd.controller.backups import recovery_source_store
 from pgherd.controller.cache import Cache
 from pgherd.controller.client import Manifest
@@ -145,6 +145,7 @@ def observe(
         backups=backups,
         poolers=poolers,
         pod_monitors_served=cache.listed("PodMonitor"),
+        draining_nodes=_draining_nodes(cache, pods),
     )
     if cluster is None:
         return snapshot
@@ -184,6 +185,13 @@ def observe(
     if poolers:
         snapshot = dataclasses.replace(snapshot, pooler_seen=pooler_read.read(read_sql, target))
     return snapshot
+
+
+# ---- drain-aware switchover ---------------------------------------------------------------
+def _draining_nodes(cache: Cache, pods: list[Manifest]) -> frozenset[str]:
+    """The nodes of the cluster's pods that are cordoned or tainted for removal."""
+    nodes = {n for p in pods if (n := (p.get("spec") or {}).get("nodeName"))}
+    return frozenset(n for n in nodes if drain.draining(cache.get("Node", "", n)))
 
 
 # ---- managed roles ------------------------------------------------------------------------

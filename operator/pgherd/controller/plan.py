@@ -32,7 +32,15 @@ from pgherd.api.v1alpha1 import (
     PostgresCluster,
     RecoverySource,
 )
-from pgherd.controller import backups, certificates, credentials, poolers, references, roles
+from pgherd.controller import (
+    backups,
+    certificates,
+    credentials,
+    drain,
+    poolers,
+    references,
+    roles,
+)
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import (
     Action,
@@ -146,6 +154,7 @@ def plan(
         hold_workload=gate.blocked
         or tls.tls is None
         or any(p.reason in HOLDS_WORKLOAD for p in problems),
+        allow_primary_eviction=drain_decision(cluster, snapshot).allow_eviction,
     )
     actions += children
     problems += conflicts
@@ -220,10 +229,11 @@ def plan_disruption(
     config_activity: Activity | None,
 ) -> tuple[list[Action], Activity | None, str | None]:
     """One disruptive step per pass, the first that applies (the next pass observes its
-    effect first): parameters being applied, a switchover asked for, a rolling update, a
-    scale-down."""
+    effect first): a drain of the primary's node (it will not wait), parameters being
+    applied, a switchover asked for, a rolling update, a scale-down."""
     switch_actions, switch_activity, handled = plan_switchover_request(cluster, snapshot, primary)
     steps: list[tuple[list[Action], Activity | None]] = [
+        plan_drain_switchover(primary, drain_decision(cluster, snapshot)),
         ([], config_activity),
         (switch_actions, switch_activity),
         plan_roll(snapshot, primary),
@@ -296,6 +306,7 @@ def plan_children(
     hold_workload: bool,
     tls: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
     vault_extra: Mapping[str, str] | None = None,
+    allow_primary_eviction: bool = False,
 ) -> tuple[list[Action], list[Problem]]:
     """Apply every rendered child that differs from its live one; none of a neighbour's."""
     actions: list[Action] = []
@@ -309,7 +320,7 @@ def plan_children(
     pod_monitor = wants_pod_monitor(cluster) and snapshot.pod_monitors_served
     rendered = desired_children(
         cluster, passwords, tls=tls, vault_extra=vault_extra, image=image, replicas=replicas,
-        pod_monitor=pod_monitor,
+        pod_monitor=pod_monitor, allow_primary_eviction=allow_primary_eviction,
     )  # fmt: skip
     monitor = snapshot.child("PodMonitor", names.pod_monitor(cluster.metadata.name))
     if not pod_monitor and monitor is not None and ownership.owns(cluster, "PodMonitor", monitor):
@@ -758,6 +769,40 @@ def plan_switchover_request(
         Activity(c.SWITCHOVER, f"switching over from {primary.name} to {target.name}"),
         handled,
     )
+
+
+# ---- drain-aware switchover (pgherd.controller.drain) ---------------------------------------
+def drain_decision(cluster: PostgresCluster, snapshot: Snapshot) -> drain.Decision:
+    """What a drain of the primary's node asks for, from the snapshot."""
+    primary = snapshot.primary
+    leader_lsn = snapshot.leader_lsn
+    if leader_lsn is None and primary is not None:
+        leader_lsn = primary.lsn
+
+    def instance(m: Member) -> drain.Instance:
+        lag = None if leader_lsn is None or m.lsn is None else max(0, leader_lsn - m.lsn)
+        return drain.Instance(m.name, m.node, m.ready, lag, m.terminating)
+
+    return drain.decide(
+        instance(primary) if primary is not None else None,
+        tuple(instance(m) for m in snapshot.members if primary is None or m.name != primary.name),
+        snapshot.draining_nodes,
+        instances=cluster.spec.instances,
+        max_lag=cluster.spec.patroni.maximum_lag_on_failover,
+    )
+
+
+def plan_drain_switchover(
+    primary: Member, drained: drain.Decision
+) -> tuple[list[Action], Activity | None]:
+    """The switchover a drain of the primary's node asks for (its eviction waits for it)."""
+    if drained.message is None:
+        return [], None
+    activity = Activity(c.NODE_DRAINING, drained.message)
+    if drained.switch_to is None or not primary.api_url:
+        return [], activity
+    why = f"the node of {primary.name} is draining"
+    return [_switchover(primary, drained.switch_to, why)], activity
 
 
 def _update(snapshot: Snapshot, m: Member, *, recreate: bool, why: str) -> list[Action]:
