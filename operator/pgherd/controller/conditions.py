@@ -48,6 +48,8 @@ VERSION_MISMATCH = "VersionMismatch"
 NO_IMAGE = "NoImageForVersion"
 LIBRARY_NOT_AVAILABLE = "LibraryNotAvailable"
 PARAMETERS_IGNORED = "ParametersIgnored"
+# spec.switchover names an instance that may not take over (unready, lagging).
+SWITCHOVER_REFUSED = "SwitchoverRefused"
 
 # A standing warning: pg_hba lets TCP clients in without a password.
 INSECURE_AUTHENTICATION = "InsecureAuthentication"

@@ -54,7 +54,7 @@ from pgherd.controller.actions import (
     Switchover,
 )
 from pgherd.controller.conditions import Activity, Problem
-from pgherd.controller.diff import contains, merge_patch, stamped
+from pgherd.controller.diff import APPLIED_HASH, contains, merge_patch, stamped
 from pgherd.controller.snapshot import READY_STATES, Member, Snapshot
 from pgherd.render import names, ownership
 from pgherd.render.children import desired_children
@@ -192,7 +192,7 @@ def plan(
         cluster.status.backup.restored_from if cluster.status and cluster.status.backup else None
     ) or gate.resolved
     # Managed roles come last: their SQL is independent of the rest.
-    return with_managed_roles(Plan(
+    return with_switchover_refusal(cluster, snapshot, with_managed_roles(Plan(
         tuple(actions),
         tuple(problems),
         activity,
@@ -205,7 +205,7 @@ def plan(
         image,
         tls,
         rotation.status,
-    ), cluster, snapshot)  # fmt: skip
+    ), cluster, snapshot))  # fmt: skip
 
 
 def with_managed_roles(decided: Plan, cluster: PostgresCluster, snapshot: Snapshot) -> Plan:
@@ -364,7 +364,33 @@ def plan_children(
         else:
             version = str(live["metadata"].get("resourceVersion"))
             actions.append(Apply("changed", manifest=want, resource_version=version))
+            actions += scaled_by_hand(live, want)
     return actions, problems
+
+
+# ---- bad input under fault: hand edits set back ------------------------------------------
+SCALED_BY_HAND = "StatefulSetScaledByHand"
+PATRONI_CONFIG_EDITED = "PatroniConfigEditedByHand"
+
+
+def scaled_by_hand(live: Manifest, want: Manifest) -> list[Action]:
+    """An Event when the StatefulSet's size was changed behind the operator's back (kubectl
+    scale, an edit): its applied-hash says the operator last applied exactly what it wants
+    now, so the other size is someone's hand. The apply planned beside it sets it back."""
+    if want["kind"] != "StatefulSet":
+        return []
+    mine = (live["metadata"].get("annotations") or {}).get(APPLIED_HASH)
+    have, wanted = (live.get("spec") or {}).get("replicas"), want["spec"].get("replicas")
+    if mine != want["metadata"]["annotations"][APPLIED_HASH] or have == wanted:
+        return []
+    return [
+        Event(
+            SCALED_BY_HAND,
+            type="Warning",
+            message=f"StatefulSet {live['metadata']['name']} was scaled to {have} by hand; "
+            f"set back to {wanted} (change spec.instances to resize the cluster)",
+        )
+    ]
 
 
 def plan_storage_growth(
@@ -727,6 +753,30 @@ def plan_patroni_config(
             member=target.name,
             api_url=target.api_url,
             patch=patch,
+        ),
+        *config_edited_by_hand(cluster, patch),
+    ]
+
+
+def config_edited_by_hand(cluster: PostgresCluster, patch: Mapping[str, Any]) -> list[Action]:
+    """An Event when Patroni's dynamic configuration (the `<cluster>-config` ConfigMap) was
+    changed by hand: the spec has not changed since the operator last applied it (status
+    observed this generation), so the difference is someone's edit, which the PatroniConfig
+    beside it undoes."""
+    status = cluster.status
+    if status is None or status.observed_generation != cluster.metadata.generation:
+        return []
+    keys = [k for k in sorted(patch) if k != "postgresql"]
+    pg = patch.get("postgresql") or {}
+    keys += [f"postgresql.{k}" for k in sorted(pg) if k != "parameters"]
+    keys += [f"postgresql.parameters.{k}" for k in sorted(pg.get("parameters") or {})]
+    return [
+        Event(
+            PATRONI_CONFIG_EDITED,
+            type="Warning",
+            message=f"Patroni's configuration (ConfigMap {cluster.metadata.name}-config, or its "
+            f"REST API) was changed by hand: {', '.join(keys)}; set back to the spec (change "
+            "the PostgresCluster instead)",
         )
     ]
 
@@ -756,6 +806,9 @@ def plan_switchover_request(
     if target_name == primary.name:
         return [], None, target_name
     target = snapshot.member(target_name)
+    if target is not None and switchover_refusal(cluster, snapshot) is not None:
+        # Refused (Degraded says why): the other steps (a rolling update) go on.
+        return [], None, handled
     if target is None or not target.ready or not primary.api_url:
         return (
             [],
@@ -775,13 +828,9 @@ def plan_switchover_request(
 def drain_decision(cluster: PostgresCluster, snapshot: Snapshot) -> drain.Decision:
     """What a drain of the primary's node asks for, from the snapshot."""
     primary = snapshot.primary
-    leader_lsn = snapshot.leader_lsn
-    if leader_lsn is None and primary is not None:
-        leader_lsn = primary.lsn
 
     def instance(m: Member) -> drain.Instance:
-        lag = None if leader_lsn is None or m.lsn is None else max(0, leader_lsn - m.lsn)
-        return drain.Instance(m.name, m.node, m.ready, lag, m.terminating)
+        return drain.Instance(m.name, m.node, m.ready, member_lag(snapshot, m), m.terminating)
 
     return drain.decide(
         instance(primary) if primary is not None else None,
@@ -803,6 +852,56 @@ def plan_drain_switchover(
         return [], activity
     why = f"the node of {primary.name} is draining"
     return [_switchover(primary, drained.switch_to, why)], activity
+
+
+def member_lag(snapshot: Snapshot, m: Member) -> int | None:
+    """Bytes m is behind the primary, as Patroni last published (None: unknown)."""
+    primary = snapshot.primary
+    leader_lsn = snapshot.leader_lsn
+    if leader_lsn is None and primary is not None:
+        leader_lsn = primary.lsn
+    return None if leader_lsn is None or m.lsn is None else max(0, leader_lsn - m.lsn)
+
+
+def switchover_refusal(cluster: PostgresCluster, snapshot: Snapshot) -> Problem | None:
+    """Why spec.switchover's target may not take over now: it is not ready, or it lags more
+    than spec.patroni.maximumLagOnFailover (promoting it would lose what it has not
+    received). None when there is nothing to refuse (no request pending, no such instance
+    yet, or a fit target)."""
+    request, primary = cluster.spec.switchover, snapshot.primary
+    handled = cluster.status.switchover_handled if cluster.status else None
+    if request is None or primary is None or request.target_instance in (handled, primary.name):
+        return None
+    target = snapshot.member(request.target_instance)
+    if target is None:
+        return None  # it may be created yet (scaling up): Progressing says it waits
+    max_lag = cluster.spec.patroni.maximum_lag_on_failover
+    lag = member_lag(snapshot, target)
+    if not target.ready:
+        why = f"is not ready (Patroni state {target.state or 'unknown'})"
+    elif lag is None:
+        why = "has not reported its WAL position"
+    elif lag > max_lag:
+        why = (
+            f"lags {lag} bytes behind the primary, more than "
+            f"spec.patroni.maximumLagOnFailover ({max_lag})"
+        )
+    else:
+        return None
+    return Problem(
+        c.SWITCHOVER_REFUSED,
+        f"spec.switchover.targetInstance {target.name} {why}: no switchover from "
+        f"{primary.name}; it is carried out once {target.name} is ready and caught up "
+        "(or name another instance, or remove spec.switchover)",
+    )
+
+
+def with_switchover_refusal(cluster: PostgresCluster, snapshot: Snapshot, decided: Plan) -> Plan:
+    """The plan with a refused switchover request among its problems (Degraded, one Event)."""
+    refused = switchover_refusal(cluster, snapshot)
+    if refused is None:
+        return decided
+    return dataclasses.replace(decided, problems=(*decided.problems, refused))
 
 
 def _update(snapshot: Snapshot, m: Member, *, recreate: bool, why: str) -> list[Action]:
