@@ -130,3 +130,23 @@ def test_a_pass_switches_over_before_the_drain_evicts_the_primary(
     assert _pdb(decided.actions) == pdb
     if draining:
         assert decided.activity is not None and decided.activity.reason == c.NODE_DRAINING
+
+
+def test_only_a_change_of_whether_a_node_drains_queues_its_clusters() -> None:
+    from pgherd.controller.runner import Controller  # noqa: PLC0415
+    from pgherd.settings import Settings  # noqa: PLC0415
+
+    controller = Controller(Settings(), None)  # type: ignore[arg-type]
+    pods = controller.cache.store("Pod", "pgherd.io/cluster")
+    for name, node in (("db-0", "n0"), ("db-1", "n1")):
+        controller.cache._put(pods, trim("Pod", _on(pod(int(name[-1])), node)))
+    node = {"metadata": {"name": "n0", "resourceVersion": "1"}, "spec": {}}
+    controller.on_child("Node", node)  # listed: not draining, nothing to do
+    assert controller.queue.depth() == 0
+    cordoned = {**node, "spec": {"unschedulable": True}}
+    controller.on_child("Node", cordoned)
+    assert controller.queue.get(timeout=0) == ("prod", "db")
+    controller.on_child("Node", {**cordoned, "metadata": {"name": "n0", "resourceVersion": "2"}})
+    assert controller.queue.depth() == 0  # a heartbeat of a node still cordoned: no news
+    controller.on_child("Node", {"metadata": {"name": "n2"}, "spec": {"unschedulable": True}})
+    assert controller.queue.depth() == 0  # no instance there

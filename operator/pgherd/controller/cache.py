@@ -55,8 +55,9 @@ def _interned(value: Any) -> Any:
 
 def trim(kind: str, obj: Manifest) -> Manifest:
     """What the controller reads of an object: no managedFields, no client-side apply copy,
-    of a Pod only its metadata and status, of a status only what decisions read; recurring
-    strings held once. Thousands of objects are cached: this is most of the memory."""
+    of a Pod only its metadata, status and node, of a Node only whether it drains, of a
+    status only what decisions read; recurring strings held once. Thousands of objects are
+    cached: this is most of the memory."""
     meta = dict(obj.get("metadata") or {})
     meta.pop("managedFields", None)
     annotations = meta.get("annotations")

@@ -4,8 +4,10 @@ hands them over.
 
 kopf watches the custom resources (PostgresCluster, PostgresBackup) and calls the handlers
 (pgherd.controller.handlers), which feed their caches and queue the clusters; pgherd's own
-informers watch the children, selected by pgherd's labels. kopf has no lease-based leader
-election, so exactly one replica runs (Deployment strategy Recreate) in standalone mode.
+informers watch the children, selected by pgherd's labels, and the cluster-scoped
+StorageClasses and Nodes (a cordoned node queues the clusters with an instance on it).
+kopf has no lease-based leader election, so exactly one replica runs (Deployment strategy
+Recreate) in standalone mode.
 """
 
 from __future__ import annotations
