@@ -12,9 +12,8 @@ import pytest
 
 from pgherd.api.v1alpha1 import PostgresCluster
 from pgherd.controller import conditions as c
-from pgherd.controller import plan as p
 from pgherd.controller import status
-from pgherd.controller.actions import Apply, Event, PatroniConfig, Switchover
+from pgherd.controller.actions import Apply, PatroniConfig, Switchover
 from pgherd.controller.plan import plan
 from pgherd.controller.snapshot import Snapshot
 from tests.unit.snapshots import (
@@ -99,21 +98,21 @@ def test_a_statefulset_scaled_by_hand_is_set_back(
     kids = _scaled(live_children(cluster), live_replicas)
     decided = plan(_running(spec, healthy(3), children=kids), SETTINGS)
     applied = [a for a in decided.actions if isinstance(a, Apply) and a.kind == "StatefulSet"]
-    events = [a for a in decided.actions if isinstance(a, Event) and a.reason == p.SCALED_BY_HAND]
     assert bool(applied) is event
     if applied:
-        assert applied[0].manifest["spec"]["replicas"] == 3
-    assert bool(events) is event
-    if events:
-        assert f"scaled to {live_replicas} by hand; set back to 3" in events[0].message
+        (apply,) = applied
+        assert apply.manifest["spec"]["replicas"] == 3
+        # Posted by act once the apply went through (a stale cache's apply is refused).
+        assert apply.hand_edit is not None and apply.hand_edit.reason == c.SCALED_BY_HAND
+        assert f"scaled to {live_replicas} by hand; set back to 3" in apply.hand_edit.message
 
 
 def test_a_resize_by_spec_is_no_hand_edit() -> None:
     """spec.instances went from 2 to 3: the StatefulSet is applied, no Event."""
     old = PostgresCluster.model_validate(cluster_raw({"instances": 2}))
     decided = plan(_running({"instances": 3}, healthy(2), children=live_children(old)), SETTINGS)
-    assert [a for a in decided.actions if isinstance(a, Apply) and a.kind == "StatefulSet"]
-    assert not [a for a in decided.actions if isinstance(a, Event)]
+    (apply,) = [a for a in decided.actions if isinstance(a, Apply) and a.kind == "StatefulSet"]
+    assert apply.hand_edit is None
 
 
 @pytest.mark.parametrize(
@@ -141,7 +140,8 @@ def test_patronis_configuration_edited_by_hand_is_set_back(
     decided = plan(s, SETTINGS)
     (patched,) = [a for a in decided.actions if isinstance(a, PatroniConfig)]
     assert patched.member == "db-0"
-    events = [a for a in decided.actions if isinstance(a, Event)]
-    assert [e.reason for e in events] == ([p.PATRONI_CONFIG_EDITED] if event else [])
-    if event:
-        assert keys in events[0].message and "db-config" in events[0].message
+    # The Event is posted by act once the patch went through (never at every retry).
+    assert (patched.hand_edit is not None) is event
+    if patched.hand_edit is not None:
+        assert patched.hand_edit.reason == c.PATRONI_CONFIG_EDITED
+        assert keys in patched.hand_edit.message and "db-config" in patched.hand_edit.message

@@ -50,6 +50,9 @@ LIBRARY_NOT_AVAILABLE = "LibraryNotAvailable"
 PARAMETERS_IGNORED = "ParametersIgnored"
 # spec.switchover names an instance that may not take over (unready, lagging).
 SWITCHOVER_REFUSED = "SwitchoverRefused"
+# Warning Events (not conditions): a hand edit the operator set back.
+SCALED_BY_HAND = "StatefulSetScaledByHand"
+PATRONI_CONFIG_EDITED = "PatroniConfigEditedByHand"
 
 # A standing warning: pg_hba lets TCP clients in without a password.
 INSECURE_AUTHENTICATION = "InsecureAuthentication"

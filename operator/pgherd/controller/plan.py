@@ -363,34 +363,29 @@ def plan_children(
             actions.append(Apply("missing", manifest=want, requires=requires))
         else:
             version = str(live["metadata"].get("resourceVersion"))
-            actions.append(Apply("changed", manifest=want, resource_version=version))
-            actions += scaled_by_hand(live, want)
+            actions.append(Apply("changed", manifest=want, resource_version=version,
+                                 hand_edit=scaled_by_hand(live, want)))  # fmt: skip
     return actions, problems
 
 
 # ---- bad input under fault: hand edits set back ------------------------------------------
-SCALED_BY_HAND = "StatefulSetScaledByHand"
-PATRONI_CONFIG_EDITED = "PatroniConfigEditedByHand"
-
-
-def scaled_by_hand(live: Manifest, want: Manifest) -> list[Action]:
-    """An Event when the StatefulSet's size was changed behind the operator's back (kubectl
+def scaled_by_hand(live: Manifest, want: Manifest) -> Event | None:
+    """The Event when the StatefulSet's size was changed behind the operator's back (kubectl
     scale, an edit): its applied-hash says the operator last applied exactly what it wants
-    now, so the other size is someone's hand. The apply planned beside it sets it back."""
+    now, so the other size is someone's hand. The apply sets it back; act posts the Event
+    once that went through."""
     if want["kind"] != "StatefulSet":
-        return []
+        return None
     mine = (live["metadata"].get("annotations") or {}).get(APPLIED_HASH)
     have, wanted = (live.get("spec") or {}).get("replicas"), want["spec"].get("replicas")
     if mine != want["metadata"]["annotations"][APPLIED_HASH] or have == wanted:
-        return []
-    return [
-        Event(
-            SCALED_BY_HAND,
-            type="Warning",
-            message=f"StatefulSet {live['metadata']['name']} was scaled to {have} by hand; "
-            f"set back to {wanted} (change spec.instances to resize the cluster)",
-        )
-    ]
+        return None
+    return Event(
+        c.SCALED_BY_HAND,
+        type="Warning",
+        message=f"StatefulSet {live['metadata']['name']} was scaled to {have} by hand; "
+        f"set back to {wanted} (change spec.instances to resize the cluster)",
+    )
 
 
 def plan_storage_growth(
@@ -753,32 +748,30 @@ def plan_patroni_config(
             member=target.name,
             api_url=target.api_url,
             patch=patch,
+            hand_edit=config_edited_by_hand(cluster, patch),
         ),
-        *config_edited_by_hand(cluster, patch),
     ]
 
 
-def config_edited_by_hand(cluster: PostgresCluster, patch: Mapping[str, Any]) -> list[Action]:
-    """An Event when Patroni's dynamic configuration (the `<cluster>-config` ConfigMap) was
-    changed by hand: the spec has not changed since the operator last applied it (status
-    observed this generation), so the difference is someone's edit, which the PatroniConfig
-    beside it undoes."""
+def config_edited_by_hand(cluster: PostgresCluster, patch: Mapping[str, Any]) -> Event | None:
+    """The Warning Event when Patroni's dynamic configuration (the `<cluster>-config`
+    ConfigMap) was changed by hand (None otherwise): the spec has not changed since the
+    operator last applied it (status observed this generation), so the difference is
+    someone's edit, which the PatroniConfig undoes. Act posts it once the patch is done."""
     status = cluster.status
     if status is None or status.observed_generation != cluster.metadata.generation:
-        return []
+        return None
     keys = [k for k in sorted(patch) if k != "postgresql"]
     pg = patch.get("postgresql") or {}
     keys += [f"postgresql.{k}" for k in sorted(pg) if k != "parameters"]
     keys += [f"postgresql.parameters.{k}" for k in sorted(pg.get("parameters") or {})]
-    return [
-        Event(
-            PATRONI_CONFIG_EDITED,
-            type="Warning",
-            message=f"Patroni's configuration (ConfigMap {cluster.metadata.name}-config, or its "
-            f"REST API) was changed by hand: {', '.join(keys)}; set back to the spec (change "
-            "the PostgresCluster instead)",
-        )
-    ]
+    return Event(
+        c.PATRONI_CONFIG_EDITED,
+        type="Warning",
+        message=f"Patroni's configuration (ConfigMap {cluster.metadata.name}-config, or its "
+        f"REST API) was changed by hand: {', '.join(keys)}; set back to the spec (change the "
+        "PostgresCluster instead)",
+    )
 
 
 # ---- switchover, rolling updates, scaling -----------------------------------------------
