@@ -2,7 +2,7 @@
 writer running. The operator sees the cordon, switches over while the primary's
 PodDisruptionBudget holds its eviction, and the drain then evicts the old primary and
 completes. The write outage is measured against a planned switchover's (spec.switchover) on
-the same cluster."""
+the same cluster. A single-instance cluster's node drains without waiting."""
 
 from __future__ import annotations
 
@@ -117,6 +117,8 @@ def test_a_drain_of_the_primarys_node_switches_over_first(
 ) -> None:
     cluster = Cluster(kube, namespace, "drain")
     cluster.create({"instances": 2, "patroni": {"ttl": 20, "loopWait": 2, "retryTimeout": 5}})
+    solo = Cluster(kube, namespace, "solo")  # made meanwhile, drained at the end
+    solo.create({"instances": 1})
     cluster.wait_healthy(2)
     pdbs = {p["metadata"]["name"]: p for p in kube.list("PodDisruptionBudget", namespace)}
     assert pdbs["drain-primary"]["spec"]["maxUnavailable"] == 0
@@ -176,3 +178,18 @@ def test_a_drain_of_the_primarys_node_switches_over_first(
         stored = {row[0] for row in conn.execute("SELECT id FROM acked")}
     lost = [n for _, n in writer.acked if n not in stored]
     assert lost == [], f"{len(lost)} acknowledged rows lost"
+
+    # A single instance never holds a drain: its budget lets the eviction through (an
+    # outage until its pod runs again, here once the node is uncordoned: its volume is there).
+    solo.wait_healthy(1)
+    pdbs = {p["metadata"]["name"]: p for p in kube.list("PodDisruptionBudget", namespace)}
+    assert pdbs["solo-primary"]["spec"]["maxUnavailable"] == 1
+    node = _node_of(kube, namespace, "solo-0")
+    try:
+        drained = _kubectl(control_plane, "drain", node, "--ignore-daemonsets",
+                           "--delete-emptydir-data", "--timeout=120s")  # fmt: skip
+        assert drained.returncode == 0, drained.stdout + drained.stderr
+    finally:
+        _kubectl(control_plane, "uncordon", node)
+    solo.wait_healthy(1, timeout=240)
+    cluster.wait_healthy(2, timeout=240)
