@@ -182,6 +182,12 @@ CLUSTER: tuple[Rule, ...] = (
         "whether a cluster's StorageClass exists (watched)",
     ),
     Rule(
+        "",
+        ("nodes",),
+        ("list", "watch"),
+        "whether an instance's node is cordoned for a drain (drain-aware switchover)",
+    ),
+    Rule(
         "apiextensions.k8s.io",
         ("customresourcedefinitions",),
         ("list", "watch"),

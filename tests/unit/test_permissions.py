@@ -16,7 +16,7 @@ from pathlib import Path
 from pgherd.api import v1alpha1
 from pgherd.api.v1alpha1 import PostgresPooler
 from pgherd.controller.client import KINDS
-from pgherd.controller.runner import OPTIONAL, WATCHED
+from pgherd.controller.runner import CLUSTER_SCOPED, OPTIONAL, WATCHED
 from pgherd.controller.snapshot import expected_children
 from pgherd.render.children import desired_children
 from pgherd.render.pooler import render_auth_secret, render_pooler
@@ -121,7 +121,7 @@ def client_calls() -> set[tuple[str, str, str]]:
     rendered children are server-side applied (a PATCH, which the API server authorizes as
     create when the object is new); status is patched; Events are posted."""
     used: set[tuple[str, str, str]] = set()
-    for kind, _selector in (*WATCHED, *OPTIONAL, ("StorageClass", "")):
+    for kind, _selector in (*WATCHED, *OPTIONAL, *CLUSTER_SCOPED):
         used |= {(*_resource(kind), "list"), (*_resource(kind), "watch")}
     for kind, _name in expected_children("db"):
         used.add((*_resource(kind), "get"))

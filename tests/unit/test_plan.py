@@ -89,6 +89,7 @@ def test_a_new_cluster_applies_every_child_in_order() -> None:
         "apply Service/db-r",
         "apply StatefulSet/db",
         "apply PodDisruptionBudget/db",
+        "apply PodDisruptionBudget/db-primary",
     ]
 
 
@@ -528,5 +529,6 @@ def test_missing_children_are_created_only_if_the_name_is_free() -> None:
     # No pod may start unless every child it uses (Secrets above all) was created as ours.
     assert ("Secret", "db-superuser") in sts.requires
     assert sts.requires == {a.key for a in applies if a.kind != "StatefulSet"} - {
-        ("PodDisruptionBudget", "db")
+        ("PodDisruptionBudget", "db"),
+        ("PodDisruptionBudget", "db-primary"),
     }

@@ -77,6 +77,7 @@ def test_order_and_names() -> None:
         ("Service", "db-r"),
         ("StatefulSet", "db"),
         ("PodDisruptionBudget", "db"),
+        ("PodDisruptionBudget", "db-primary"),
     ]
 
 

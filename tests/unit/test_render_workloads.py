@@ -8,7 +8,7 @@ import pytest
 
 from pgherd.api.v1alpha1 import RESTARTED_AT_ANNOTATION
 from pgherd.render import labels
-from pgherd.render.pdb import render_pdb
+from pgherd.render.pdb import render_pdb, render_primary_pdb
 from pgherd.render.rbac import render_rbac
 from pgherd.render.services import render_services
 from pgherd.render.statefulset import render_statefulset
@@ -185,7 +185,28 @@ def test_pdb_never_blocks_drains_forever(instances: int) -> None:
     assert pdb["spec"]["maxUnavailable"] == 1
     assert "minAvailable" not in pdb["spec"]
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
-    assert pdb["spec"]["selector"] == {"matchLabels": labels.selector_labels("db")}
+    assert pdb["spec"]["selector"] == {
+        "matchLabels": labels.role_selector("db", labels.ROLE_REPLICA)
+    }
+
+
+@pytest.mark.parametrize(
+    ("instances", "allow", "max_unavailable"),
+    [(1, False, 1), (1, True, 1), (2, False, 0), (2, True, 1), (3, False, 0)],
+)
+def test_primary_pdb_waits_for_a_switchover_unless_none_can_happen(
+    instances: int, allow: bool, max_unavailable: int
+) -> None:
+    """The primary's eviction waits for the operator to move it; with one instance, or when
+    no replica can take over, it goes ahead (a drain is never blocked forever)."""
+    pdb = render_primary_pdb(make_cluster({"instances": instances}), allow_eviction=allow)
+    assert pdb["metadata"]["name"] == "db-primary"
+    assert pdb["spec"]["maxUnavailable"] == max_unavailable
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    # Disjoint from the replicas' budget: the eviction API refuses a pod with two.
+    assert pdb["spec"]["selector"] == {
+        "matchLabels": labels.role_selector("db", labels.ROLE_PRIMARY)
+    }
 
 
 def test_services() -> None:

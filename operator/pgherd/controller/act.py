@@ -178,6 +178,8 @@ class Actor:
             outcome.done.append(f"{action.describe()} ({action.reason})")
             if action.disruptive or isinstance(action, Switchover | SetPassword):
                 self.announce(snapshot, action)
+            if isinstance(action, Apply | PatroniConfig) and action.hand_edit is not None:
+                self.post(snapshot, action.hand_edit)
 
     def _one(self, snapshot: Snapshot, action: Action, rest: patroni.Client) -> None:
         ns = snapshot.namespace

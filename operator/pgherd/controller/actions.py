@@ -47,6 +47,9 @@ class Apply(Action):
     manifest: Manifest = field(default_factory=dict)
     resource_version: str = CREATE_ONLY
     requires: frozenset[tuple[str, str]] = frozenset()
+    # A hand edit this apply undoes: the Event act posts once the apply went through (a
+    # stale cache's apply is refused, 409, and says nothing).
+    hand_edit: Event | None = None
 
     @property
     def kind(self) -> str:
@@ -114,6 +117,9 @@ class PatroniConfig(Action):
     member: str = ""
     api_url: str = ""
     patch: Mapping[str, Any] = field(default_factory=dict)
+    # A hand edit this patch undoes: the Event act posts once the patch went through (not
+    # at every retry while Patroni is unreachable).
+    hand_edit: Event | None = None
 
     def describe(self) -> str:
         return f"patch Patroni configuration through {self.member}: {sorted(self.patch)}"

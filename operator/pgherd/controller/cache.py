@@ -55,8 +55,9 @@ def _interned(value: Any) -> Any:
 
 def trim(kind: str, obj: Manifest) -> Manifest:
     """What the controller reads of an object: no managedFields, no client-side apply copy,
-    of a Pod only its metadata and status, of a status only what decisions read; recurring
-    strings held once. Thousands of objects are cached: this is most of the memory."""
+    of a Pod only its metadata, status and node, of a Node only whether it drains, of a
+    status only what decisions read; recurring strings held once. Thousands of objects are
+    cached: this is most of the memory."""
     meta = dict(obj.get("metadata") or {})
     meta.pop("managedFields", None)
     annotations = meta.get("annotations")
@@ -66,7 +67,20 @@ def trim(kind: str, obj: Manifest) -> Manifest:
         }
     out = {**obj, "metadata": meta}
     if kind == "Pod":
+        # Of the spec only the node (drain-aware switchover).
+        node = (obj.get("spec") or {}).get("nodeName")
         out = {"metadata": meta, "status": obj.get("status") or {}}
+        if node:
+            out["spec"] = {"nodeName": node}
+    if kind == "Node":
+        # Whether it drains (cordon, removal taints) is all a decision reads of a Node; its
+        # status (heartbeats, images) is most of its size.
+        spec = obj.get("spec") or {}
+        keep = {"name": meta.get("name"), "resourceVersion": meta.get("resourceVersion")}
+        out = {
+            "metadata": {k: v for k, v in keep.items() if v is not None},
+            "spec": {k: spec[k] for k in ("unschedulable", "taints") if k in spec},
+        }
     if kind in _STATUS_KEPT:
         status = out.get("status") or {}
         out["status"] = {k: status[k] for k in _STATUS_KEPT[kind] if k in status}

@@ -62,6 +62,8 @@ KINDS: dict[str, Kind] = {
     "PostgresPooler": Kind("pgherd.io/v1alpha1", "postgrespoolers"),
     "Deployment": Kind("apps/v1", "deployments"),
     "StorageClass": Kind("storage.k8s.io/v1", "storageclasses", namespaced=False),
+    # Drain-aware switchover: whether an instance's node is cordoned.
+    "Node": Kind("v1", "nodes", namespaced=False),
     "Namespace": Kind("v1", "namespaces", namespaced=False),
     "ClusterRole": Kind("rbac.authorization.k8s.io/v1", "clusterroles", namespaced=False),
     "ClusterRoleBinding": Kind(

@@ -25,6 +25,7 @@ SCALING = "Scaling"
 ROLLING_UPDATE = "RollingUpdate"
 RESTARTING = "RestartingForParameters"
 SWITCHOVER = "Switchover"
+NODE_DRAINING = "NodeDraining"  # the primary's node is cordoned: switching over first
 ROTATING_CREDENTIALS = "RotatingCredentials"
 UP_TO_DATE = "UpToDate"
 AS_EXPECTED = "AsExpected"
@@ -47,6 +48,11 @@ VERSION_MISMATCH = "VersionMismatch"
 NO_IMAGE = "NoImageForVersion"
 LIBRARY_NOT_AVAILABLE = "LibraryNotAvailable"
 PARAMETERS_IGNORED = "ParametersIgnored"
+# spec.switchover names an instance that may not take over (unready, lagging).
+SWITCHOVER_REFUSED = "SwitchoverRefused"
+# Warning Events (not conditions): a hand edit the operator set back.
+SCALED_BY_HAND = "StatefulSetScaledByHand"
+PATRONI_CONFIG_EDITED = "PatroniConfigEditedByHand"
 
 # A standing warning: pg_hba lets TCP clients in without a password.
 INSECURE_AUTHENTICATION = "InsecureAuthentication"

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from pgherd.api.v1alpha1 import BACKUP_KIND, DATABASE_KIND, KIND, POOLER_KIND, PostgresCluster
 from pgherd.contract import TLS_CA
-from pgherd.controller import databases_read, pooler_read, postgres, references, roles, sql
+from pgherd.controller import databases_read, drain, pooler_read, postgres, references, roles, sql
 from pgherd.controller.backups import recovery_source_store
 from pgherd.controller.cache import Cache
 from pgherd.controller.client import Manifest
@@ -151,6 +151,7 @@ def observe(
         poolers=poolers,
         databases=databases,
         pod_monitors_served=cache.listed("PodMonitor"),
+        draining_nodes=_draining_nodes(cache, pods),
     )
     if cluster is None:
         return snapshot
@@ -193,6 +194,13 @@ def observe(
         seen = databases_read.read(read_sql, target, snapshot.databases)
         snapshot = dataclasses.replace(snapshot, databases_seen=seen)
     return snapshot
+
+
+# ---- drain-aware switchover ---------------------------------------------------------------
+def _draining_nodes(cache: Cache, pods: list[Manifest]) -> frozenset[str]:
+    """The nodes of the cluster's pods that are cordoned or tainted for removal."""
+    nodes = {n for p in pods if (n := (p.get("spec") or {}).get("nodeName"))}
+    return frozenset(n for n in nodes if drain.draining(cache.get("Node", "", n)))
 
 
 # ---- managed roles ------------------------------------------------------------------------

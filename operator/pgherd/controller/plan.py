@@ -37,6 +37,7 @@ from pgherd.controller import (
     certificates,
     credentials,
     databases,
+    drain,
     poolers,
     references,
     roles,
@@ -55,7 +56,7 @@ from pgherd.controller.actions import (
 )
 from pgherd.controller.conditions import Activity, Problem
 from pgherd.controller.databases import Decision as DatabaseDecision
-from pgherd.controller.diff import contains, merge_patch, stamped
+from pgherd.controller.diff import APPLIED_HASH, contains, merge_patch, stamped
 from pgherd.controller.snapshot import READY_STATES, Member, Snapshot
 from pgherd.render import names, ownership
 from pgherd.render.children import desired_children
@@ -160,6 +161,7 @@ def plan(
         hold_workload=gate.blocked
         or tls.tls is None
         or any(p.reason in HOLDS_WORKLOAD for p in problems),
+        allow_primary_eviction=drain_decision(cluster, snapshot).allow_eviction,
     )
     actions += children
     problems += conflicts
@@ -198,7 +200,7 @@ def plan(
     ) or gate.resolved
     # Managed roles come last: their SQL is independent of the rest; then the databases,
     # whose owner may be a managed role created by the same pass.
-    return with_databases(with_managed_roles(Plan(
+    return with_databases(with_switchover_refusal(cluster, snapshot, with_managed_roles(Plan(
         tuple(actions),
         tuple(problems),
         activity,
@@ -211,7 +213,7 @@ def plan(
         image,
         tls,
         rotation.status,
-    ), cluster, snapshot), snapshot)  # fmt: skip
+    ), cluster, snapshot)), snapshot)  # fmt: skip
 
 
 def with_managed_roles(decided: Plan, cluster: PostgresCluster, snapshot: Snapshot) -> Plan:
@@ -246,10 +248,11 @@ def plan_disruption(
     config_activity: Activity | None,
 ) -> tuple[list[Action], Activity | None, str | None]:
     """One disruptive step per pass, the first that applies (the next pass observes its
-    effect first): parameters being applied, a switchover asked for, a rolling update, a
-    scale-down."""
+    effect first): a drain of the primary's node (it will not wait), parameters being
+    applied, a switchover asked for, a rolling update, a scale-down."""
     switch_actions, switch_activity, handled = plan_switchover_request(cluster, snapshot, primary)
     steps: list[tuple[list[Action], Activity | None]] = [
+        plan_drain_switchover(primary, drain_decision(cluster, snapshot)),
         ([], config_activity),
         (switch_actions, switch_activity),
         plan_roll(snapshot, primary),
@@ -322,6 +325,7 @@ def plan_children(
     hold_workload: bool,
     tls: tuple[Mapping[str, str], Mapping[str, str]] | None = None,
     vault_extra: Mapping[str, str] | None = None,
+    allow_primary_eviction: bool = False,
 ) -> tuple[list[Action], list[Problem]]:
     """Apply every rendered child that differs from its live one; none of a neighbour's."""
     actions: list[Action] = []
@@ -335,7 +339,7 @@ def plan_children(
     pod_monitor = wants_pod_monitor(cluster) and snapshot.pod_monitors_served
     rendered = desired_children(
         cluster, passwords, tls=tls, vault_extra=vault_extra, image=image, replicas=replicas,
-        pod_monitor=pod_monitor,
+        pod_monitor=pod_monitor, allow_primary_eviction=allow_primary_eviction,
     )  # fmt: skip
     monitor = snapshot.child("PodMonitor", names.pod_monitor(cluster.metadata.name))
     if not pod_monitor and monitor is not None and ownership.owns(cluster, "PodMonitor", monitor):
@@ -378,8 +382,29 @@ def plan_children(
             actions.append(Apply("missing", manifest=want, requires=requires))
         else:
             version = str(live["metadata"].get("resourceVersion"))
-            actions.append(Apply("changed", manifest=want, resource_version=version))
+            actions.append(Apply("changed", manifest=want, resource_version=version,
+                                 hand_edit=scaled_by_hand(live, want)))  # fmt: skip
     return actions, problems
+
+
+# ---- bad input under fault: hand edits set back ------------------------------------------
+def scaled_by_hand(live: Manifest, want: Manifest) -> Event | None:
+    """The Event when the StatefulSet's size was changed behind the operator's back (kubectl
+    scale, an edit): its applied-hash says the operator last applied exactly what it wants
+    now, so the other size is someone's hand. The apply sets it back; act posts the Event
+    once that went through."""
+    if want["kind"] != "StatefulSet":
+        return None
+    mine = (live["metadata"].get("annotations") or {}).get(APPLIED_HASH)
+    have, wanted = (live.get("spec") or {}).get("replicas"), want["spec"].get("replicas")
+    if mine != want["metadata"]["annotations"][APPLIED_HASH] or have == wanted:
+        return None
+    return Event(
+        c.SCALED_BY_HAND,
+        type="Warning",
+        message=f"StatefulSet {live['metadata']['name']} was scaled to {have} by hand; "
+        f"set back to {wanted} (change spec.instances to resize the cluster)",
+    )
 
 
 def plan_storage_growth(
@@ -742,8 +767,30 @@ def plan_patroni_config(
             member=target.name,
             api_url=target.api_url,
             patch=patch,
-        )
+            hand_edit=config_edited_by_hand(cluster, patch),
+        ),
     ]
+
+
+def config_edited_by_hand(cluster: PostgresCluster, patch: Mapping[str, Any]) -> Event | None:
+    """The Warning Event when Patroni's dynamic configuration (the `<cluster>-config`
+    ConfigMap) was changed by hand (None otherwise): the spec has not changed since the
+    operator last applied it (status observed this generation), so the difference is
+    someone's edit, which the PatroniConfig undoes. Act posts it once the patch is done."""
+    status = cluster.status
+    if status is None or status.observed_generation != cluster.metadata.generation:
+        return None
+    keys = [k for k in sorted(patch) if k != "postgresql"]
+    pg = patch.get("postgresql") or {}
+    keys += [f"postgresql.{k}" for k in sorted(pg) if k != "parameters"]
+    keys += [f"postgresql.parameters.{k}" for k in sorted(pg.get("parameters") or {})]
+    return Event(
+        c.PATRONI_CONFIG_EDITED,
+        type="Warning",
+        message=f"Patroni's configuration (ConfigMap {cluster.metadata.name}-config, or its "
+        f"REST API) was changed by hand: {', '.join(keys)}; set back to the spec (change the "
+        "PostgresCluster instead)",
+    )
 
 
 # ---- switchover, rolling updates, scaling -----------------------------------------------
@@ -771,6 +818,9 @@ def plan_switchover_request(
     if target_name == primary.name:
         return [], None, target_name
     target = snapshot.member(target_name)
+    if target is not None and switchover_refusal(cluster, snapshot) is not None:
+        # Refused (Degraded says why): the other steps (a rolling update) go on.
+        return [], None, handled
     if target is None or not target.ready or not primary.api_url:
         return (
             [],
@@ -784,6 +834,86 @@ def plan_switchover_request(
         Activity(c.SWITCHOVER, f"switching over from {primary.name} to {target.name}"),
         handled,
     )
+
+
+# ---- drain-aware switchover (pgherd.controller.drain) ---------------------------------------
+def drain_decision(cluster: PostgresCluster, snapshot: Snapshot) -> drain.Decision:
+    """What a drain of the primary's node asks for, from the snapshot."""
+    primary = snapshot.primary
+
+    def instance(m: Member) -> drain.Instance:
+        return drain.Instance(m.name, m.node, m.ready, member_lag(snapshot, m), m.terminating)
+
+    return drain.decide(
+        instance(primary) if primary is not None else None,
+        tuple(instance(m) for m in snapshot.members if primary is None or m.name != primary.name),
+        snapshot.draining_nodes,
+        instances=cluster.spec.instances,
+        max_lag=cluster.spec.patroni.maximum_lag_on_failover,
+    )
+
+
+def plan_drain_switchover(
+    primary: Member, drained: drain.Decision
+) -> tuple[list[Action], Activity | None]:
+    """The switchover a drain of the primary's node asks for (its eviction waits for it)."""
+    if drained.message is None:
+        return [], None
+    activity = Activity(c.NODE_DRAINING, drained.message)
+    if drained.switch_to is None or not primary.api_url:
+        return [], activity
+    why = f"the node of {primary.name} is draining"
+    return [_switchover(primary, drained.switch_to, why)], activity
+
+
+def member_lag(snapshot: Snapshot, m: Member) -> int | None:
+    """Bytes m is behind the primary, as Patroni last published (None: unknown)."""
+    primary = snapshot.primary
+    leader_lsn = snapshot.leader_lsn
+    if leader_lsn is None and primary is not None:
+        leader_lsn = primary.lsn
+    return None if leader_lsn is None or m.lsn is None else max(0, leader_lsn - m.lsn)
+
+
+def switchover_refusal(cluster: PostgresCluster, snapshot: Snapshot) -> Problem | None:
+    """Why spec.switchover's target may not take over now: it is not ready, or it lags more
+    than spec.patroni.maximumLagOnFailover (promoting it would lose what it has not
+    received). None when there is nothing to refuse (no request pending, no such instance
+    yet, or a fit target)."""
+    request, primary = cluster.spec.switchover, snapshot.primary
+    handled = cluster.status.switchover_handled if cluster.status else None
+    if request is None or primary is None or request.target_instance in (handled, primary.name):
+        return None
+    target = snapshot.member(request.target_instance)
+    if target is None:
+        return None  # it may be created yet (scaling up): Progressing says it waits
+    max_lag = cluster.spec.patroni.maximum_lag_on_failover
+    lag = member_lag(snapshot, target)
+    if not target.ready:
+        why = f"is not ready (Patroni state {target.state or 'unknown'})"
+    elif lag is None:
+        why = "has not reported its WAL position"
+    elif lag > max_lag:
+        why = (
+            f"lags {lag} bytes behind the primary, more than "
+            f"spec.patroni.maximumLagOnFailover ({max_lag})"
+        )
+    else:
+        return None
+    return Problem(
+        c.SWITCHOVER_REFUSED,
+        f"spec.switchover.targetInstance {target.name} {why}: no switchover from "
+        f"{primary.name}; it is carried out once {target.name} is ready and caught up "
+        "(or name another instance, or remove spec.switchover)",
+    )
+
+
+def with_switchover_refusal(cluster: PostgresCluster, snapshot: Snapshot, decided: Plan) -> Plan:
+    """The plan with a refused switchover request among its problems (Degraded, one Event)."""
+    refused = switchover_refusal(cluster, snapshot)
+    if refused is None:
+        return decided
+    return dataclasses.replace(decided, problems=(*decided.problems, refused))
 
 
 def _update(snapshot: Snapshot, m: Member, *, recreate: bool, why: str) -> list[Action]:

@@ -4,7 +4,8 @@ hands them over.
 
 kopf watches the custom resources (PostgresCluster, PostgresBackup) and calls the handlers
 (pgherd.controller.handlers), which feed their caches and queue the clusters; pgherd's own
-informers watch the children, selected by pgherd's labels.
+informers watch the children, selected by pgherd's labels, and the cluster-scoped
+StorageClasses and Nodes (a cordoned node queues the clusters with an instance on it).
 
 kopf has no lease-based leader election: with PGHERD_LEADER_ELECTION=1 (the Deployment runs
 two replicas) the controller starts only once this replica holds the Lease
@@ -28,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pgherd.api.v1alpha1 import BACKUP_KIND, DATABASE_KIND, KIND, POOLER_KIND, ObjectMeta
-from pgherd.controller import leader
+from pgherd.controller import drain, leader
 from pgherd.controller.cache import Cache, Informer, trim
 from pgherd.controller.client import ApiError, Client, Manifest
 from pgherd.controller.metrics import OperatorMetrics
@@ -63,6 +64,9 @@ WATCHED: tuple[tuple[str, str], ...] = (
 # Kinds of CRDs that may be missing (the Prometheus Operator's): watched once the API serves
 # them, looked for at start and at every resync, so installing the CRD later needs no restart.
 OPTIONAL: tuple[tuple[str, str], ...] = (("PodMonitor", CLUSTER),)
+# Cluster-scoped kinds, watched whole: StorageClasses (does a cluster's exist) and Nodes
+# (drain-aware switchover: is an instance's node cordoned).
+CLUSTER_SCOPED: tuple[tuple[str, str], ...] = (("StorageClass", ""), ("Node", ""))
 
 
 def _globbed(patterns: tuple[str, ...]) -> bool:
@@ -99,6 +103,9 @@ class Controller:
         self._stop = threading.Event()
         self._terminating = threading.Event()
         self.metrics.leading(elector is None)
+        # Node name -> whether it drains, as last seen: only a change of that is news (a
+        # node's other updates are heartbeats).
+        self._draining: dict[str, bool] = {}
 
     # ---- scope -------------------------------------------------------------------------
     def in_scope(self, namespace: str) -> bool:
@@ -129,6 +136,9 @@ class Controller:
                 if (spec.get("storage") or {}).get("storageClassName") == meta.get("name"):
                     self.enqueue(_key(cluster))
             return
+        if kind == "Node":
+            self.on_node(obj)
+            return
         owner = (meta.get("labels") or {}).get(CLUSTER)
         if owner:
             self.enqueue((ns, str(owner)))
@@ -136,6 +146,24 @@ class Controller:
             # A Secret that opted in (or stopped): the clusters of its namespace look again.
             for other in self.cache.all(KIND, ns):
                 self.enqueue(_key(other))
+
+    def on_node(self, node: Manifest) -> None:
+        """A Node changed: when whether it drains changed, the clusters with an instance on
+        it look again (pgherd.controller.drain)."""
+        name = str((node.get("metadata") or {}).get("name") or "")
+        now = drain.draining(node) and not (node.get("metadata") or {}).get("deletionTimestamp")
+        if self._draining.get(name, False) == now:
+            self._draining[name] = now
+            return
+        self._draining[name] = now
+        clusters = {
+            (pod["metadata"].get("namespace") or "", str(owner))
+            for pod in self.cache.all("Pod")
+            if (pod.get("spec") or {}).get("nodeName") == name
+            and (owner := (pod["metadata"].get("labels") or {}).get(CLUSTER))
+        }
+        for key in sorted(clusters):
+            self.enqueue(key, now=True)
 
     def on_cluster(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
         self.metrics.watch_event(KIND, event or LISTED)
@@ -201,10 +229,11 @@ class Controller:
                     Informer(self.client, self.cache, kind, scope, selector, self.on_child,
                              accept=self._accept, metrics=self.metrics)
                 )  # fmt: skip
-        self.informers.append(
-            Informer(self.client, self.cache, "StorageClass", None, "", self.on_child,
-                     metrics=self.metrics)
-        )  # fmt: skip
+        for kind, selector in CLUSTER_SCOPED:
+            self.informers.append(
+                Informer(self.client, self.cache, kind, None, selector, self.on_child,
+                         metrics=self.metrics)
+            )  # fmt: skip
         for informer in self.informers:
             informer.start()
         self._watch_optional_kinds()

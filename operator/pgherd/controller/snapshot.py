@@ -105,6 +105,8 @@ class Member:
     annotations: Mapping[str, str] = field(default_factory=dict)
     # postgres://host:port/postgres, as Patroni advertises the instance's PostgreSQL.
     conn_url: str | None = None
+    # The node the pod is scheduled on (drain-aware switchover).
+    node: str | None = None
 
 
 def _time(value: str | None) -> datetime | None:
@@ -153,6 +155,7 @@ def member_from_pod(pod: Manifest) -> Member:
         report=InstanceReport.from_annotation(annotations.get(contract.INSTANCE_ANNOTATION)),
         annotations=annotations,
         conn_url=patroni.get("conn_url") if isinstance(patroni.get("conn_url"), str) else None,
+        node=(pod.get("spec") or {}).get("nodeName") or None,
     )
 
 
@@ -198,6 +201,9 @@ class Snapshot:
     # for them (read only while there is one).
     poolers: tuple[Manifest, ...] = ()
     pooler_seen: PoolerSeen | None = None
+    # Drain-aware switchover: the nodes of the instances that are cordoned or tainted for
+    # removal (pgherd.controller.drain).
+    draining_nodes: frozenset[str] = frozenset()
 
     # ---- derived views ---------------------------------------------------------------
     def child(self, kind: str, name: str) -> Manifest | None:
@@ -281,5 +287,6 @@ def expected_children(cluster: str) -> list[ChildKey]:
         ("Service", names.service_any(cluster)),
         ("StatefulSet", names.statefulset(cluster)),
         ("PodDisruptionBudget", names.pdb(cluster)),
+        ("PodDisruptionBudget", names.pdb_primary(cluster)),
         *(("ConfigMap", n) for n in names.patroni_dcs_configmaps(cluster)),
     ]

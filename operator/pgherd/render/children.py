@@ -14,7 +14,7 @@ from pgherd.render.monitoring import render_pod_monitor
 from pgherd.render.names import SecretKind
 from pgherd.render.ownership import Manifest
 from pgherd.render.patroni_config import render_patroni_configmap
-from pgherd.render.pdb import render_pdb
+from pgherd.render.pdb import render_pdb, render_primary_pdb
 from pgherd.render.rbac import render_rbac
 from pgherd.render.secrets import render_secrets, render_tls_secrets
 from pgherd.render.services import render_services
@@ -30,6 +30,7 @@ def desired_children(
     image: str | None = None,
     replicas: int | None = None,
     pod_monitor: bool = False,
+    allow_primary_eviction: bool = False,
 ) -> list[Manifest]:
     """The desired child objects of `cluster`.
 
@@ -41,7 +42,8 @@ def desired_children(
     image the operator chose for the cluster's PostgreSQL version (spec.image, else the
     default); replicas: the StatefulSet's size when it must differ from spec.instances for
     now (scaling down waits for the primary to move); pod_monitor: whether to render the
-    PodMonitor (asked for, and its CRD installed).
+    PodMonitor (asked for, and its CRD installed); allow_primary_eviction: the primary's
+    budget lets a drain evict it (no replica can take over; pgherd.controller.drain).
     """
     children = render_rbac(cluster)
     if tls is not None:
@@ -53,6 +55,7 @@ def desired_children(
     children += render_services(cluster)
     children.append(render_statefulset(cluster, image=image, replicas=replicas))
     children.append(render_pdb(cluster))
+    children.append(render_primary_pdb(cluster, allow_eviction=allow_primary_eviction))
     if pod_monitor:
         children.append(render_pod_monitor(cluster))
     return children

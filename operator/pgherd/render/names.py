@@ -87,6 +87,11 @@ def pdb(cluster: str) -> str:
     return cluster
 
 
+def pdb_primary(cluster: str) -> str:
+    """The primary's PodDisruptionBudget (drain-aware switchover)."""
+    return f"{cluster}-primary"
+
+
 def pod_monitor(cluster: str) -> str:
     return cluster
 

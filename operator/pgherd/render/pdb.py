@@ -1,10 +1,19 @@
-"""PodDisruptionBudget `<cluster>`: voluntary evictions (node drains) take one instance at a time.
+"""PodDisruptionBudgets `<cluster>` (the replicas) and `<cluster>-primary` (the primary).
 
-maxUnavailable is 1 whatever the size. With several instances that keeps a quorum of
-Patroni members and a promotable replica through a drain. With a single instance there is no
-replica to fail over to, and a budget of 0 would block every node drain forever; the cluster
-is not highly available anyway, so the drain goes ahead and the instance restarts elsewhere.
-Unhealthy pods may always be evicted, so a crash-looping replica cannot block a drain either.
+Voluntary evictions (node drains) take one replica at a time: `<cluster>` selects the pods
+Patroni labels replica, maxUnavailable 1, which keeps a quorum of Patroni members and a
+promotable replica through a drain. The primary has its own budget, maxUnavailable 0, so that
+its eviction waits for the operator to switch over first (pgherd.controller.drain); once
+Patroni relabels it a replica, the replicas' budget covers it and the drain goes on. The two
+select by the role label, so no pod is ever selected by both (the eviction API refuses a pod
+with more than one budget).
+
+A budget must never block a drain forever: with a single instance there is no replica to
+switch to, and when the primary's node drains with no replica able to take over, the
+operator renders the primary's budget with maxUnavailable 1 (allow_primary_eviction): the
+drain goes ahead at the cost of a failover (or, with one instance, an outage until the pod
+runs again). Unhealthy pods may always be evicted, so a crash-looping instance cannot block a
+drain either.
 """
 
 from __future__ import annotations
@@ -14,16 +23,27 @@ from pgherd.render import labels, names
 from pgherd.render.ownership import Manifest, child_metadata
 
 
-def render_pdb(cluster: PostgresCluster) -> Manifest:
-    """PodDisruptionBudget `<cluster>` over the instance pods."""
-    name = cluster.metadata.name
+def _budget(cluster: PostgresCluster, name: str, role: str, max_unavailable: int) -> Manifest:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": child_metadata(cluster, names.pdb(name)),
+        "metadata": child_metadata(cluster, name),
         "spec": {
-            "maxUnavailable": 1,
-            "selector": {"matchLabels": labels.selector_labels(name)},
+            "maxUnavailable": max_unavailable,
+            "selector": {"matchLabels": labels.role_selector(cluster.metadata.name, role)},
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }
+
+
+def render_pdb(cluster: PostgresCluster) -> Manifest:
+    """PodDisruptionBudget `<cluster>` over the replicas: one at a time."""
+    return _budget(cluster, names.pdb(cluster.metadata.name), labels.ROLE_REPLICA, 1)
+
+
+def render_primary_pdb(cluster: PostgresCluster, *, allow_eviction: bool = False) -> Manifest:
+    """PodDisruptionBudget `<cluster>-primary`: the primary's eviction waits for a switchover,
+    unless allow_eviction or a single instance (nothing to switch to)."""
+    allow = allow_eviction or cluster.spec.instances <= 1
+    name = names.pdb_primary(cluster.metadata.name)
+    return _budget(cluster, name, labels.ROLE_PRIMARY, 1 if allow else 0)
