@@ -25,6 +25,7 @@ import secrets
 import signal
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -67,6 +68,13 @@ OPTIONAL: tuple[tuple[str, str], ...] = (("PodMonitor", CLUSTER),)
 # Cluster-scoped kinds, watched whole: StorageClasses (does a cluster's exist) and Nodes
 # (drain-aware switchover: is an instance's node cordoned).
 CLUSTER_SCOPED: tuple[tuple[str, str], ...] = (("StorageClass", ""), ("Node", ""))
+# Kinds only one feature needs (poolers' Deployments, drain-aware switchover's Nodes): the
+# workers wait for them a moment, not forever. An operator whose RBAC does not cover them yet
+# (an older release's, during an upgrade; an administrator's trimmed Role) still reconciles
+# every cluster; their informers keep retrying, and until they list, a pooler's Deployment
+# create is refused by the API (reported) and no node counts as draining.
+FEATURE_KINDS = frozenset({"Deployment", "Node"})
+FEATURE_WAIT_SECONDS = 15.0
 
 
 def _globbed(patterns: tuple[str, ...]) -> bool:
@@ -242,8 +250,15 @@ class Controller:
 
     def _start_workers(self) -> None:
         # A pass before the caches are filled would see children as missing.
+        started = time.monotonic()
         for informer in self.informers:
             while not informer.synced.wait(5) and not self._stop.is_set():
+                if (
+                    informer.kind in FEATURE_KINDS
+                    and time.monotonic() - started >= FEATURE_WAIT_SECONDS
+                ):
+                    log.warning("%r has not listed (forbidden?): starting without it", informer)
+                    break
                 log.info("waiting for %r to list", informer)
         if not self._stop.is_set():
             self.pool = run_workers(self.queue, self.settings.workers, self.work)
