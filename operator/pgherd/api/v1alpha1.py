@@ -1260,6 +1260,31 @@ class InstanceStatus(ApiModel):
         "(so an idle cluster's status stays still); null when unknown.",
     )
     ready: bool = Field(default=False, description="Whether the pod is Ready.")
+    volume: VolumeStatus | None = Field(
+        default=None,
+        description="The instance's data volume as the instance last measured it (null: not "
+        "reported yet).",
+    )
+
+
+class VolumeStatus(ApiModel):
+    """An instance's data volume, measured by the instance (statvfs and pg_wal's files)."""
+
+    size_bytes: int = Field(ge=0, description="Size of the volume's filesystem.")
+    used_bytes: int = Field(ge=0, description="Bytes used on the volume.")
+    available_bytes: int = Field(ge=0, description="Bytes still available to PostgreSQL.")
+    wal_bytes: int | None = Field(default=None, ge=0, description="Size of pg_wal.")
+    used_percent: int = Field(
+        ge=0, le=100, description="used / (used + available), in percent, as df shows it."
+    )
+    growth_bytes_per_second: int | None = Field(
+        default=None,
+        description="How fast the used bytes grew between the last two measurements (negative: "
+        "shrank; null: unknown), from which the time to full is predicted.",
+    )
+    measured_at: datetime | None = Field(
+        default=None, description="When the operator saw these figures change."
+    )
 
 
 class EndpointsStatus(ApiModel):
