@@ -235,3 +235,103 @@ def test_storage_events_once_per_transition(
     old: PostgresClusterStatus | None, new: PostgresClusterStatus, events: list[tuple[str, str]]
 ) -> None:
     assert [(e.type, e.reason) for e in st.transitions(old, new)] == events
+
+
+# ---- spec.storage.autoGrow -------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("text", "n"),
+    [("1Gi", 2**30), ("64Mi", 64 * MIB), ("1.5Gi", 3 * 2**29), ("1G", 10**9), ("500", 500),
+     ("100m", None), ("-1Gi", None), ("1e3", None)],
+)  # fmt: skip
+def test_quantity_bytes(text: str, n: int | None) -> None:
+    assert storage.quantity_bytes(text) == n
+
+
+def _cluster(
+    size: str = "100Mi", auto: dict[str, Any] | None = None, grown: str | None = None
+) -> Any:
+    from pgherd.api.v1alpha1 import PostgresCluster  # noqa: PLC0415
+    from tests.unit.snapshots import cluster_raw  # noqa: PLC0415
+
+    raw = cluster_raw({"storage": {"size": size, **({"autoGrow": auto} if auto else {})}},
+                      status={"storage": {"grownSize": grown}} if grown else None)  # fmt: skip
+    return PostgresCluster.model_validate(raw)
+
+
+def _use(percent: int, size: int = 100) -> VolumeUsage:
+    used = size * percent // 100
+    return VolumeUsage(size * MIB, used * MIB, (size - used) * MIB)
+
+
+AUTO = {"limit": "200Mi"}
+
+
+@pytest.mark.parametrize(
+    ("size", "auto", "grown", "volumes", "want", "grows", "problem"),
+    [
+        # no autoGrow: spec.storage.size as it is, however full
+        ("100Mi", None, None, {"db-0": _use(95)}, None, False, None),
+        # below the threshold: nothing
+        ("100Mi", AUTO, None, {"db-0": _use(70)}, None, False, None),
+        # past it: +20 % of 100Mi
+        ("100Mi", AUTO, None, {"db-0": _use(85)}, "120Mi", True, None),
+        # a step as a quantity, and a threshold of its own
+        ("100Mi", {**AUTO, "step": "50Mi", "threshold": 60}, None, {"db-0": _use(65)},
+         "150Mi", True, None),
+        # never past the limit
+        ("100Mi", {"limit": "110Mi"}, None, {"db-0": _use(85)}, "110Mi", True, None),
+        # at the limit: a problem, no growth
+        ("100Mi", {"limit": "100Mi"}, None, {"db-0": _use(85)}, None, False,
+         c.AUTOGROW_LIMIT_REACHED),
+        # grown before: kept (spec below it is no shrink) ...
+        ("100Mi", AUTO, "120Mi", {"db-0": _use(50, 120)}, "120Mi", False, None),
+        # ... also when autoGrow is switched off
+        ("100Mi", {**AUTO, "enabled": False}, "120Mi", {"db-0": _use(95, 120)}, "120Mi",
+         False, None),
+        # ... grown again from there once the filesystem has the grown size
+        ("100Mi", AUTO, "120Mi", {"db-0": _use(90, 120)}, "144Mi", True, None),
+        # the last growth not through yet (filesystem still 100Mi): not grown twice
+        ("100Mi", AUTO, "120Mi", {"db-0": _use(95, 100)}, "120Mi", False, None),
+        # spec raised past the grown size: spec wins
+        ("150Mi", AUTO, "120Mi", {"db-0": _use(50, 150)}, None, False, None),
+        # a replica full, the primary not: grown (all claims share one size)
+        ("100Mi", AUTO, None, {"db-0": _use(10), "db-1": _use(81)}, "120Mi", True, None),
+        # an instance that reported nothing yet
+        ("100Mi", AUTO, None, {"db-0": None}, None, False, None),
+    ],
+)  # fmt: skip
+def test_autogrow_decisions(
+    size: str,
+    auto: dict[str, Any] | None,
+    grown: str | None,
+    volumes: dict[str, VolumeUsage | None],
+    want: str | None,
+    grows: bool,
+    problem: str | None,
+) -> None:
+    got = storage.autogrow(_cluster(size, auto, grown), volumes)
+    assert got.size == want
+    assert got.grown == want
+    assert (got.reason is not None) is grows
+    assert (got.problem.reason if got.problem else None) == problem
+
+
+def test_autogrow_goes_through_the_storage_growth_path() -> None:
+    from pgherd.controller.actions import Delete, Event, Patch  # noqa: PLC0415
+    from pgherd.controller.plan import plan  # noqa: PLC0415
+    from pgherd.settings import Settings  # noqa: PLC0415
+
+    spec = {"instances": 1, "storage": {"size": "100Mi", "autoGrow": AUTO}}
+    s = snapshot(spec, pods=[pod(0, role="primary", report=_report(85))], leader="db-0")
+    decided = plan(s, Settings())
+    assert decided.storage_grown == "120Mi"
+    assert [a.reason for a in decided.actions if isinstance(a, Event)] == [c.VOLUME_AUTO_GROWN]
+    growth = [a for a in decided.actions if isinstance(a, Patch | Delete)]
+    # the StatefulSet is re-created with the grown claim template (its pods kept)
+    assert [a.reason for a in growth if isinstance(a, Delete)] == [
+        "storage 100Mi -> 120Mi: re-created with the new size, its pods kept"
+    ]
+    status = st.compute(s, decided, stuck_after=timedelta(minutes=5))
+    assert status is not None
+    assert status.storage is not None
+    assert status.storage.grown_size == "120Mi"

@@ -72,6 +72,8 @@ STORAGE_NEARLY_FULL = "StorageNearlyFull"
 STORAGE_OK = "StorageOK"
 VOLUME_NEARLY_FULL = "VolumeNearlyFull"
 WAL_NOT_ARCHIVED = "WalNotArchived"
+AUTOGROW_LIMIT_REACHED = "AutoGrowLimitReached"  # Degraded: nearly full at autoGrow's limit
+VOLUME_AUTO_GROWN = "VolumeAutoGrown"  # Normal Event: autoGrow expands the claims
 
 # Phases: a one-word summary; conditions carry the detail.
 PHASE_CREATING = "Creating"

@@ -25,6 +25,7 @@ from pgherd.api.v1alpha1 import (
     PostgresCluster,
     PostgresClusterStatus,
     SecretsStatus,
+    StorageStatus,
 )
 from pgherd.controller import backups, roles, storage
 from pgherd.controller import conditions as c
@@ -317,6 +318,7 @@ def compute(
         credentials=plan.credentials,
         monitoring=monitoring(cluster, snapshot),
         managed_roles=managed_roles,
+        storage=StorageStatus(grown_size=plan.storage_grown) if plan.storage_grown else None,
         backup=backups.cluster_backup_status(
             cluster,
             snapshot,

@@ -12,17 +12,29 @@ StorageNearlyFull condition:
   the classic way a database fills its disk (nothing may be recycled until it is archived).
 
 The message gives the predicted time to full when the volume grew between two measurements.
+
+spec.storage.autoGrow (autogrow) raises the claims' size by a step when a volume passes its
+threshold, up to its limit, through the storage-growth path of plan (claims patched, the
+StatefulSet re-created around its pods). The grown size is kept in status.storage.grownSize:
+the claims' size is max(spec.storage.size, grownSize), so a spec below what autoGrow reached
+is no shrink, and raising spec.storage.size past it takes over. It works when PostgreSQL has
+stopped because the disk is full too: the instance's supervisor still reports the volume, and
+the claim is grown from the API side; Patroni starts PostgreSQL again once there is room.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
-from pgherd.api.v1alpha1 import InstanceStatus, VolumeStatus
+from pgherd.api.v1alpha1 import InstanceStatus, PostgresCluster, VolumeStatus
 from pgherd.controller import conditions as c
+from pgherd.controller.conditions import Problem
 
 NEARLY_FULL_PERCENT = 80
 # pg_wal this big (share of the volume) while archiving fails is a disk filling up: with
@@ -154,3 +166,89 @@ def nearly_full(
         )
     reason = c.VOLUME_NEARLY_FULL if full else c.WAL_NOT_ARCHIVED
     return ("True", reason, "; also: ".join(messages))
+
+
+# ---- spec.storage.autoGrow ----------------------------------------------------------------
+_SUFFIX = {
+    "": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18,
+    "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60,
+}  # fmt: skip
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?)([KMGTPE]i|[kMGTPE])?$")
+
+
+def quantity_bytes(value: str) -> int | None:
+    """A storage quantity in bytes (rounded up); None for what a storage size never is
+    (negative, milli, exponent forms)."""
+    m = _QUANTITY.match(value.strip())
+    if m is None:
+        return None
+    return math.ceil(Decimal(m.group(1)) * _SUFFIX[m.group(2) or ""])
+
+
+def as_quantity(n: int) -> str:
+    """Bytes as the claim's request: whole MiB (rounded up), as people write sizes."""
+    return f"{math.ceil(n / 2**20)}Mi"
+
+
+@dataclass(frozen=True)
+class Growth:
+    """autoGrow's decision for one pass: the claims' size (None: spec.storage.size as it is)
+    and, at the limit with a volume still past the threshold, the problem to say so."""
+
+    size: str | None = None
+    grown: str | None = None  # status.storage.grownSize
+    problem: Problem | None = None
+    reason: str | None = None  # why it grows now (the actions' reason)
+
+
+def autogrow(cluster: PostgresCluster, volumes: Mapping[str, VolumeUsage | None]) -> Growth:
+    """The size of the claims: the larger of spec.storage.size and what autoGrow grew them
+    to before (status.storage.grownSize), grown by step (never past limit) when an instance's
+    volume is used past threshold and its filesystem already has the current size (a growth
+    still under way is not grown again)."""
+    spec = cluster.spec.storage
+    auto = spec.auto_grow
+    status = cluster.status.storage if cluster.status else None
+    grown = quantity_bytes(status.grown_size) if status and status.grown_size else None
+    size = quantity_bytes(spec.size) or 0
+    current = max(size, grown or 0)
+    kept = as_quantity(current) if grown and grown > size else None
+    if auto is None or not auto.enabled:
+        return Growth(size=kept, grown=kept)
+    limit = quantity_bytes(auto.limit) or current
+    full = sorted(
+        name for name, v in volumes.items() if v is not None and v.used_percent >= auto.threshold
+    )
+    # A filesystem within 10 % of the claim has been expanded (filesystems keep some
+    # metadata for themselves); smaller, the last growth is not through yet.
+    settled = [n for n in full if (v := volumes[n]) is not None and v.size >= current * 0.9]
+    if not settled:
+        return Growth(size=kept, grown=kept)
+    if current >= limit:
+        return Growth(
+            size=kept,
+            grown=kept,
+            problem=Problem(
+                c.AUTOGROW_LIMIT_REACHED,
+                f"data volume(s) of {', '.join(settled)} used past {auto.threshold}% and "
+                f"storage.autoGrow.limit {auto.limit} reached: raise the limit, or free space",
+            ),
+        )
+    step = auto.step
+    by = current * int(step[:-1]) // 100 if step.endswith("%") else quantity_bytes(step) or 0
+    target = min(limit, current + max(by, 2**20))
+    new = as_quantity(target)
+    return Growth(
+        size=new,
+        grown=new,
+        reason=f"autoGrow: {', '.join(settled)} used past {auto.threshold}%, "
+        f"{as_quantity(current)} -> {new}",
+    )
+
+
+def sized(cluster: PostgresCluster, size: str | None) -> PostgresCluster:
+    """The cluster as rendered with the claims' size autoGrow decided (unchanged: None)."""
+    if size is None or size == cluster.spec.storage.size:
+        return cluster
+    storage = cluster.spec.storage.model_copy(update={"size": size})
+    return cluster.model_copy(update={"spec": cluster.spec.model_copy(update={"storage": storage})})
