@@ -3,7 +3,8 @@ on a 96 MiB tmpfs volume (the test provisioner's `pgherd.dev/tmpfs` class), WAL 
 broken (an object store nobody listens on), so pg_wal keeps every segment as WAL is written.
 The StorageNearlyFull condition warns, spec.storage.autoGrow grows the claim (its request,
 the PV's capacity and the filesystem's size), and PostgreSQL never restarts: the same
-postmaster serves as primary throughout."""
+postmaster serves as primary throughout. A volume already full (writes fail with DiskFull)
+is grown from the API side once autoGrow is switched on."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from kubernetes import client
 
@@ -165,3 +167,60 @@ def test_wal_piling_up_warns_and_autogrow_grows_the_volume_without_a_restart(
     assert _server(cluster) == before
     with cluster.connect_superuser(cluster.primary(), autocommit=True) as conn:
         conn.execute("INSERT INTO w VALUES ('still serving')")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="tmpfs volumes need a provisioner running as root")
+def test_a_full_volume_is_grown_from_the_api_side(
+    operator: Operator, kube: Kube, api: client.ApiClient, namespace: str, tmpfs_class: str
+) -> None:
+    """Full already (writes fail with DiskFull): switching autoGrow on grows the claim from
+    the API side, and the same PostgreSQL accepts writes again."""
+    cluster = Cluster(kube, namespace, "disks")
+    cluster.create(
+        {
+            "instances": 1,
+            "patroni": PATRONI,
+            "storage": {"size": "64Mi", "storageClassName": tmpfs_class,
+                        "autoGrow": {"enabled": False, "limit": "200Mi"}},
+        }
+    )  # fmt: skip
+    cluster.wait_healthy(1, timeout=240)
+    with cluster.connect_superuser(cluster.primary(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE f (pad text)")
+        with pytest.raises(psycopg.errors.DiskFull):
+            for _ in range(200):
+                conn.execute("INSERT INTO f SELECT repeat(md5(g::text), 16) "
+                             "FROM generate_series(1, 2000) g")  # fmt: skip
+    before = _server(cluster)
+    full = wait_for(
+        "the full volume reported",
+        lambda: (
+            (v := ((cluster.status().get("instancesStatus") or [{}])[0]).get("volume"))
+            and v["usedPercent"] >= 95
+            and v
+        ),
+        timeout=90,
+    )
+    print(f"full: {full['usedPercent']}% of {full['sizeBytes'] / MIB:.0f} MiB")
+    started = time.monotonic()
+    cluster.patch_spec({"storage": {"autoGrow": {"enabled": True}}})
+    grown = wait_for(
+        "the claim grown",
+        lambda: (g := (cluster.status().get("storage") or {}).get("grownSize")) and g,
+        timeout=120,
+    )
+
+    def writable() -> bool:
+        try:
+            with cluster.connect_superuser(cluster.primary(), autocommit=True) as conn:
+                conn.execute("INSERT INTO f VALUES ('room again')")
+        except psycopg.Error:
+            return False
+        return True
+
+    wait_for("writes accepted again", writable, timeout=120)
+    _, pv = _claim_and_volume(api, namespace)
+    print(f"grown to {grown} (filesystem {_fs_size(pv) / MIB:.0f} MiB), writable again "
+          f"{time.monotonic() - started:.0f}s after autoGrow was switched on")  # fmt: skip
+    assert _fs_size(pv) > 64 * MIB
+    assert _server(cluster) == before
