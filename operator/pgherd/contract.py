@@ -118,6 +118,8 @@ REPORT_MAJOR = "postgresMajor"  # int: the major version of the image's PostgreS
 REPORT_LIBRARIES = "libraries"  # list[str]: loadable libraries in the image ($libdir)
 REPORT_ERROR = "error"  # str | None: why PostgreSQL does not run, in its own words
 REPORT_IGNORED = "ignoredParameters"  # dict[str, str]: parameter -> why Patroni drops it
+# dict: sizeBytes, usedBytes, availableBytes of the data volume, walBytes of pg_wal
+REPORT_VOLUME = "volume"
 
 # The backup agent's annotations on its pod (pgherd.operand.agent): pg_stat_archiver and the
 # last archive error, the store's backup summary, and a heartbeat while a backup runs.

@@ -9,6 +9,13 @@ kube-controller-manager completes the binding. Released volumes of reclaim polic
 Delete are removed. It also grows a volume when its claim asks for more (the job of an
 external resizer), since storage expansion is something the operator must handle.
 
+Volumes of a real size (TEST-ONLY, for disks that do not fill): a StorageClass with the
+parameter `pgherd.dev/tmpfs: "true"` gets each volume's directory mounted as a tmpfs of the
+claim's size (this needs root: CAP_SYS_ADMIN), so statvfs inside the pod sees the claim's
+size and a volume can really fill; an expansion of the claim remounts the tmpfs bigger
+before the PV's capacity and the claim's status.capacity say so, as a real resizer would.
+A released volume's tmpfs is unmounted (its data is gone: memory, not storage).
+
 It is level-based (lists on a short timer) because simplicity beats latency here.
 Never use it outside the local control plane: hostPath volumes are not storage.
 """
@@ -17,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -24,9 +33,12 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
+from pgherd.controller.storage import quantity_bytes
+
 PROVISIONER = "pgherd.dev/local-test"
 _SELECTED_NODE = "volume.kubernetes.io/selected-node"
 _PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
+TMPFS_PARAMETER = "pgherd.dev/tmpfs"
 
 log = logging.getLogger("pgherd-dev.provisioner")
 
@@ -37,6 +49,32 @@ def _our_classes(storage: client.StorageV1Api) -> dict[str, Any]:
         for sc in storage.list_storage_class().items
         if sc.provisioner == PROVISIONER
     }
+
+
+def tmpfs_bytes(sc: Any, request: str) -> int | None:
+    """The tmpfs size of a volume of this class for this request (None: a plain directory,
+    the class does not ask for tmpfs or the request is not a size)."""
+    if ((sc.parameters or {}).get(TMPFS_PARAMETER) or "").lower() != "true":
+        return None
+    return quantity_bytes(str(request))
+
+
+def mount_command(path: Path, size: int, *, remount: bool) -> list[str]:
+    """mount(8) for a volume's tmpfs of size bytes; remount grows (or shrinks) it in place,
+    its files kept."""
+    if remount:
+        return ["mount", "-o", f"remount,size={size}", str(path)]
+    return ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)]
+
+
+def _mounted(path: Path) -> bool:
+    return os.path.ismount(path)
+
+
+def mount_tmpfs(path: Path, size: int) -> None:
+    """The volume's directory as a tmpfs of size bytes: mounted, or remounted to the size."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(mount_command(path, size, remount=_mounted(path)), check=True)
 
 
 def _pv_for(pvc: Any, sc: Any, node: str | None, root: Path) -> dict[str, Any]:
@@ -90,6 +128,9 @@ def reconcile_once(core: client.CoreV1Api, storage: client.StorageV1Api, root: P
                 continue
             body = _pv_for(pvc, sc, node, root)
             if body["metadata"]["name"] not in pvs:
+                size = tmpfs_bytes(sc, pvc.spec.resources.requests["storage"])
+                if size is not None:
+                    mount_tmpfs(Path(body["spec"]["hostPath"]["path"]), size)
                 try:
                     core.create_persistent_volume(body)
                     log.info(
@@ -103,29 +144,41 @@ def reconcile_once(core: client.CoreV1Api, storage: client.StorageV1Api, root: P
                     if e.status != 409:
                         raise
         elif pvc.status.phase == "Bound":
-            _resize(core, pvc, pvs.get(pvc.spec.volume_name))
+            _resize(core, pvc, pvs.get(pvc.spec.volume_name), sc)
     for pv in pvs.values():
-        ours = (pv.metadata.annotations or {}).get(_PROVISIONED_BY) == PROVISIONER
-        if (
-            ours
-            and pv.status.phase == "Released"
-            and pv.spec.persistent_volume_reclaim_policy == "Delete"
-        ):
-            try:
-                core.delete_persistent_volume(pv.metadata.name)
-                log.info("deleted released %s", pv.metadata.name)
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+        _delete_released(core, pv)
 
 
-def _resize(core: client.CoreV1Api, pvc: Any, pv: Any) -> None:
+def _delete_released(core: client.CoreV1Api, pv: Any) -> None:
+    ours = (pv.metadata.annotations or {}).get(_PROVISIONED_BY) == PROVISIONER
+    if not (
+        ours
+        and pv.status.phase == "Released"
+        and pv.spec.persistent_volume_reclaim_policy == "Delete"
+    ):
+        return
+    path = Path(pv.spec.host_path.path) if pv.spec.host_path else None
+    if path is not None and _mounted(path):
+        subprocess.run(["umount", str(path)], check=False)
+    try:
+        core.delete_persistent_volume(pv.metadata.name)
+        log.info("deleted released %s", pv.metadata.name)
+    except ApiException as e:
+        if e.status != 404:
+            raise
+
+
+def _resize(core: client.CoreV1Api, pvc: Any, pv: Any, sc: Any) -> None:
     if pv is None:
         return
     want = pvc.spec.resources.requests["storage"]
     have = (pvc.status.capacity or {}).get("storage")
     if want == have:
         return
+    size = tmpfs_bytes(sc, want)
+    if size is not None and pv.spec.host_path is not None:
+        # The filesystem first: capacity says what the pod can use only once it can.
+        mount_tmpfs(Path(pv.spec.host_path.path), size)
     if pv.spec.capacity.get("storage") != want:
         core.patch_persistent_volume(pv.metadata.name, {"spec": {"capacity": {"storage": want}}})
     core.patch_namespaced_persistent_volume_claim_status(

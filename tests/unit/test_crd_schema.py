@@ -37,6 +37,8 @@ OPTIONAL_SPEC_FIELDS = {
     "spec.monitoring",
     # Managed roles: absent, nothing inside PostgreSQL is managed (and no SQL is run).
     "spec.managed",
+    # Disks that do not fill: absent, the volumes never grow by themselves (limit required).
+    "spec.storage.autoGrow",
 }
 FORBIDDEN_KEYWORDS = {"$ref", "$defs", "definitions", "allOf", "oneOf", "not", "title", "const"}
 
@@ -229,6 +231,9 @@ def test_cel_rules_sit_on_the_objects_holding_their_fields(root: dict[str, Any])
         "quantity(self.size).compareTo(quantity(oldSelf.size)) >= 0",
         "!has(oldSelf.storageClassName) || (has(self.storageClassName)"
         " && self.storageClassName == oldSelf.storageClassName)",
+        # Disks that do not fill: autoGrow's limit compares two fields of storage.
+        "!has(self.autoGrow) || !isQuantity(self.size) || "
+        "quantity(self.autoGrow.limit).compareTo(quantity(self.size)) >= 0",
     ]
     assert rules_at(root, "spec") == [
         "self.postgresVersion >= oldSelf.postgresVersion",

@@ -128,6 +128,13 @@ class StorageSpec(ApiModel):
                     "storage.storageClassName is immutable once set",
                     ".storageClassName",
                 ),
+                # Disks that do not fill: autoGrow never goes past its limit.
+                _cel(
+                    "!has(self.autoGrow) || !isQuantity(self.size) || "
+                    "quantity(self.autoGrow.limit).compareTo(quantity(self.size)) >= 0",
+                    "storage.autoGrow.limit must be at least storage.size",
+                    ".autoGrow.limit",
+                ),
             ]
         }
     )
@@ -148,6 +155,34 @@ class StorageSpec(ApiModel):
         description="What happens to the data volumes (PersistentVolumeClaims) when the cluster "
         "is deleted: Retain keeps them, Delete removes them. Volumes of instances removed by "
         "scaling down are always retained.",
+    )
+    auto_grow: AutoGrowSpec | None = Field(
+        default=None,
+        description="Grow the data volumes before they fill: when an instance's volume is used "
+        "past threshold, the claims are expanded by step, up to limit. The StorageClass must "
+        "allow volume expansion.",
+    )
+
+
+class AutoGrowSpec(ApiModel):
+    """Automatic growth of the data volumes (disks that do not fill)."""
+
+    enabled: bool = Field(default=True, description="Whether the volumes grow by themselves.")
+    threshold: int = Field(
+        default=80,
+        ge=10,
+        le=99,
+        description="Grow when an instance's data volume is used past this percentage.",
+    )
+    step: str = Field(
+        default="20%",
+        max_length=64,
+        pattern=r"^([1-9][0-9]{0,2}%|[0-9]+(\.[0-9]+)?([KMGTPE]i|[kMGTPE])?)$",
+        description="How much to grow at once: a percentage of the current size (20%) or a "
+        "quantity (1Gi).",
+    )
+    limit: StorageSize = Field(
+        description="The largest size autoGrow may reach (a quantity, at least storage.size)."
     )
 
 
@@ -1260,6 +1295,41 @@ class InstanceStatus(ApiModel):
         "(so an idle cluster's status stays still); null when unknown.",
     )
     ready: bool = Field(default=False, description="Whether the pod is Ready.")
+    volume: VolumeStatus | None = Field(
+        default=None,
+        description="The instance's data volume as the instance last measured it (null: not "
+        "reported yet).",
+    )
+
+
+class StorageStatus(ApiModel):
+    """What spec.storage.autoGrow did to the data volumes."""
+
+    grown_size: str | None = Field(
+        default=None,
+        description="The size autoGrow expanded the claims to. The claims' size is the larger "
+        "of this and spec.storage.size: a spec.storage.size below it is no shrink.",
+    )
+
+
+class VolumeStatus(ApiModel):
+    """An instance's data volume, measured by the instance (statvfs and pg_wal's files)."""
+
+    size_bytes: int = Field(ge=0, description="Size of the volume's filesystem.")
+    used_bytes: int = Field(ge=0, description="Bytes used on the volume.")
+    available_bytes: int = Field(ge=0, description="Bytes still available to PostgreSQL.")
+    wal_bytes: int | None = Field(default=None, ge=0, description="Size of pg_wal.")
+    used_percent: int = Field(
+        ge=0, le=100, description="used / (used + available), in percent, as df shows it."
+    )
+    growth_bytes_per_second: int | None = Field(
+        default=None,
+        description="How fast the used bytes grew between the last two measurements (negative: "
+        "shrank; null: unknown), from which the time to full is predicted.",
+    )
+    measured_at: datetime | None = Field(
+        default=None, description="When the operator saw these figures change."
+    )
 
 
 class EndpointsStatus(ApiModel):
@@ -1454,6 +1524,10 @@ class PostgresClusterStatus(ApiModel):
         default=None,
         description="State of each of spec.managed.roles.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+    storage: StorageStatus | None = Field(
+        default=None,
+        description="The data volumes' size as spec.storage.autoGrow grew it.",
     )
     # Backups
     backup: ClusterBackupStatus | None = Field(

@@ -67,6 +67,14 @@ ARCHIVE_PENDING = "WaitingForFirstArchive"
 RECOVERY_SOURCE_NOT_READY = "RecoverySourceNotReady"
 ARCHIVE_WOULD_OVERWRITE_SOURCE = "ArchiveWouldOverwriteSource"
 
+# Disks that do not fill (pgherd.controller.storage): the StorageNearlyFull condition.
+STORAGE_NEARLY_FULL = "StorageNearlyFull"
+STORAGE_OK = "StorageOK"
+VOLUME_NEARLY_FULL = "VolumeNearlyFull"
+WAL_NOT_ARCHIVED = "WalNotArchived"
+AUTOGROW_LIMIT_REACHED = "AutoGrowLimitReached"  # Degraded: nearly full at autoGrow's limit
+VOLUME_AUTO_GROWN = "VolumeAutoGrown"  # Normal Event: autoGrow expands the claims
+
 # Phases: a one-word summary; conditions carry the detail.
 PHASE_CREATING = "Creating"
 PHASE_HEALTHY = "Healthy"

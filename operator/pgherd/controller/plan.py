@@ -41,6 +41,7 @@ from pgherd.controller import (
     poolers,
     references,
     roles,
+    storage,
 )
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import (
@@ -104,6 +105,8 @@ class Plan:
     managed_roles: roles.RolesPlan | None = None
     # PostgresDatabases: what was decided for each, for their status after act.
     databases: tuple[DatabaseDecision, ...] = ()
+    # Disks that do not fill: the size autoGrow grew the claims to (status.storage).
+    storage_grown: str | None = None
 
     @property
     def disruptive(self) -> list[Action]:
@@ -132,7 +135,7 @@ def plan(
     problems: list[Problem] = list(dcs_conflicts(snapshot))
     if not problems:
         actions += clear_stale_dcs(cluster, snapshot)
-    resolved, gate = backups.resolve(cluster, snapshot)
+    resolved, gate, growth = resolve_sized(cluster, snapshot)
     refused, adopted, refused_fields = check_references(resolved, snapshot)
     problems += refused
     tls = plan_certificates(
@@ -200,7 +203,8 @@ def plan(
     ) or gate.resolved
     # Managed roles come last: their SQL is independent of the rest; then the databases,
     # whose owner may be a managed role created by the same pass.
-    return with_databases(with_switchover_refusal(cluster, snapshot, with_managed_roles(Plan(
+    return with_growth(with_databases(with_switchover_refusal(cluster, snapshot,
+        with_managed_roles(Plan(
         tuple(actions),
         tuple(problems),
         activity,
@@ -213,7 +217,30 @@ def plan(
         image,
         tls,
         rotation.status,
-    ), cluster, snapshot)), snapshot)  # fmt: skip
+    ), cluster, snapshot)), snapshot), growth)  # fmt: skip
+
+
+# ---- disks that do not fill: spec.storage.autoGrow ------------------------------------------
+def resolve_sized(
+    cluster: PostgresCluster, snapshot: Snapshot
+) -> tuple[PostgresCluster, backups.Gate, storage.Growth]:
+    """The cluster to render (its recovery source resolved, backups.resolve) with the claims'
+    size autoGrow decides (storage.autogrow), which the storage-growth path then applies."""
+    resolved, gate = backups.resolve(cluster, snapshot)
+    volumes = {m.name: m.report.volume if m.report else None for m in snapshot.members}
+    growth = storage.autogrow(cluster, volumes)
+    return storage.sized(resolved, growth.size), gate, growth
+
+
+def with_growth(decided: Plan, growth: storage.Growth) -> Plan:
+    """The plan with autoGrow's problem (at the limit), its Event and the grown size."""
+    return dataclasses.replace(
+        decided,
+        actions=(*decided.actions,
+                 *([Event(c.VOLUME_AUTO_GROWN, message=growth.reason)] if growth.reason else [])),
+        problems=(*decided.problems, *([growth.problem] if growth.problem else [])),
+        storage_grown=growth.grown,
+    )  # fmt: skip
 
 
 def with_managed_roles(decided: Plan, cluster: PostgresCluster, snapshot: Snapshot) -> Plan:

@@ -19,6 +19,7 @@ from pgherd.api.v1alpha1 import PostgresCluster
 from pgherd.controller.databases import DatabasesSeen
 from pgherd.controller.roles import RolesSeen
 from pgherd.controller.sql import Target
+from pgherd.controller.storage import VolumeUsage
 from pgherd.render import labels, names
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class InstanceReport:
     libraries: frozenset[str] | None = None
     error: str | None = None
     ignored_parameters: tuple[tuple[str, str], ...] = ()
+    # The data volume and pg_wal as the instance measured them (disks that do not fill).
+    volume: VolumeUsage | None = None
 
     @classmethod
     def from_annotation(cls, raw: str | None) -> InstanceReport | None:
@@ -73,6 +76,7 @@ class InstanceReport:
             ignored_parameters=tuple(sorted((str(k), str(v)) for k, v in ignored.items()))
             if isinstance(ignored, dict)
             else (),
+            volume=VolumeUsage.parse(data.get(contract.REPORT_VOLUME)),
         )
 
 

@@ -25,8 +25,9 @@ from pgherd.api.v1alpha1 import (
     PostgresCluster,
     PostgresClusterStatus,
     SecretsStatus,
+    StorageStatus,
 )
-from pgherd.controller import backups, roles
+from pgherd.controller import backups, roles, storage
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import Event
 from pgherd.controller.conditions import Activity, Problem
@@ -44,6 +45,7 @@ CONDITION_ORDER = [
     c.DEGRADED,
     c.CONTINUOUS_ARCHIVING,
     c.INSECURE_AUTHENTICATION,
+    c.STORAGE_NEARLY_FULL,
 ]
 
 
@@ -277,6 +279,8 @@ def compute(
     elif primary is not None:
         # Without a primary nobody archives; the last word stays as it was.
         put(c.CONTINUOUS_ARCHIVING, *backups.archiving(backups.primary_archiver(snapshot)))
+    instances_status = _instances(snapshot, previous, primary.name if primary else None)
+    conds = _storage_condition(conds, instances_status, gen, now)
     phase = _phase(conds, primary is not None, previous.current_primary, activity)
     port = contract.POSTGRES_PORT
 
@@ -294,16 +298,7 @@ def compute(
         ready_instances=ready,
         current_primary=primary.name if primary else None,
         selector=labels.selector_string(meta.name),
-        instances_status=[
-            InstanceStatus(
-                name=m.name,
-                role="sync_standby" if m.name in snapshot.sync_standbys else m.role,
-                state=m.state,
-                lag_bytes=_lag(snapshot, m.lsn, primary is not None and m.name == primary.name),
-                ready=m.ready,
-            )
-            for m in members
-        ],
+        instances_status=instances_status,
         endpoints=EndpointsStatus(
             read_write=endpoint(names.service_rw(meta.name)),
             read_only=endpoint(names.service_ro(meta.name)),
@@ -323,6 +318,7 @@ def compute(
         credentials=plan.credentials,
         monitoring=monitoring(cluster, snapshot),
         managed_roles=managed_roles,
+        storage=StorageStatus(grown_size=plan.storage_grown) if plan.storage_grown else None,
         backup=backups.cluster_backup_status(
             cluster,
             snapshot,
@@ -331,6 +327,40 @@ def compute(
         ),
         kopf=previous.kopf,
     )
+
+
+def _instances(
+    snapshot: Snapshot, previous: PostgresClusterStatus, primary: str | None
+) -> list[InstanceStatus]:
+    before = {i.name: i.volume for i in previous.instances_status or []}
+    return [
+        InstanceStatus(
+            name=m.name,
+            role="sync_standby" if m.name in snapshot.sync_standbys else m.role,
+            state=m.state,
+            lag_bytes=_lag(snapshot, m.lsn, m.name == primary),
+            ready=m.ready,
+            volume=storage.volume_status(
+                m.report.volume if m.report else None, before.get(m.name), snapshot.now
+            ),
+        )
+        for m in snapshot.members
+    ]
+
+
+def _storage_condition(
+    conds: list[Condition], instances: Sequence[InstanceStatus], gen: int | None, now: datetime
+) -> list[Condition]:
+    """Disks that do not fill: StorageNearlyFull from volume use, and from pg_wal growing
+    while archiving fails (the ContinuousArchiving condition just computed)."""
+    archiving = c.get(conds, c.CONTINUOUS_ARCHIVING)
+    archiving_fails = archiving is not None and archiving.reason == c.ARCHIVE_FAILING
+    full = storage.nearly_full(instances, archiving_fails)
+    if full is None:
+        return [x for x in conds if x.type != c.STORAGE_NEARLY_FULL]
+    status_, reason, message = full
+    return c.set_condition(conds, c.STORAGE_NEARLY_FULL, status=status_, reason=reason,
+                           message=message, generation=gen, now=now)  # fmt: skip
 
 
 def failure_status(
@@ -393,7 +423,12 @@ def transitions(old: PostgresClusterStatus | None, new: PostgresClusterStatus) -
             events.append(Event(ready_after.reason, message=ready_after.message))
         elif ready_before is not None and ready_before.status == "True":
             events.append(Event(ready_after.reason, type="Warning", message=ready_after.message))
-    for type_ in (c.DEGRADED, c.INSECURE_AUTHENTICATION, c.CONTINUOUS_ARCHIVING):
+    for type_ in (
+        c.DEGRADED,
+        c.INSECURE_AUTHENTICATION,
+        c.CONTINUOUS_ARCHIVING,
+        c.STORAGE_NEARLY_FULL,
+    ):
         before, after = c.get(old.conditions, type_), c.get(new.conditions, type_)
         if (
             after is None

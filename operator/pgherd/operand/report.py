@@ -11,13 +11,19 @@ when something changed:
 - PostgreSQL's own last fatal error while it is not running (from its log lines, which pass
   through the supervisor), so that a server that cannot start says why;
 - the parameters of Patroni's dynamic configuration that Patroni's own validator rejects for
-  this version (unknown names, invalid values): Patroni drops them with only a log line.
+  this version (unknown names, invalid values): Patroni drops them with only a log line;
+- the data volume's size, used and available bytes (statvfs) and pg_wal's size, from which
+  the operator warns before the disk fills (pgherd.controller.storage). These move all the
+  time, so a change of them alone is published only when it is worth it (worth_publishing:
+  more than 1 % of the volume, or any change after VOLUME_EVERY seconds): no annotation
+  write storm while WAL is written.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import ssl
 import subprocess
@@ -34,6 +40,7 @@ from pgherd import contract
 log = logging.getLogger("pgherd.instance")
 
 INTERVAL = 3.0
+VOLUME_EVERY = 60.0
 KUBE_TIMEOUT = (5.0, 15.0)
 _SEVERE = re.compile(r"\b(FATAL|PANIC):\s+(.*)$")
 # FATALs a running server logs about one client connection; they say nothing of the server.
@@ -134,6 +141,42 @@ def ignored_parameters(
     return out
 
 
+def volume(data: Path, wal: Path) -> dict[str, int | None] | None:
+    """The data volume (statvfs: bytes as df counts them) and pg_wal's size; None when the
+    volume cannot be read."""
+    try:
+        st = os.statvfs(data)
+    except OSError:
+        return None
+    size = st.f_blocks * st.f_frsize
+    available = st.f_bavail * st.f_frsize
+    used = (st.f_blocks - st.f_bfree) * st.f_frsize
+    try:
+        # pg_wal is flat (segments, and archive_status's empty marker files).
+        wal_bytes: int | None = sum(
+            e.stat(follow_symlinks=False).st_size for e in os.scandir(wal) if e.is_file()
+        )
+    except OSError:
+        wal_bytes = None  # not initialised yet, or a segment removed while we counted
+    return {"sizeBytes": size, "usedBytes": used, "availableBytes": available,
+            "walBytes": wal_bytes}  # fmt: skip
+
+
+def worth_publishing(
+    before: Mapping[str, Any] | None, now: Mapping[str, Any] | None, age: float, every: float
+) -> bool:
+    """Whether a change of the volume figures alone is worth a new annotation: a new size,
+    used or pg_wal bytes moved by more than 1 % of the volume, or any change once `every`
+    seconds passed since the last publication."""
+    if before == now:
+        return False
+    if before is None or now is None or before.get("sizeBytes") != now.get("sizeBytes"):
+        return True
+    step = (now.get("sizeBytes") or 0) / 100
+    moved = max(abs((before.get(k) or 0) - (now.get(k) or 0)) for k in ("usedBytes", "walBytes"))
+    return moved > step or age >= every
+
+
 class Reporter:
     """Publishes this instance's report on its pod whenever it changes."""
 
@@ -156,6 +199,11 @@ class Reporter:
         self.libraries = libraries(bin_dir)
         self.gucs = available_gucs(bin_dir)
         self.published: str | None = None
+        root = env.get("PGHERD_ROOT", "/")
+        self.data = Path(contract.rooted(root, contract.DATA_MOUNT))
+        self.wal = Path(contract.rooted(root, contract.PGDATA)) / "pg_wal"
+        self.volume: dict[str, Any] | None = None
+        self.published_at = -float("inf")
 
     def _get(self, path: str) -> dict[str, Any] | None:
         try:
@@ -191,16 +239,23 @@ class Reporter:
         }
 
     def publish_once(self) -> None:
-        text = json.dumps(self.report(), sort_keys=True, separators=(",", ":"))
-        if text == self.published:
+        report = self.report()
+        measured = volume(self.data, self.wal)
+        rest = json.dumps(report, sort_keys=True, separators=(",", ":"))
+        age = time.monotonic() - self.published_at
+        if rest == self.published and not worth_publishing(
+            self.volume, measured, age, VOLUME_EVERY
+        ):
             return
+        text = json.dumps({**report, contract.REPORT_VOLUME: measured}, sort_keys=True,
+                          separators=(",", ":"))  # fmt: skip
         self.core.patch_namespaced_pod(
             self.pod,
             self.namespace,
             {"metadata": {"annotations": {contract.INSTANCE_ANNOTATION: text}}},
             _request_timeout=KUBE_TIMEOUT,
         )
-        self.published = text
+        self.published, self.volume, self.published_at = rest, measured, time.monotonic()
 
     def loop(self) -> None:
         while True:
