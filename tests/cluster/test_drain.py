@@ -121,7 +121,7 @@ def test_a_drain_of_the_primarys_node_switches_over_first(
     solo.create({"instances": 1})
     cluster.wait_healthy(2)
     pdbs = {p["metadata"]["name"]: p for p in kube.list("PodDisruptionBudget", namespace)}
-    assert pdbs["drain-primary"]["spec"]["maxUnavailable"] == 0
+    assert pdbs["drain-primary"]["spec"]["minAvailable"] == 1
     with cluster.connect(cluster.primary(), autocommit=True) as conn:
         conn.execute("CREATE TABLE acked (id int PRIMARY KEY)")
     writer = Writer(cluster)
@@ -183,7 +183,7 @@ def test_a_drain_of_the_primarys_node_switches_over_first(
     # outage until its pod runs again, here once the node is uncordoned: its volume is there).
     solo.wait_healthy(1)
     pdbs = {p["metadata"]["name"]: p for p in kube.list("PodDisruptionBudget", namespace)}
-    assert pdbs["solo-primary"]["spec"]["maxUnavailable"] == 1
+    assert pdbs["solo-primary"]["spec"]["minAvailable"] == 0
     node = _node_of(kube, namespace, "solo-0")
     try:
         drained = _kubectl(control_plane, "drain", node, "--ignore-daemonsets",

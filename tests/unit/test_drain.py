@@ -20,8 +20,9 @@ P = Instance("db-0", "n0", ready=True, lag=0)
 
 
 def r(name: str, node: str | None, *, ready: bool = True, lag: int | None = 0,
-      terminating: bool = False) -> Instance:  # fmt: skip
-    return Instance(name, node, ready=ready, lag=lag, terminating=terminating)
+      terminating: bool = False, unready: float | None = None) -> Instance:  # fmt: skip
+    return Instance(name, node, ready=ready, lag=lag, terminating=terminating,
+                    unready_seconds=unready)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -38,6 +39,13 @@ def r(name: str, node: str | None, *, ready: bool = True, lag: int | None = 0,
          Decision(switch_to="db-2")),
         (3, P, (r("db-1", "n0"), r("db-2", "n2", lag=10)), frozenset({"n0"}),
          Decision(switch_to="db-2")),
+        # A replica not ready for a moment (just demoted, restarting): wait for it a while.
+        (2, P, (r("db-1", "n1", ready=False, unready=5),), frozenset({"n0"}), Decision()),
+        # ... but not forever, and never for one on a draining node.
+        (2, P, (r("db-1", "n1", ready=False, unready=300),), frozenset({"n0"}),
+         Decision(allow_eviction=True)),
+        (2, P, (r("db-1", "n0", ready=False, unready=5),), frozenset({"n0"}),
+         Decision(allow_eviction=True)),
         # No replica can take over: the eviction goes ahead (never blocked forever).
         (2, P, (r("db-1", "n1", ready=False),), frozenset({"n0"}), Decision(allow_eviction=True)),
         (2, P, (r("db-1", "n1", lag=2 * MiB),), frozenset({"n0"}), Decision(allow_eviction=True)),
@@ -106,7 +114,7 @@ def _on(p: dict[str, Any], node: str) -> dict[str, Any]:
 
 def _pdb(actions: tuple[Any, ...]) -> int | None:
     applied = [a for a in actions if isinstance(a, Apply) and a.name == "db-primary"]
-    return int(applied[0].manifest["spec"]["maxUnavailable"]) if applied else None
+    return int(applied[0].manifest["spec"]["minAvailable"]) if applied else None
 
 
 @pytest.mark.parametrize(
@@ -114,7 +122,7 @@ def _pdb(actions: tuple[Any, ...]) -> int | None:
     [
         (True, frozenset(), None, None),  # nothing drains: nothing changes
         (True, frozenset({"n0"}), "db-0->db-1", None),  # switch over; the budget still holds
-        (False, frozenset({"n0"}), None, 1),  # nobody can take over: the budget lets it go
+        (False, frozenset({"n0"}), None, 0),  # nobody can take over: the budget lets it go
     ],
 )
 def test_a_pass_switches_over_before_the_drain_evicts_the_primary(

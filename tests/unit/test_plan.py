@@ -266,15 +266,21 @@ def test_scaling_down_moves_the_primary_below_the_new_size_first() -> None:
     s = running({"instances": 2}, pods=pods, leader="db-2",
                 children=live_children(PostgresCluster.model_validate(cluster_raw())))  # fmt: skip
     decided = plan(s, SETTINGS)
-    assert [what(a) for a in decided.actions] == ["switchover db-2->db-0"]
+    # The replicas' budget follows the instance count (minAvailable: replicas - 1).
+    assert [what(a) for a in decided.actions] == [
+        "apply PodDisruptionBudget/db",
+        "switchover db-2->db-0",
+    ]
     assert decided.activity is not None and decided.activity.reason == c.SCALING
 
 
 def test_scaling_down_shrinks_the_statefulset_once_the_primary_stays() -> None:
     s = running({"instances": 2}, children=live_children(
         PostgresCluster.model_validate(cluster_raw())))  # fmt: skip
-    (apply,) = plan(s, SETTINGS).actions
-    assert isinstance(apply, Apply) and apply.kind == "StatefulSet"
+    applies = {a.kind: a for a in plan(s, SETTINGS).actions if isinstance(a, Apply)}
+    assert sorted(applies) == ["PodDisruptionBudget", "StatefulSet"]
+    assert applies["PodDisruptionBudget"].manifest["spec"]["minAvailable"] == 0
+    apply = applies["StatefulSet"]
     assert apply.manifest["spec"]["replicas"] == 2
 
 
@@ -282,7 +288,10 @@ def test_scaling_up_applies_the_statefulset() -> None:
     s = running({"instances": 5}, children=live_children(
         PostgresCluster.model_validate(cluster_raw())))  # fmt: skip
     decided = plan(s, SETTINGS)
-    assert [what(a) for a in decided.actions] == ["apply StatefulSet/db"]
+    assert sorted(what(a) for a in decided.actions) == [
+        "apply PodDisruptionBudget/db",
+        "apply StatefulSet/db",
+    ]
     assert decided.activity is not None and decided.activity.reason == c.SCALING
 
 

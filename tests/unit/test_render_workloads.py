@@ -179,11 +179,13 @@ def test_node_selector_and_tolerations_pass_through() -> None:
     assert "nodeSelector" not in pod_spec() and "tolerations" not in pod_spec()
 
 
-@pytest.mark.parametrize("instances", [1, 2, 3, 9])
-def test_pdb_never_blocks_drains_forever(instances: int) -> None:
+@pytest.mark.parametrize(("instances", "min_available"), [(1, 0), (2, 0), (3, 1), (9, 7)])
+def test_pdb_never_blocks_drains_forever(instances: int, min_available: int) -> None:
+    """All replicas but one stay: one may go at a time. A number, not maxUnavailable, which
+    the disruption controller would count against the StatefulSet's whole scale."""
     pdb = render_pdb(make_cluster({"instances": instances}))
-    assert pdb["spec"]["maxUnavailable"] == 1
-    assert "minAvailable" not in pdb["spec"]
+    assert pdb["spec"]["minAvailable"] == min_available
+    assert "maxUnavailable" not in pdb["spec"]
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     assert pdb["spec"]["selector"] == {
         "matchLabels": labels.role_selector("db", labels.ROLE_REPLICA)
@@ -191,17 +193,17 @@ def test_pdb_never_blocks_drains_forever(instances: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("instances", "allow", "max_unavailable"),
-    [(1, False, 1), (1, True, 1), (2, False, 0), (2, True, 1), (3, False, 0)],
+    ("instances", "allow", "min_available"),
+    [(1, False, 0), (1, True, 0), (2, False, 1), (2, True, 0), (3, False, 1)],
 )
 def test_primary_pdb_waits_for_a_switchover_unless_none_can_happen(
-    instances: int, allow: bool, max_unavailable: int
+    instances: int, allow: bool, min_available: int
 ) -> None:
     """The primary's eviction waits for the operator to move it; with one instance, or when
     no replica can take over, it goes ahead (a drain is never blocked forever)."""
     pdb = render_primary_pdb(make_cluster({"instances": instances}), allow_eviction=allow)
     assert pdb["metadata"]["name"] == "db-primary"
-    assert pdb["spec"]["maxUnavailable"] == max_unavailable
+    assert pdb["spec"]["minAvailable"] == min_available
     assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
     # Disjoint from the replicas' budget: the eviction API refuses a pod with two.
     assert pdb["spec"]["selector"] == {

@@ -6,7 +6,7 @@ and reads that as "this node is about to go". An eviction itself is not: it is a
 pod's eviction subresource, leaves no object behind, and is either refused by a
 PodDisruptionBudget (429, which `kubectl drain` retries every 5 s) or carried out at once.
 
-So the primary's PodDisruptionBudget (`<cluster>-primary`, maxUnavailable 0) refuses the
+So the primary's PodDisruptionBudget (`<cluster>-primary`, minAvailable 1) refuses the
 primary's eviction while the operator switches over to a ready, caught-up replica on a node
 that is not draining; once Patroni has moved the role label, the old primary is a replica,
 selected by the replicas' budget instead, and the drain's next retry evicts it.
@@ -48,6 +48,13 @@ class Instance:
     ready: bool
     lag: int | None  # bytes behind the primary; None: unknown
     terminating: bool = False
+    # How long it has not been ready (None: ready, or not known).
+    unready_seconds: float | None = None
+
+
+# How long a drain waits for a replica that is not ready yet (one just demoted by a switchover,
+# restarting, catching up) before the primary's eviction is let through without a switchover.
+REPLICA_GRACE_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,23 @@ def decide(
             switch_to=best.name,
             message=f"node {primary.node} is draining: switching over from {primary.name} "
             f"to {best.name} before its eviction",
+        )
+    coming = sorted(
+        r.name
+        for r in replicas
+        if not r.ready
+        and not r.terminating
+        and r.node is not None
+        and r.node not in draining_nodes
+        and r.unready_seconds is not None
+        and r.unready_seconds < REPLICA_GRACE_SECONDS
+    )
+    if coming:
+        # A replica not ready for a moment (a switchover just demoted it) would take over
+        # soon: letting the primary go now would cost a failover for nothing.
+        return Decision(
+            message=f"node {primary.node} is draining: waiting up to "
+            f"{REPLICA_GRACE_SECONDS:.0f}s for replica {coming[0]} to be ready to switch over to",
         )
     return Decision(
         allow_eviction=True,

@@ -869,7 +869,13 @@ def drain_decision(cluster: PostgresCluster, snapshot: Snapshot) -> drain.Decisi
     primary = snapshot.primary
 
     def instance(m: Member) -> drain.Instance:
-        return drain.Instance(m.name, m.node, m.ready, member_lag(snapshot, m), m.terminating)
+        unready = (
+            (snapshot.now - m.unready_since).total_seconds()
+            if not m.ready and m.unready_since is not None
+            else None
+        )
+        return drain.Instance(m.name, m.node, m.ready, member_lag(snapshot, m), m.terminating,
+                              unready)  # fmt: skip
 
     return drain.decide(
         instance(primary) if primary is not None else None,
