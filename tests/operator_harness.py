@@ -62,6 +62,15 @@ class Operator(OperatorProcess):
         super().__init__(kubeconfig, log, env=env, args=args or [])
 
 
+def write_atomically(path: Path, data: bytes) -> None:
+    """Replace ``path`` in one rename: a client in another thread reading it (libpq's
+    sslrootcert) never sees it empty or half written."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
 def refused(create: Any) -> str:
     """The API server's 422 answer to a create it refuses, as text."""
     try:
@@ -159,7 +168,7 @@ class Cluster:
         secret = self.kube.get("Secret", self.namespace, f"{self.name}-app")
         assert secret is not None
         ca = Path(tempfile.gettempdir()) / f"pgherd-{self.namespace}-{self.name}-ca.crt"
-        ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+        write_atomically(ca, base64.b64decode(secret["data"]["ca.crt"]))
         return {
             "host": f"{pod}.{self.name}-headless.{self.namespace}.svc",
             "hostaddr": "127.0.0.1",
@@ -227,7 +236,7 @@ class PoolerClient:
         secret = kube.get("Secret", ns, f"{self.name}-tls")
         assert secret is not None
         self.ca = Path(tempfile.gettempdir()) / f"pgherd-{ns}-{self.name}-ca.crt"
-        self.ca.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+        write_atomically(self.ca, base64.b64decode(secret["data"]["ca.crt"]))
 
     def connect(self, **kwargs: Any) -> psycopg.Connection[Any]:
         user, password, dbname = self.cluster.app_credentials()

@@ -18,6 +18,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -190,3 +192,15 @@ def start(log: Path) -> S3Server:
         server.stop()
         raise
     return server
+
+
+@contextmanager
+def running(log: Path, bucket: str | None = None) -> Iterator[S3Server]:
+    """A store for a test module's fixture: started (with ``bucket`` made), stopped after."""
+    server = start(log)
+    try:
+        if bucket is not None:
+            server.create_bucket(bucket)
+        yield server
+    finally:
+        server.stop()

@@ -40,9 +40,8 @@ def alm_examples() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def s3(control_plane: ControlPlane) -> Iterator[s3_server.S3Server]:
-    server = s3_server.start(control_plane.log_dir / "moto-alm-examples.log")
-    yield server
-    server.stop()
+    with s3_server.running(control_plane.log_dir / "moto-alm-examples.log") as server:
+        yield server
 
 
 def _prepare_store(

@@ -34,10 +34,8 @@ PATRONI = {"ttl": 20, "loopWait": 2, "retryTimeout": 5}
 
 @pytest.fixture(scope="module")
 def s3(control_plane: ControlPlane) -> Iterator[s3_server.S3Server]:
-    server = s3_server.start(control_plane.log_dir / "moto.log")
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
+    with s3_server.running(control_plane.log_dir / "moto.log", BUCKET) as server:
+        yield server
 
 
 def _secret(kube: Kube, namespace: str, name: str, key_id: str, secret: str) -> None:

@@ -75,10 +75,8 @@ def instantiate(expr: str, namespace: str, cluster: str) -> str:
 
 @pytest.fixture(scope="module")
 def s3(control_plane: ControlPlane) -> Iterator[s3_server.S3Server]:
-    server = s3_server.start(control_plane.log_dir / "moto-metrics.log")
-    server.create_bucket(BUCKET)
-    yield server
-    server.stop()
+    with s3_server.running(control_plane.log_dir / "moto-metrics.log", BUCKET) as server:
+        yield server
 
 
 @pytest.fixture
