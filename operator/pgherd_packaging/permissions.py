@@ -98,9 +98,11 @@ NAMESPACED: tuple[Rule, ...] = (
         ("secrets",),
         # list and watch only with a label selector (pgherd.controller.runner.WATCHED): the
         # cluster's own Secrets and those that opted in, never a namespace's every Secret.
-        (*CACHED, "create", "patch"),
+        # delete: only the pooler role's password once the role is dropped (exactly the
+        # object seen, by uid, and only one the cluster owns); patch could already replace it.
+        (*CACHED, "create", "patch", "delete"),
         "the cluster's credential Secrets and its vault; Secrets the spec names (used only "
-        "when they opted in)",
+        "when they opted in); the pooler role's password, deleted with the last pooler",
     ),
     Rule(
         "",

@@ -18,7 +18,7 @@ from pgherd import contract
 from pgherd.api import v1alpha1
 from pgherd.api.v1alpha1 import PostgresPooler
 from pgherd.controller import certificates, poolers
-from pgherd.controller.actions import Action, Apply, Event, Involved, Patch, RunSql
+from pgherd.controller.actions import Action, Apply, Delete, Event, Involved, Patch, RunSql
 from pgherd.controller.diff import stamped
 from pgherd.controller.poolers import Inputs, PoolerSeen
 from pgherd.controller.sql import Target
@@ -209,6 +209,57 @@ def _applies(actions: list[Action]) -> list[tuple[str, str]]:
 
 def test_no_pooler_no_actions() -> None:
     assert poolers.plan_poolers(replace(_inputs(pooler_raw(), {}), poolers=[]), lambda: "x") == []
+
+
+def _neighbours_secret() -> dict[str, Any]:
+    secret = _auth_secret()
+    secret["metadata"]["ownerReferences"][0]["uid"] = "someone-elses"
+    return secret
+
+
+GONE = PoolerSeen(role_exists=False, databases=ALL_DBS)
+LEFT = replace(SEEN_OK, functions_present=frozenset({"app", "postgres"}))
+# What the last pooler leaves behind is taken away in order: functions (and the role's use of
+# the schema), then the role, then its password's Secret; never a neighbour's Secret, never
+# on a guess (unread or unreachable primary).
+CLEANUP_CASES = [
+    ("functions and role", LEFT, _auth_secret(), TARGET,
+     [("sql", "app", "DROP FUNCTION"), ("sql", "postgres", "DROP FUNCTION"),
+      ("sql", "postgres", "DROP ROLE IF ")]),
+    ("role only", SEEN_OK, _auth_secret(), TARGET, [("sql", "postgres", "DROP ROLE IF ")]),
+    ("a function without its role", replace(GONE, functions_present=frozenset({"app"})),
+     _auth_secret(), TARGET, [("sql", "app", "DROP FUNCTION")]),
+    ("all gone: the Secret", GONE, _auth_secret(), TARGET, [("delete", "Secret", "db-pooler")]),
+    ("no Secret: nothing of ours", LEFT, None, TARGET, []),
+    ("a neighbour's Secret", LEFT, _neighbours_secret(), TARGET, []),
+    ("primary unreachable", PoolerSeen(error="unreachable: x"), _auth_secret(), TARGET, []),
+    ("not read", None, _auth_secret(), TARGET, []),
+    ("no primary", LEFT, _auth_secret(), None, []),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("why", "seen", "secret", "target", "expected"), CLEANUP_CASES,
+                         ids=[c[0] for c in CLEANUP_CASES])  # fmt: skip
+def test_the_last_poolers_role_and_function_are_taken_away(
+    why: str, seen: PoolerSeen | None, secret: dict[str, Any] | None, target: Target | None,
+    expected: list[tuple[str, str, str]],
+) -> None:  # fmt: skip
+    children = {} if secret is None else {("Secret", "db-pooler"): secret}
+    inputs = replace(_inputs(pooler_raw(), children, seen=seen, target=target), poolers=[])
+    actions = poolers.plan_poolers(inputs, lambda: "x")
+    got = [
+        ("sql", a.database, a.statements[0].shown()[:13]) if isinstance(a, RunSql)
+        else ("delete", a.kind, a.name) if isinstance(a, Delete) else ("other", "", "")
+        for a in actions
+    ]  # fmt: skip
+    assert got == expected
+    for a in actions:
+        if isinstance(a, Delete):
+            assert a.uid == secret["metadata"].get("uid")  # type: ignore[index]
+    # The role's privilege on the schema goes with the function while the role exists.
+    if expected and expected[0][2] == "DROP FUNCTION" and seen is LEFT:
+        assert "REVOKE ALL ON SCHEMA" in actions[0].statements[1].shown()  # type: ignore[attr-defined]
+    assert poolers.wants_sql([], "db", children) is (secret is not None)
 
 
 def test_a_pooler_of_no_cluster_says_so() -> None:

@@ -23,6 +23,7 @@ from pgherd.controller import databases_read, drain, pooler_read, postgres, refe
 from pgherd.controller.backups import recovery_source_store
 from pgherd.controller.cache import Cache
 from pgherd.controller.client import Manifest
+from pgherd.controller.poolers import wants_sql as pooler_wants_sql
 from pgherd.controller.snapshot import (
     CHILD_KINDS,
     READY_STATES,
@@ -187,8 +188,9 @@ def observe(
     # own field to the snapshot here).
     snapshot = dataclasses.replace(snapshot, sql_target=target)
     snapshot = dataclasses.replace(snapshot, roles_seen=_roles_seen(read_sql, target, cluster))
-    # PostgresPooler: its role and auth_query functions, only while the cluster has a pooler.
-    if poolers:
+    # PostgresPooler: its role and auth_query functions, only while the cluster has a pooler
+    # or the last one's are still to be taken away.
+    if pooler_wants_sql(poolers, name, snapshot.children):
         snapshot = dataclasses.replace(snapshot, pooler_seen=pooler_read.read(read_sql, target))
     if snapshot.databases:
         seen = databases_read.read(read_sql, target, snapshot.databases)

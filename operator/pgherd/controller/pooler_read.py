@@ -20,11 +20,7 @@ def read(read_sql: Reader, target: Target) -> PoolerSeen:
     try:
         role = read_sql(target, "postgres", ROLE_QUERY)
         databases = tuple(str(r[0]) for r in read_sql(target, "postgres", DATABASES_QUERY))
-        ok = frozenset(
-            db
-            for db in databases
-            if (rows := read_sql(target, db, FUNCTION_QUERY)) and rows[0][0] == FUNCTION_MARK
-        )
+        functions = {db: read_sql(target, db, FUNCTION_QUERY) for db in databases}
     except PostgresError as e:
         return PoolerSeen(error=f"unreachable: {e}")
     return PoolerSeen(
@@ -32,5 +28,7 @@ def read(read_sql: Reader, target: Target) -> PoolerSeen:
         role_verifier=str(role[0][0]) if role and role[0][0] else None,
         role_attributes_ok=bool(role and role[0][1]),
         databases=databases,
-        functions_ok=ok,
-    )
+        functions_ok=frozenset(db for db, rows in functions.items()
+                               if rows and rows[0][1] == FUNCTION_MARK),
+        functions_present=frozenset(db for db, rows in functions.items() if rows and rows[0][0]),
+    )  # fmt: skip

@@ -41,7 +41,16 @@ from pgherd.api.v1alpha1 import (
     PostgresPooler,
 )
 from pgherd.controller import certificates, references
-from pgherd.controller.actions import Action, Apply, Event, Involved, Patch, RunSql, ready_events
+from pgherd.controller.actions import (
+    Action,
+    Apply,
+    Delete,
+    Event,
+    Involved,
+    Patch,
+    RunSql,
+    ready_events,
+)
 from pgherd.controller.diff import contains, stamped
 from pgherd.controller.snapshot import expected_children
 from pgherd.controller.sql import Ident, Lit, Statement, Target
@@ -83,6 +92,8 @@ class PoolerSeen:
     role_attributes_ok: bool = False
     databases: tuple[str, ...] = ()
     functions_ok: frozenset[str] = frozenset()
+    # Where the function exists at all, current or not (what the last pooler leaves behind).
+    functions_present: frozenset[str] = frozenset()
     error: str | None = None
 
     @property
@@ -105,7 +116,8 @@ DATABASES_QUERY = Statement(
     "SELECT datname FROM pg_catalog.pg_database WHERE datallowconn ORDER BY datname"
 )
 FUNCTION_QUERY = Statement(
-    "SELECT pg_catalog.obj_description(pg_catalog.to_regprocedure({}), 'pg_proc')",
+    "SELECT f IS NOT NULL, pg_catalog.obj_description(f, 'pg_proc')"
+    " FROM pg_catalog.to_regprocedure({}) AS f",
     (Lit(FUNCTION_SIGNATURE),),
 )
 
@@ -189,6 +201,52 @@ def function_statements() -> tuple[Statement, ...]:
         Statement("GRANT EXECUTE ON FUNCTION {}(text) TO {}", (function, role)),
         Statement("COMMENT ON FUNCTION {}(text) IS {}", (function, Lit(FUNCTION_MARK))),
     )
+
+
+def cleanup_statements(role_exists: bool) -> tuple[Statement, ...]:
+    """Undo function_statements in one database: the function and the role's use of the
+    schema (the schema stays: it may hold what others put there)."""
+    function = Ident(contract.POOLER_AUTH_SCHEMA, contract.POOLER_AUTH_FUNCTION)
+    drop = Statement("DROP FUNCTION IF EXISTS {}(text)", (function,))
+    if not role_exists:
+        return (drop,)
+    revoke = Statement(
+        "REVOKE ALL ON SCHEMA {} FROM {}",
+        (Ident(contract.POOLER_AUTH_SCHEMA), Ident(POOLER_USERNAME)),
+    )
+    return (drop, revoke)
+
+
+def plan_cleanup(inputs: Inputs) -> list[Action]:
+    """Once a cluster has no pooler left: its auth_query functions, then its role, then the
+    Secret of the role's password, each when what depends on it is gone (a LOGIN role with
+    a password nobody uses is not left behind). Only the Secret the cluster owns says there
+    is something of pgherd's to take away."""
+    cluster, seen = inputs.cluster, inputs.seen
+    if cluster is None or inputs.cluster_problem is not None:
+        return []
+    name = render.auth_secret(cluster.metadata.name)
+    live = inputs.children.get(("Secret", name))
+    if live is None or not ownership.owns(cluster, "Secret", live):
+        return []
+    if seen is None or seen.error is not None or inputs.target is None:
+        return []
+    group = f"pooler:{cluster.metadata.name}"
+    actions: list[Action] = [
+        RunSql(f"no pooler is left: drop the auth_query function in {db}", group=group,
+               database=db, statements=cleanup_statements(seen.role_exists),
+               target=inputs.target)
+        for db in sorted(seen.functions_present)
+    ]  # fmt: skip
+    if seen.role_exists:
+        actions.append(RunSql(f"no pooler is left: drop the role {POOLER_USERNAME}", group=group,
+                              database="postgres", target=inputs.target, statements=(
+            Statement("DROP ROLE IF EXISTS {}", (Ident(POOLER_USERNAME),)),)))  # fmt: skip
+    elif not seen.functions_present:
+        uid = (live.get("metadata") or {}).get("uid")
+        actions.append(Delete(f"no pooler is left: the password of {POOLER_USERNAME}, a role "
+                              "that is gone", kind="Secret", name=name, uid=uid))  # fmt: skip
+    return actions
 
 
 def plan_sql(
@@ -453,7 +511,7 @@ def plan_poolers(
     """Every action for a cluster's poolers: the role and its function, each pooler's
     children, and each pooler's status."""
     if not inputs.poolers:
-        return []
+        return plan_cleanup(inputs)
     mint = mint or certificates.Mint()
     actions: list[Action] = []
     patches: list[Action] = []
@@ -511,6 +569,9 @@ def policy_from(lifetime_ca: float, lifetime: float, fraction: float) -> certifi
     )
 
 
-def wants_sql(poolers: Sequence[Manifest]) -> bool:
-    """Whether the cluster's database needs reading for its poolers (no pooler, no SQL)."""
-    return bool(poolers)
+def wants_sql(
+    poolers: Sequence[Manifest], cluster: str, children: Mapping[tuple[str, str], Manifest]
+) -> bool:
+    """Whether the cluster's database needs reading for its poolers: while it has one, and
+    while what the last one left (its role's password Secret) is still there."""
+    return bool(poolers) or ("Secret", render.auth_secret(cluster)) in children

@@ -32,8 +32,13 @@ def patroni_configmap(cluster: str) -> str:
     return f"{cluster}-patroni"
 
 
+def patroni_dcs_configmap(cluster: str, suffix: str) -> str:
+    """Patroni's Kubernetes DCS object for one key (config, leader, failover, sync)."""
+    return f"{cluster}-{suffix}"
+
+
 def patroni_dcs_configmaps(cluster: str) -> list[str]:
-    return [f"{cluster}-{suffix}" for suffix in PATRONI_DCS_SUFFIXES]
+    return [patroni_dcs_configmap(cluster, suffix) for suffix in PATRONI_DCS_SUFFIXES]
 
 
 def secret(cluster: str, kind: SecretKind) -> str:
@@ -62,9 +67,14 @@ def server_names(cluster: str, namespace: str) -> list[str]:
     hosts = [service_rw(cluster), service_ro(cluster), service_any(cluster)]
     hosts += [f"*.{service_headless(cluster)}", service_headless(cluster)]
     for host in hosts:
-        out += [host, f"{host}.{namespace}", f"{host}.{namespace}.svc",
-                f"{host}.{namespace}.svc.cluster.local"]  # fmt: skip
+        out += dns_names(host, namespace)
     return out
+
+
+def dns_names(service: str, namespace: str) -> list[str]:
+    """The names a Service is reached by in the cluster, shortest first."""
+    return [service, f"{service}.{namespace}", f"{service}.{namespace}.svc",
+            f"{service}.{namespace}.svc.cluster.local"]  # fmt: skip
 
 
 def service_rw(cluster: str) -> str:

@@ -16,14 +16,19 @@ Manifest = dict[str, Any]
 
 def owner_reference(cluster: PostgresCluster) -> dict[str, Any]:
     """Makes the cluster the controller of a child, so deleting the cluster collects it."""
-    if not cluster.metadata.uid:
+    return controller_reference(KIND, cluster.metadata.name, cluster.metadata.uid)
+
+
+def controller_reference(kind: str, name: str, uid: str | None) -> dict[str, Any]:
+    """The controller ownerReference to a pgherd resource of this kind."""
+    if not uid:
         # The API server rejects an ownerReference without uid; fail here, where the cause is.
-        raise ValueError(f"PostgresCluster {cluster.metadata.name!r} has no metadata.uid")
+        raise ValueError(f"{kind} {name!r} has no metadata.uid")
     return {
         "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": cluster.metadata.name,
-        "uid": cluster.metadata.uid,
+        "kind": kind,
+        "name": name,
+        "uid": uid,
         "controller": True,
         "blockOwnerDeletion": True,
     }

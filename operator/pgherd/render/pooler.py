@@ -22,13 +22,12 @@ from typing import Any
 
 from pgherd import contract
 from pgherd.api.v1alpha1 import (
-    API_VERSION,
     POOLER_KIND,
     POOLER_USERNAME,
     PostgresCluster,
     PostgresPooler,
 )
-from pgherd.render import labels, names
+from pgherd.render import labels, names, ownership
 from pgherd.render.ownership import Manifest, child_metadata
 from pgherd.render.statefulset import restricted_container
 
@@ -71,8 +70,7 @@ def target_service(pooler: PostgresPooler) -> str:
 
 def service_names(pooler: str, namespace: str) -> list[str]:
     """The names a client reaches the pooler's Service by (its certificate covers them)."""
-    return [pooler, f"{pooler}.{namespace}", f"{pooler}.{namespace}.svc",
-            f"{pooler}.{namespace}.svc.cluster.local"]  # fmt: skip
+    return names.dns_names(pooler, namespace)
 
 
 def children_keys(pooler: str) -> list[tuple[str, str]]:
@@ -106,16 +104,7 @@ def pod_labels(pooler: PostgresPooler) -> dict[str, str]:
 
 
 def owner_reference(pooler: PostgresPooler) -> dict[str, Any]:
-    if not pooler.metadata.uid:
-        raise ValueError(f"PostgresPooler {pooler.metadata.name!r} has no metadata.uid")
-    return {
-        "apiVersion": API_VERSION,
-        "kind": POOLER_KIND,
-        "name": pooler.metadata.name,
-        "uid": pooler.metadata.uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
+    return ownership.controller_reference(POOLER_KIND, pooler.metadata.name, pooler.metadata.uid)
 
 
 def _metadata(pooler: PostgresPooler, name: str) -> dict[str, Any]:
