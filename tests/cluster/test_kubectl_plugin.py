@@ -177,6 +177,18 @@ def test_backup_followed_to_completion(cluster: Cluster, plugin: Any) -> None:
 def test_report_has_the_cluster_and_no_secret_data(
     cluster: Cluster, plugin: Any, s3: s3_server.S3Server, tmp_path: Path
 ) -> None:
+    # A database and a pooler (no instances) of the cluster's: the bundle carries them and
+    # the pooler's Deployment.
+    group = {"apiVersion": "pgherd.io/v1alpha1", "metadata": {"namespace": cluster.namespace}}
+    cluster.kube.create(group | {"kind": "PostgresDatabase", "metadata": {
+        "name": "report-db", "namespace": cluster.namespace}, "spec": {
+        "cluster": NAME, "name": "reportdb", "owner": "app"}})  # fmt: skip
+    cluster.kube.create(group | {"kind": "PostgresPooler", "metadata": {
+        "name": "report-pooler", "namespace": cluster.namespace}, "spec": {
+        "cluster": NAME, "instances": 0}})  # fmt: skip
+    wait_for("the pooler's Deployment",
+             lambda: cluster.kube.get("Deployment", cluster.namespace, "report-pooler"),
+             timeout=60)  # fmt: skip
     out = tmp_path / "bundle.zip"
     _ok(plugin("report", NAME, "-o", str(out)))
     with zipfile.ZipFile(out) as zf:
@@ -185,6 +197,9 @@ def test_report_has_the_cluster_and_no_secret_data(
     for name in ("pods.yaml", "statefulsets.yaml", "services.yaml", "secrets.yaml",
                  "postgresbackups.yaml", "events.yaml", "status.txt", "README.txt"):  # fmt: skip
         assert name in files, sorted(files)
+    assert "name: report-db\n" in files["postgresdatabases.yaml"]
+    assert "name: report-pooler\n" in files["postgrespoolers.yaml"]
+    assert "name: report-pooler\n" in files["deployments.yaml"]
     assert f"name: {NAME}-app\n" in files["secrets.yaml"]
     assert "- password\n" in files["secrets.yaml"]  # the keys are listed
     # The operator runs as a process here, not a pod: the bundle says so.

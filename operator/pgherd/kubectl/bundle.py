@@ -20,7 +20,16 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from pgherd.kubectl import redact, summary
-from pgherd.kubectl.session import Session, cluster_backups, cluster_pods, get_cluster, serialize
+from pgherd.kubectl.session import (
+    Session,
+    cluster_backups,
+    cluster_databases,
+    cluster_pods,
+    cluster_poolers,
+    get_cluster,
+    pooler_pods,
+    serialize,
+)
 from pgherd.render import labels, names
 
 Obj = dict[str, Any]
@@ -32,12 +41,15 @@ LOG_TAIL_LINES = 1000
 # Files of the bundle, one per kind, in the order README lists them.
 KIND_FILES = {
     "StatefulSet": "statefulsets.yaml",
+    "Deployment": "deployments.yaml",
     "Pod": "pods.yaml",
     "Service": "services.yaml",
     "PersistentVolumeClaim": "persistentvolumeclaims.yaml",
     "PodDisruptionBudget": "poddisruptionbudgets.yaml",
     "ConfigMap": "configmaps.yaml",
     "PostgresBackup": "postgresbackups.yaml",
+    "PostgresDatabase": "postgresdatabases.yaml",
+    "PostgresPooler": "postgrespoolers.yaml",
     "Secret": "secrets.yaml",
     "Event": "events.yaml",
 }
@@ -63,6 +75,10 @@ def _by_label(session: Session, kind: str, selector: str) -> list[Obj]:
         listed = client.AppsV1Api(session.api).list_namespaced_stateful_set(
             ns, label_selector=selector
         )
+    elif kind == "Deployment":  # a pooler's
+        listed = client.AppsV1Api(session.api).list_namespaced_deployment(
+            ns, label_selector=selector
+        )
     elif kind == "PodDisruptionBudget":
         listed = client.PolicyV1Api(session.api).list_namespaced_pod_disruption_budget(
             ns, label_selector=selector
@@ -79,7 +95,7 @@ def _by_label(session: Session, kind: str, selector: str) -> list[Obj]:
     for item in items:
         item.setdefault("kind", kind)
         item.setdefault("apiVersion", "policy/v1" if kind == "PodDisruptionBudget" else
-                        "apps/v1" if kind == "StatefulSet" else "v1")  # fmt: skip
+                        "apps/v1" if kind in ("StatefulSet", "Deployment") else "v1")  # fmt: skip
     return items
 
 
@@ -128,13 +144,17 @@ def collect(session: Session, name: str, operator_namespace: str, tail: int) -> 
     got = Collected(get_cluster(session, name))
     selector = f"{labels.CLUSTER}={name}"
     steps: list[tuple[str, Any]] = [
-        ("Pod", lambda: cluster_pods(session, name)),
+        ("PostgresPooler", lambda: cluster_poolers(session, name)),
+        ("Pod", lambda: cluster_pods(session, name)
+                        + pooler_pods(session, got.objects.get("PostgresPooler", []))),
         *((kind, lambda kind=kind: _by_label(session, kind, selector)) for kind in (
-            "StatefulSet", "Service", "PersistentVolumeClaim", "PodDisruptionBudget")),
+            "StatefulSet", "Deployment", "Service", "PersistentVolumeClaim",
+            "PodDisruptionBudget")),
         ("ConfigMap", lambda: _merge(_by_label(session, "ConfigMap", selector), _by_names(
             session, "ConfigMap",
             [names.patroni_configmap(name), *names.patroni_dcs_configmaps(name)]))),
         ("PostgresBackup", lambda: cluster_backups(session, name)),
+        ("PostgresDatabase", lambda: cluster_databases(session, name)),
         ("Secret", lambda: _merge(_by_label(session, "Secret", selector), _by_names(
             session, "Secret",
             [*(names.secret(name, k) for k in names.SECRET_KINDS), names.vault(name),

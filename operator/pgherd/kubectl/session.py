@@ -11,7 +11,15 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from pgherd.api.v1alpha1 import BACKUP_PLURAL, GROUP, KIND, PLURAL, VERSION
+from pgherd.api.v1alpha1 import (
+    BACKUP_PLURAL,
+    DATABASE_PLURAL,
+    GROUP,
+    KIND,
+    PLURAL,
+    POOLER_PLURAL,
+    VERSION,
+)
 from pgherd.render import labels
 
 Obj = dict[str, Any]
@@ -101,13 +109,39 @@ def cluster_pods(session: Session, name: str) -> list[Obj]:
     return [serialize(session, p) for p in pods.items]
 
 
-def cluster_backups(session: Session, name: str) -> list[Obj]:
-    """The PostgresBackups of the cluster (spec.cluster), oldest first."""
-    got = _custom(session).list_namespaced_custom_object(
-        GROUP, VERSION, session.namespace, BACKUP_PLURAL
-    )
+def _pointing_at(session: Session, plural: str, name: str) -> list[Obj]:
+    """The namespace's resources of `plural` whose spec.cluster is `name`, oldest first."""
+    got = _custom(session).list_namespaced_custom_object(GROUP, VERSION, session.namespace, plural)
     items = [b for b in got.get("items", []) if (b.get("spec") or {}).get("cluster") == name]
     return sorted(items, key=lambda b: b["metadata"].get("creationTimestamp") or "")
+
+
+def cluster_backups(session: Session, name: str) -> list[Obj]:
+    """The PostgresBackups of the cluster (spec.cluster), oldest first."""
+    return _pointing_at(session, BACKUP_PLURAL, name)
+
+
+def cluster_databases(session: Session, name: str) -> list[Obj]:
+    """The PostgresDatabases of the cluster (spec.cluster), oldest first."""
+    return _pointing_at(session, DATABASE_PLURAL, name)
+
+
+def cluster_poolers(session: Session, name: str) -> list[Obj]:
+    """The PostgresPoolers in front of the cluster (spec.cluster), oldest first."""
+    return _pointing_at(session, POOLER_PLURAL, name)
+
+
+def pooler_pods(session: Session, poolers: list[Obj]) -> list[Obj]:
+    """The pods of these poolers (selected by the pooler's own labels, as its Deployment
+    selects them: they carry no cluster label)."""
+    wanted = sorted(p["metadata"]["name"] for p in poolers)
+    if not wanted:
+        return []
+    selector = f"{labels.NAME}=pgbouncer,{labels.INSTANCE} in ({','.join(wanted)})"
+    pods = client.CoreV1Api(session.api).list_namespaced_pod(
+        session.namespace, label_selector=selector
+    )
+    return [serialize(session, p) for p in pods.items]
 
 
 def get_backup(session: Session, name: str) -> Obj | None:
