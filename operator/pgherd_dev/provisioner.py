@@ -34,6 +34,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from pgherd.controller.storage import quantity_bytes
+from pgherd_dev.processes import api_down
 
 PROVISIONER = "pgherd.dev/local-test"
 _SELECTED_NODE = "volume.kubernetes.io/selected-node"
@@ -200,8 +201,11 @@ def main() -> None:
     while True:
         try:
             reconcile_once(core, storage, args.root)
-        except Exception:  # keep serving: one bad pass must not end the provisioner
-            log.exception("provisioning pass failed")
+        except Exception as e:  # keep serving: one bad pass must not end the provisioner
+            if (down := api_down(e)) is not None:
+                log.warning("provisioning pass failed: %s", down)
+            else:
+                log.exception("provisioning pass failed")
         time.sleep(args.interval)
 
 

@@ -6,69 +6,20 @@ the same cluster. A single-instance cluster's node drains without waiting."""
 
 from __future__ import annotations
 
-import itertools
 import subprocess
 import threading
 import time
 from typing import Any
 
-import psycopg
 import pytest
 
 from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
+from tests.acked_writes import AckedWriter, primary_of, stored_ids
 from tests.conftest import require_tool
 from tests.operator_harness import Cluster, Operator, wait_for
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
-
-
-class Writer(threading.Thread):
-    """Inserts rows one by one through whichever instance is primary; records when each
-    commit was acknowledged. The outage of a window is its longest gap between two."""
-
-    def __init__(self, cluster: Cluster) -> None:
-        super().__init__(daemon=True)
-        self.cluster = cluster
-        self.acked: list[tuple[float, int]] = []
-        self.stop = threading.Event()
-
-    def _primary_conn(self) -> psycopg.Connection[Any]:
-        for pod in self.cluster.pods():
-            try:
-                conn = self.cluster.connect(pod["metadata"]["name"], autocommit=True)
-            except (psycopg.OperationalError, KeyError, AssertionError):
-                continue
-            if conn.execute("SELECT pg_is_in_recovery()").fetchone() == (False,):
-                return conn
-            conn.close()
-        raise psycopg.OperationalError("no primary accepts connections")
-
-    def run(self) -> None:
-        n = 0
-        conn: psycopg.Connection[Any] | None = None
-        while not self.stop.is_set():
-            try:
-                if conn is None:
-                    conn = self._primary_conn()
-                n += 1
-                conn.execute("INSERT INTO acked (id) VALUES (%s)", (n,))
-                self.acked.append((time.monotonic(), n))
-            except (psycopg.Error, KeyError, AssertionError):
-                if conn is not None:
-                    conn.close()
-                conn = None
-                time.sleep(0.1)
-        if conn is not None:
-            conn.close()
-
-    def outage(self, since: float, until: float) -> float:
-        times = [since] + [t for t, _ in self.acked if since < t < until] + [until]
-        return max(b - a for a, b in itertools.pairwise(times))
-
-    def flowing(self, more: int = 20) -> None:
-        count = len(self.acked)
-        wait_for("writes accepted", lambda: len(self.acked) > count + more, timeout=90)
 
 
 class PodWatch(threading.Thread):
@@ -122,9 +73,8 @@ def test_a_drain_of_the_primarys_node_switches_over_first(
     cluster.wait_healthy(2)
     pdbs = {p["metadata"]["name"]: p for p in kube.list("PodDisruptionBudget", namespace)}
     assert pdbs["drain-primary"]["spec"]["minAvailable"] == 1
-    with cluster.connect(cluster.primary(), autocommit=True) as conn:
-        conn.execute("CREATE TABLE acked (id int PRIMARY KEY)")
-    writer = Writer(cluster)
+    writer = AckedWriter(primary_of(cluster))
+    writer.create_table()
     writer.start()
     writer.flowing(50)
 
@@ -175,8 +125,7 @@ def test_a_drain_of_the_primarys_node_switches_over_first(
     # Back on its node once it is schedulable again (its volume is local to it).
     cluster.wait_healthy(2, timeout=240)
     with cluster.connect(cluster.primary()) as conn:
-        stored = {row[0] for row in conn.execute("SELECT id FROM acked")}
-    lost = [n for _, n in writer.acked if n not in stored]
+        lost = writer.lost(stored_ids(conn))
     assert lost == [], f"{len(lost)} acknowledged rows lost"
 
     # A single instance never holds a drain: its budget lets the eviction through (an

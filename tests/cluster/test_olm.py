@@ -583,6 +583,10 @@ ADDED_BY_0_2_0 = {
     "imageUpdatePolicy": "Pinned",
     "tls": {"minProtocolVersion": "TLSv1.2", "allowPlainText": False},
     "credentials": {"rotate": {"app": 0, "superuser": 0}},
+    # issue 16: Patroni's failsafe mode (API-server outage).
+    "patroni.failsafeMode": True,
+    # Patroni timing profiles (issue 16): ttl/loopWait/retryTimeout stay as stored.
+    "patroni.profile": "default",
 }
 
 

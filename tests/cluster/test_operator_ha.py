@@ -11,9 +11,10 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from kubernetes import client as k8s
@@ -32,6 +33,7 @@ from tests.operator_harness import (
     wait_for,
 )
 
+R = TypeVar("R", bound="Replicas")
 pytestmark = [pytest.mark.cluster]
 
 USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
@@ -99,6 +101,30 @@ class Replicas:
             op.stop()
 
 
+@contextmanager
+def replica_group(
+    make: Callable[[Path, Path, str, str], R],
+    prefix: str,
+    control_plane: ControlPlane,
+    api: k8s.ApiClient,
+    kube: Kube,
+    tmp_path: Path,
+) -> Iterator[R]:
+    """Leader-elected replicas (made by `make`) serving a namespace of their own, outside
+    the session operator's patterns, on a Lease of their own; both removed afterwards."""
+    ns = f"{prefix}-{uuid.uuid4().hex[:6]}"
+    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+    lease = f"pgherd-{prefix}-{uuid.uuid4().hex[:6]}"
+    kubeconfig = operator_kubeconfig(control_plane, api, tmp_path / "kubeconfig")
+    group = make(kubeconfig, control_plane.log_dir, ns, lease)
+    try:
+        yield group
+    finally:
+        group.stop()
+        kube.delete("Lease", OPERATOR_NAMESPACE, lease)
+        kube.delete("Namespace", None, ns)
+
+
 @pytest.fixture
 def replicas(
     operator: Operator,  # installs the CRDs and the RBAC (the leader election's Role too)
@@ -107,15 +133,8 @@ def replicas(
     kube: Kube,
     tmp_path: Path,
 ) -> Iterator[Replicas]:
-    ns = f"ha-{uuid.uuid4().hex[:6]}"  # outside the session operator's patterns
-    kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-    lease = f"pgherd-ha-{uuid.uuid4().hex[:6]}"
-    kubeconfig = operator_kubeconfig(control_plane, api, tmp_path / "kubeconfig")
-    group = Replicas(kubeconfig, control_plane.log_dir, ns, lease)
-    yield group
-    group.stop()
-    kube.delete("Lease", OPERATOR_NAMESPACE, lease)
-    kube.delete("Namespace", None, ns)
+    with replica_group(Replicas, "ha", control_plane, api, kube, tmp_path) as group:
+        yield group
 
 
 def _writers(cp: ControlPlane, since: float, namespace: str) -> list[tuple[float, str]]:

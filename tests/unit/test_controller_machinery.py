@@ -162,6 +162,36 @@ def test_a_relist_reports_what_changed_and_what_went() -> None:
     assert cache.get("Service", "ns", "b") is None
 
 
+def test_a_listed_child_is_what_the_operator_renders() -> None:
+    """Issue 16 (API-server outage): a list's items come without apiVersion and kind; held
+    so, no listed child would contain its rendered self and every relist would re-apply every
+    child."""
+    from pgherd.controller.cache import Informer  # noqa: PLC0415
+    from pgherd.controller.client import Listing  # noqa: PLC0415
+    from pgherd.controller.diff import contains, stamped  # noqa: PLC0415
+
+    rendered = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": {"name": "db-instance", "namespace": "ns",
+                     "labels": {"pgherd.io/cluster": "db"}},
+        "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}],
+    }  # fmt: skip
+    live = stamped(rendered)
+    listed = {k: v for k, v in live.items() if k not in ("apiVersion", "kind")}
+    listed["metadata"] = {**live["metadata"], "resourceVersion": "7", "uid": "u"}
+
+    class Lister:
+        def listing(self, kind: str, namespace: str | None, selector: str = "") -> Listing:
+            return Listing([listed], "7")
+
+    cache = Cache()
+    informer = Informer(Lister(), cache, "Role", "ns", "pgherd.io/cluster", lambda *_: None)  # type: ignore[arg-type]
+    informer._relist("initial")
+    held = cache.get("Role", "ns", "db-instance")
+    assert held is not None and contains(held, stamped(rendered))
+
+
 # ---- settings ---------------------------------------------------------------------------
 def test_settings_from_the_environment() -> None:
     s = Settings.from_env(

@@ -39,6 +39,10 @@ OPTIONAL_SPEC_FIELDS = {
     "spec.managed",
     # Disks that do not fill: absent, the volumes never grow by themselves (limit required).
     "spec.storage.autoGrow",
+    # Patroni timing profiles: absent, a timing is spec.patroni.profile's.
+    "spec.patroni.ttl",
+    "spec.patroni.loopWait",
+    "spec.patroni.retryTimeout",
 }
 FORBIDDEN_KEYWORDS = {"$ref", "$defs", "definitions", "allOf", "oneOf", "not", "title", "const"}
 
@@ -172,7 +176,9 @@ def test_bounds_and_enums(root: dict[str, Any]) -> None:
     ]
     assert spec["scheduling"]["properties"]["antiAffinity"]["enum"] == ["preferred", "required"]
     patroni = spec["patroni"]["properties"]
-    assert all("minimum" in patroni[f] and "maximum" in patroni[f] for f in patroni)
+    numbers = [f for f in patroni if patroni[f].get("type") == "integer"]
+    assert numbers and all("minimum" in patroni[f] and "maximum" in patroni[f] for f in numbers)
+    assert patroni["profile"]["enum"] == ["default", "fast"]
 
 
 def test_nulls_only_in_status(root: dict[str, Any]) -> None:
@@ -241,7 +247,12 @@ def test_cel_rules_sit_on_the_objects_holding_their_fields(root: dict[str, Any])
         "!has(self.managed) || self.managed.roles.all(r, r.name != self.bootstrap.owner)",
     ]
     assert "self == oldSelf" in rules_at(root, "spec.bootstrap")
-    assert rules_at(root, "spec.patroni") == ["self.loopWait + 2 * self.retryTimeout <= self.ttl"]
+    # Each timing is the field's or its profile's (spec.patroni.profile).
+    assert rules_at(root, "spec.patroni") == [
+        "(has(self.loopWait) ? self.loopWait : (self.profile == 'fast' ? 2 : 10)) + 2 * "
+        "(has(self.retryTimeout) ? self.retryTimeout : (self.profile == 'fast' ? 5 : 10)) <= "
+        "(has(self.ttl) ? self.ttl : (self.profile == 'fast' ? 20 : 30))"
+    ]
     assert any("metadata.name" in r for r in rules_at(root, ""))
 
 

@@ -55,3 +55,23 @@ def test_children_die_with_a_killed_parent(tmp_path: Path) -> None:
     parent.kill()  # SIGKILL: no cleanup code of the parent runs
     parent.wait()
     assert _wait_gone(pid, start)
+
+
+# ---- issue 16: an API-server outage -------------------------------------------------------
+def test_kill_is_immediate(tmp_path: Path) -> None:
+    p = processes.start("sleeper", ["sleep", "300"], tmp_path / "s.log")
+    began = time.monotonic()
+    assert processes.kill([p]) == ["sleeper"]
+    assert not p.alive() and time.monotonic() - began < 5
+
+
+def test_an_unreachable_or_restarting_api_server_is_one_line() -> None:
+    import urllib3  # noqa: PLC0415
+    from kubernetes.client.exceptions import ApiException  # noqa: PLC0415
+
+    refused = urllib3.exceptions.MaxRetryError(None, "/api/v1/pods", OSError("refused"))  # type: ignore[arg-type]
+    assert "unreachable" in str(processes.api_down(refused))
+    assert "429" in str(processes.api_down(ApiException(status=429, reason="Too Many")))
+    # Anything else is a real error, logged with its traceback.
+    assert processes.api_down(ApiException(status=403, reason="Forbidden")) is None
+    assert processes.api_down(ValueError("bad")) is None

@@ -20,9 +20,10 @@ P = Instance("db-0", "n0", ready=True, lag=0)
 
 
 def r(name: str, node: str | None, *, ready: bool = True, lag: int | None = 0,
-      terminating: bool = False, unready: float | None = None) -> Instance:  # fmt: skip
+      terminating: bool = False, unready: float | None = None,
+      sync: bool = False) -> Instance:  # fmt: skip
     return Instance(name, node, ready=ready, lag=lag, terminating=terminating,
-                    unready_seconds=unready)  # fmt: skip
+                    unready_seconds=unready, synchronous=sync)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -39,6 +40,12 @@ def r(name: str, node: str | None, *, ready: bool = True, lag: int | None = 0,
          Decision(switch_to="db-2")),
         (3, P, (r("db-1", "n0"), r("db-2", "n2", lag=10)), frozenset({"n0"}),
          Decision(switch_to="db-2")),
+        # ... but Patroni's synchronous standby first, the only one it lets take over.
+        (3, P, (r("db-1", "n1", lag=0), r("db-2", "n2", lag=10, sync=True)), frozenset({"n0"}),
+         Decision(switch_to="db-2")),
+        # ... unless it cannot (its node drains too): then the best of the others.
+        (3, P, (r("db-1", "n1", lag=10), r("db-2", "n0", sync=True)), frozenset({"n0"}),
+         Decision(switch_to="db-1")),
         # A replica not ready for a moment (just demoted, restarting): wait for it a while.
         (2, P, (r("db-1", "n1", ready=False, unready=5),), frozenset({"n0"}), Decision()),
         # ... but not forever, and never for one on a draining node.

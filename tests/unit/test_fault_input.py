@@ -20,6 +20,7 @@ from tests.unit.snapshots import (
     SETTINGS,
     cluster_raw,
     config_of,
+    dcs,
     healthy,
     live_children,
     pod,
@@ -37,21 +38,28 @@ def _running(spec: dict[str, Any], pods: list[dict[str, Any]], **kw: Any) -> Sna
     return snapshot(spec, pods=pods, leader="db-0", **kw)
 
 
+SYNC_ON_DB_2 = [dcs("sync", {"leader": "db-0", "sync_standby": "db-2"})]
+
+
 @pytest.mark.parametrize(
-    ("replica", "refused", "switch"),
+    ("replica", "refused", "switch", "extra"),
     [
-        (pod(1), None, True),  # ready and caught up: carried out
-        (pod(1, lsn=100_000_000 - MiB // 2), None, True),  # within maximumLagOnFailover
-        (pod(1, lsn=100_000_000 - 2 * MiB), "lags 2097152 bytes", False),
-        (pod(1, ready=False, state="starting"), "is not ready (Patroni state starting)", False),
-        (pod(1, state="stopped"), "is not ready (Patroni state stopped)", False),
+        (pod(1), None, True, []),  # ready and caught up: carried out
+        (pod(1, lsn=100_000_000 - MiB // 2), None, True, []),  # within maximumLagOnFailover
+        (pod(1, lsn=100_000_000 - 2 * MiB), "lags 2097152 bytes", False, []),
+        (pod(1, ready=False, state="starting"), "is not ready (Patroni state starting)", False,
+         []),
+        (pod(1, state="stopped"), "is not ready (Patroni state stopped)", False, []),
+        # Synchronous mode: Patroni lets only its synchronous standby take over.
+        (pod(1), "is not the synchronous standby (db-2)", False, SYNC_ON_DB_2),
+        (pod(1), None, True, [dcs("sync", {"leader": "db-0", "sync_standby": "db-1"})]),
     ],
-)
+)  # fmt: skip
 def test_a_switchover_to_an_instance_that_may_not_take_over_is_refused(
-    replica: dict[str, Any], refused: str | None, switch: bool
+    replica: dict[str, Any], refused: str | None, switch: bool, extra: list[dict[str, Any]]
 ) -> None:
-    spec = {"instances": 2, "switchover": {"targetInstance": "db-1"}}
-    s = _running(spec, [pod(0, role="primary"), replica])
+    spec = {"instances": 3, "switchover": {"targetInstance": "db-1"}}
+    s = _running(spec, [pod(0, role="primary"), replica, pod(2)], extra=extra)
     decided = plan(s, SETTINGS)
     switches = [a for a in decided.actions if isinstance(a, Switchover)]
     assert bool(switches) is switch

@@ -27,8 +27,10 @@ from tests.unit.snapshots import (
     NOW,
     SETTINGS,
     STORE,
+    STS_UID,
     cluster_raw,
     config_of,
+    dcs,
     healthy,
     live_children,
     pod,
@@ -217,7 +219,7 @@ def test_configuration_goes_through_any_member_when_no_primary_runs() -> None:
 
 
 def test_patronis_own_keys_outside_the_spec_are_kept() -> None:
-    current = {**config_of({}), "failsafe_mode": True}
+    current = {**config_of({}), "check_timeline": True}
     s = snapshot({}, dcs_config=current, status={}, pods=healthy(), leader="db-0")
     assert planned(s) == []
 
@@ -541,3 +543,101 @@ def test_missing_children_are_created_only_if_the_name_is_free() -> None:
         ("PodDisruptionBudget", "db"),
         ("PodDisruptionBudget", "db-primary"),
     }
+
+
+# ---- synchronous mode: a planned switchover goes to Patroni's synchronous standby ------------
+# (issue 16, the operator killed mid-step: a scale-down in synchronous mode "on" never finished
+# when the synchronous standby was not the lowest ordinal, Patroni refusing every switchover.)
+@pytest.mark.parametrize(
+    ("step", "sync_standby", "expected"),
+    [
+        ("scale-down", None, "switchover db-2->db-0"),
+        ("scale-down", "db-0", "switchover db-2->db-0"),
+        ("scale-down", "db-1", "switchover db-2->db-1"),
+        ("rollout", None, "switchover db-0->db-1"),
+        ("rollout", "db-1", "switchover db-0->db-1"),
+        ("rollout", "db-2", "switchover db-0->db-2"),
+    ],
+)
+def test_a_planned_switchover_goes_to_the_synchronous_standby(
+    step: str, sync_standby: str | None, expected: str
+) -> None:
+    sync = [dcs("sync", {"sync_standby": sync_standby})] if sync_standby else []
+    base = PostgresCluster.model_validate(cluster_raw())
+    if step == "scale-down":
+        s = running({"instances": 2, "synchronousMode": "on"}, leader="db-2", extra=sync,
+                    pods=[pod(0), pod(1), pod(2, role="primary")],
+                    children=live_children(base))  # fmt: skip
+    else:
+        s = running({"synchronousMode": "on"}, extra=sync, pods=_rev("rev1", "rev2", "rev2"),
+                    children=live_children(base, update_revision="rev2"))  # fmt: skip
+    switchovers = [what(a) for a in plan(s, SETTINGS).actions if isinstance(a, Switchover)]
+    assert switchovers == [expected]
+
+
+# ---- storage growth with the operator killed: what is left is done once, nothing orphaned ---
+def _claim(i: int, size: str = "1Gi", owned: bool = True) -> dict[str, Any]:
+    owner = [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": "db", "uid": STS_UID,
+              "controller": True, "blockOwnerDeletion": True}]  # fmt: skip
+    return {
+        "kind": "PersistentVolumeClaim",
+        "metadata": {
+            "name": f"pgdata-db-{i}", "resourceVersion": f"{40 + i}",
+            "labels": {"app.kubernetes.io/name": "postgresql", "app.kubernetes.io/instance": "db",
+                       "pgherd.io/cluster": "db"},
+            **({"ownerReferences": owner} if owned else {}),
+        },
+        "spec": {"resources": {"requests": {"storage": size}}},
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("spec", "claims", "expected"),
+    [
+        # a pass cut short grew db-0 already: the others, then the StatefulSet's re-creation
+        ({"storage": {"size": "2Gi"}}, [_claim(0, "2Gi"), _claim(1), _claim(2)],
+         ["patch PersistentVolumeClaim/pgdata-db-1", "patch PersistentVolumeClaim/pgdata-db-2",
+          "delete StatefulSet/db"]),
+        # every claim grown, the StatefulSet not re-created yet: only that is left
+        ({"storage": {"size": "2Gi"}}, [_claim(i, "2Gi") for i in range(3)],
+         ["delete StatefulSet/db"]),
+        # its deletion under way (orphaning its pods takes the garbage collector a moment):
+        # nothing again, it is created once gone
+        ({"storage": {"size": "2Gi"}, "deleting": True}, [_claim(i, "2Gi") for i in range(3)],
+         []),
+        # re-created: the claim of an instance scaled away lost its owner; it gets it back
+        ({"instances": 2, "storage": {"reclaimPolicy": "Delete"}},
+         [_claim(0), _claim(1), _claim(2, owned=False)],
+         ["patch PersistentVolumeClaim/pgdata-db-2"]),
+        # a claim of a live ordinal is the StatefulSet controller's to adopt
+        ({"instances": 2, "storage": {"reclaimPolicy": "Delete"}},
+         [_claim(0, owned=False), _claim(1), _claim(2)], []),
+        # reclaimPolicy Retain: claims have no owner, by design
+        ({"instances": 2}, [_claim(0), _claim(1), _claim(2, owned=False)], []),
+    ],
+)  # fmt: skip
+def test_storage_growth_resumes_from_the_claims(
+    spec: dict[str, Any], claims: list[dict[str, Any]], expected: list[str]
+) -> None:
+    instances = spec.get("instances", 3)
+    base = PostgresCluster.model_validate(
+        cluster_raw(
+            {
+                "instances": instances,
+                "storage": {
+                    "reclaimPolicy": spec.get("storage", {}).get("reclaimPolicy", "Retain")
+                },
+            }
+        )
+    )
+    children = live_children(base)
+    if spec.pop("deleting", False):
+        children[("StatefulSet", "db")]["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    s = running(spec, pods=healthy(instances), claims=tuple(claims),
+                children=children)  # fmt: skip
+    assert [what(a) for a in plan(s, SETTINGS).actions] == expected
+    for action in plan(s, SETTINGS).actions:
+        if isinstance(action, Patch) and "ownerReferences" in str(action.body):
+            meta = action.body["metadata"]
+            assert meta["resourceVersion"] == "42"
+            assert meta["ownerReferences"][0]["uid"] == STS_UID

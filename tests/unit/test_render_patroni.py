@@ -89,6 +89,7 @@ def test_bootstrap_dcs_is_the_dynamic_config() -> None:
         "maximum_lag_on_failover": 1048576,
         "synchronous_mode": False,
         "synchronous_mode_strict": False,
+        "failsafe_mode": True,
         "postgresql": {
             "use_pg_rewind": True,
             "use_slots": True,
@@ -178,3 +179,23 @@ def test_static_settings_change_the_pod_template() -> None:
 )
 def test_config_hash_ignores_what_the_config_does_not_hold(spec: dict[str, Any]) -> None:
     assert pod_hash(spec) == pod_hash({})
+
+
+# ---- issue 16: failsafe mode (API-server outage) ------------------------------------------
+@pytest.mark.parametrize(("spec", "failsafe"), [({}, True), ({"failsafeMode": False}, False)])
+def test_failsafe_mode_is_on_by_default(spec: dict[str, Any], failsafe: bool) -> None:
+    cluster = make_cluster({"patroni": spec})
+    assert dynamic_config(cluster)["failsafe_mode"] is failsafe
+    # Dynamic configuration only: switching it never rolls the pods.
+    assert config_hash(cluster) == config_hash(make_cluster({}))
+
+
+def test_members_can_call_each_others_failsafe_endpoint() -> None:
+    """In failsafe mode the primary POSTs /failsafe to every member (Patroni's own client:
+    `ctl` TLS settings, `restapi` credentials). No member may require what a peer does not
+    send: no client certificate demanded, no allowlist, and the CA to verify peers given."""
+    config = patroni_config(make_cluster({}))
+    restapi, ctl = config["restapi"], config["ctl"]
+    assert "verify_client" not in restapi and "allowlist" not in restapi
+    assert "allowlist_include_members" not in restapi
+    assert ctl["cacert"] and ctl["certfile"] and ctl["keyfile"]

@@ -43,6 +43,15 @@ DEFAULT_POSTGRES_VERSION = 15
 # it with VERSION; the bundle lists it in relatedImages and RELATED_IMAGE_POSTGRES, which is
 # what the operator uses: pgherd.settings).
 DEFAULT_IMAGE = f"quay.io/pgherd/postgres:{DEFAULT_POSTGRES_VERSION}-0.2.0"
+# The operand image of this release for each PostgreSQL major it supports: one recipe
+# (images/postgres/Dockerfile) built per major, tagged <major>-<release>. The bundle names
+# each in relatedImages and RELATED_IMAGE_POSTGRES[_<major>] (pgherd.settings.image_for).
+# 15: Debian's packages; 18: the relocatable build the recipe lays in (docs/postgres-versions.md).
+SUPPORTED_POSTGRES_VERSIONS = (DEFAULT_POSTGRES_VERSION, 18)
+DEFAULT_IMAGES = {
+    major: DEFAULT_IMAGE.replace(f":{DEFAULT_POSTGRES_VERSION}-", f":{major}-", 1)
+    for major in SUPPORTED_POSTGRES_VERSIONS
+}
 # What the API server stored as spec.image when the field had a default (0.1.0): such a value
 # means "unset", and the cluster keeps the image it runs (status.image).
 LEGACY_DEFAULT_IMAGES = frozenset({"pgherd/postgres:15-0.1.0", "quay.io/pgherd/postgres:15-0.1.0"})
@@ -802,6 +811,27 @@ class BootstrapSpec(ApiModel):
         return owner
 
 
+# Patroni timing profiles (spec.patroni.profile): (ttl, loopWait, retryTimeout) each profile
+# gives the fields left unset. "fast" is Patroni's minimum ttl (20 s) with a short loop, and
+# the operator releases the leader key of a primary whose container the kubelet reports dead
+# (pgherd.controller.leader_release), so a crashed primary does not cost a whole ttl.
+PATRONI_PROFILES: dict[str, tuple[int, int, int]] = {
+    "default": (30, 10, 10),
+    "fast": (20, 2, 5),
+}
+
+
+def _profile_value(field_name: str, index: int) -> str:
+    """CEL for a timing field's effective value: the field, or its profile's."""
+    by_profile = " : ".join(
+        f"self.profile == '{name}' ? {values[index]}"
+        for name, values in PATRONI_PROFILES.items()
+        if name != "default"
+    )
+    default = PATRONI_PROFILES["default"][index]
+    return f"(has(self.{field_name}) ? self.{field_name} : ({by_profile} : {default}))"
+
+
 class PatroniSpec(ApiModel):
     """Patroni's failure-detection timing (its dynamic configuration)."""
 
@@ -809,32 +839,43 @@ class PatroniSpec(ApiModel):
         json_schema_extra={
             "x-kubernetes-validations": [
                 _cel(
-                    "self.loopWait + 2 * self.retryTimeout <= self.ttl",
+                    f"{_profile_value('loopWait', 1)} + 2 * {_profile_value('retryTimeout', 2)}"
+                    f" <= {_profile_value('ttl', 0)}",
                     "patroni: loopWait + 2 * retryTimeout must not exceed ttl",
                 ),
             ]
         }
     )
 
-    ttl: int = Field(
-        default=30,
+    profile: Literal["default", "fast"] = Field(
+        default="default",
+        description="Timing profile. default: ttl 30, loopWait 10, retryTimeout 10 (Patroni's "
+        "defaults): a crashed primary is replaced after its leader lock expires (about ttl). "
+        "fast: ttl 20, loopWait 2, retryTimeout 5, and when the kubelet reports the primary's "
+        "container no longer running the operator releases its leader lock at once, so a "
+        "replica is promoted within seconds (a lost node or a network partition still waits "
+        "for ttl). ttl, loopWait and retryTimeout set here override the profile's.",
+    )
+    ttl: int | None = Field(
+        default=None,
         ge=20,
         le=3600,
         description="Seconds the leader lock lives without renewal; after it expires a "
-        "replica takes over.",
+        "replica takes over. Unset: the profile's (default 30, fast 20).",
     )
-    loop_wait: int = Field(
-        default=10,
+    loop_wait: int | None = Field(
+        default=None,
         ge=1,
         le=600,
-        description="Seconds between Patroni's high-availability loop runs.",
+        description="Seconds between Patroni's high-availability loop runs. Unset: the "
+        "profile's (default 10, fast 2).",
     )
-    retry_timeout: int = Field(
-        default=10,
+    retry_timeout: int | None = Field(
+        default=None,
         ge=3,
         le=600,
         description="Seconds Patroni retries Kubernetes API and PostgreSQL operations before "
-        "demoting the primary.",
+        "demoting the primary. Unset: the profile's (default 10, fast 5).",
     )
     maximum_lag_on_failover: int = Field(
         default=1048576,
@@ -842,10 +883,31 @@ class PatroniSpec(ApiModel):
         le=1 << 40,
         description="Bytes a replica may lag behind and still be promoted on failover.",
     )
+    # ---- issue 16: API-server outage (failsafe mode) ----
+    failsafe_mode: bool = Field(
+        default=True,
+        description="Patroni's failsafe mode: while the Kubernetes API (its DCS) is "
+        "unreachable, the primary keeps running as long as it reaches every other member's "
+        "REST API and they all accept it (no replica can promote then). Off: Patroni demotes "
+        "the primary once it cannot renew its leader key for retryTimeout seconds, so an "
+        "API-server outage stops all writes.",
+    )
+
+    @property
+    def timing(self) -> tuple[int, int, int]:
+        """(ttl, loop_wait, retry_timeout) in effect: the fields set, the profile's for the
+        others."""
+        ttl, loop_wait, retry_timeout = PATRONI_PROFILES[self.profile]
+        return (
+            self.ttl if self.ttl is not None else ttl,
+            self.loop_wait if self.loop_wait is not None else loop_wait,
+            self.retry_timeout if self.retry_timeout is not None else retry_timeout,
+        )
 
     @model_validator(mode="after")
     def _timing_is_safe(self) -> PatroniSpec:
-        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
+        ttl, loop_wait, retry_timeout = self.timing
+        if loop_wait + 2 * retry_timeout > ttl:
             raise ValueError("loopWait + 2 * retryTimeout must not exceed ttl")
         return self
 
@@ -1187,7 +1249,9 @@ class PostgresClusterSpec(ApiModel):
         le=19,
         description="PostgreSQL major version; it can be raised but never lowered. It selects "
         "the operand image (the operator's image for that major) unless spec.image is set; an "
-        "image running another major is reported as Degraded (VersionMismatch).",
+        "image running another major is reported as Degraded (VersionMismatch). Raising it on "
+        "a cluster that has run asks for a major upgrade, not supported yet: the cluster keeps "
+        "its major and image, restarts nothing, and is Degraded (MajorUpgradeUnsupported).",
     )
     image: str | None = Field(
         default=None,

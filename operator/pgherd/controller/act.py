@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from pgherd.api.v1alpha1 import KIND
 from pgherd.controller import conditions as c
-from pgherd.controller import events, patroni, postgres
+from pgherd.controller import events, leader_release, patroni, postgres
 from pgherd.controller.actions import (
     CREATE_ONLY,
     Action,
@@ -28,6 +28,7 @@ from pgherd.controller.actions import (
     Event,
     Patch,
     PatroniConfig,
+    ReleaseLeader,
     Restart,
     RunSql,
     SetPassword,
@@ -47,6 +48,7 @@ ANNOUNCE = {
     Restart: "Restart",
     Switchover: "Switchover",
     SetPassword: "PasswordRotated",
+    ReleaseLeader: "PrimaryReleased",
 }
 
 
@@ -176,7 +178,7 @@ class Actor:
             if isinstance(action, RunSql):
                 outcome.sql_done.add(action.group)
             outcome.done.append(f"{action.describe()} ({action.reason})")
-            if action.disruptive or isinstance(action, Switchover | SetPassword):
+            if action.disruptive or isinstance(action, Switchover | SetPassword | ReleaseLeader):
                 self.announce(snapshot, action)
             if isinstance(action, Apply | PatroniConfig) and action.hand_edit is not None:
                 self.post(snapshot, action.hand_edit)
@@ -192,6 +194,22 @@ class Actor:
             self._cached(
                 self.client.patch(
                     action.kind, ns, action.name, action.body, subresource=action.subresource
+                )
+            )
+        elif isinstance(action, ReleaseLeader):
+            # As Patroni's own delete_leader: the annotation removed, conditional on the
+            # version read, so a Patroni that renewed the key since is never overruled (409).
+            self._cached(
+                self.client.patch(
+                    "ConfigMap",
+                    ns,
+                    action.configmap,
+                    {
+                        "metadata": {
+                            "resourceVersion": action.resource_version,
+                            "annotations": {leader_release.LEADER_ANNOTATION: None},
+                        }
+                    },
                 )
             )
         elif isinstance(action, Delete):

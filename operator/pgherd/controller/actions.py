@@ -192,6 +192,20 @@ class Restart(Action):
 
 
 @dataclass(frozen=True)
+class ReleaseLeader(Action):
+    """Remove Patroni's leader key (the `leader` annotation of ConfigMap `configmap`), only
+    if the ConfigMap is still at resource_version: its holder pod's container was reported
+    dead (pgherd.controller.leader_release). Announced as PrimaryReleased."""
+
+    configmap: str = ""
+    resource_version: str = ""
+    pod: str = ""
+
+    def describe(self) -> str:
+        return f"release the leader key of {self.pod}"
+
+
+@dataclass(frozen=True)
 class Involved:
     """The object an Event is about when it is not the cluster: a resource of the cluster's
     namespace that points at it (a PostgresDatabase, a PostgresPooler)."""

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pgherd.controller.client import ApiError, Client, Gone, Manifest
+from pgherd.controller.client import KINDS, ApiError, Client, Gone, Manifest
 from pgherd.controller.metrics import OperatorMetrics
 from pgherd.render.labels import CLUSTER
 
@@ -39,6 +39,7 @@ _STATUS_KEPT = {
     "Pod": ("phase", "conditions", "podIP"),
     "StatefulSet": ("updateRevision", "currentRevision", "replicas"),
 }
+_CONTAINER_STATUS_KEPT = ("name", "state", "lastState", "restartCount")
 # Strings this short recur across objects (keys, labels, kinds): held once.
 _INTERN_UP_TO = 64
 
@@ -84,6 +85,12 @@ def trim(kind: str, obj: Manifest) -> Manifest:
     if kind in _STATUS_KEPT:
         status = out.get("status") or {}
         out["status"] = {k: status[k] for k in _STATUS_KEPT[kind] if k in status}
+    if kind == "Pod" and (containers := (obj.get("status") or {}).get("containerStatuses")):
+        # The kubelet's report of each container's state (operator-assisted leader release,
+        # pgherd.controller.leader_release); not its image and ids.
+        out["status"]["containerStatuses"] = [
+            {k: c[k] for k in _CONTAINER_STATUS_KEPT if k in c} for c in containers
+        ]
     out.setdefault("kind", kind)
     trimmed: Manifest = _interned(out)
     return trimmed
@@ -312,7 +319,12 @@ class Informer:
 
     def _relist(self, reason: str) -> str:
         listing = self.client.listing(self.kind, self.namespace, self.selector)
-        items = [trim(self.kind, o) for o in listing.items if self.accept(o)]
+        # A list's items carry no apiVersion and kind (a watch event's object does): without
+        # them no listed child would contain what the operator renders, and every relist (a
+        # start, a takeover, a watch expired after an API-server outage) would re-apply every
+        # child of every cluster at once.
+        head = {"apiVersion": KINDS[self.kind].group_version, "kind": self.kind}
+        items = [trim(self.kind, head | o) for o in listing.items if self.accept(o)]
         changed = self.cache._replace(self.store, items)
         self.relists += 1
         self.metrics.listed(self.kind, reason)

@@ -8,8 +8,9 @@ PodDisruptionBudget (429, which `kubectl drain` retries every 5 s) or carried ou
 
 So the primary's PodDisruptionBudget (`<cluster>-primary`, minAvailable 1) refuses the
 primary's eviction while the operator switches over to a ready, caught-up replica on a node
-that is not draining; once Patroni has moved the role label, the old primary is a replica,
-selected by the replicas' budget instead, and the drain's next retry evicts it.
+that is not draining (Patroni's synchronous standby first: in synchronous mode it refuses a
+switchover to any other); once Patroni has moved the role label, the old primary is a
+replica, selected by the replicas' budget instead, and the drain's next retry evicts it.
 
 A drain is never blocked forever: when no replica can take over (none ready, caught up and
 on a node that stays), the primary's budget lets the eviction through (the drain then costs
@@ -50,6 +51,9 @@ class Instance:
     terminating: bool = False
     # How long it has not been ready (None: ready, or not known).
     unready_seconds: float | None = None
+    # Patroni's synchronous standby (synchronous mode on or strict): the only member Patroni
+    # lets a switchover promote, so it goes first whatever the others' lag.
+    synchronous: bool = False
 
 
 # How long a drain waits for a replica that is not ready yet (one just demoted by a switchover,
@@ -93,7 +97,7 @@ def decide(
             and r.lag is not None
             and r.lag <= max_lag
         ),
-        key=lambda r: (r.lag or 0, r.name),
+        key=lambda r: (not r.synchronous, r.lag or 0, r.name),
     )
     if candidates:
         best = candidates[0]

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
+from pgherd import contract
 from pgherd.api.v1alpha1 import (
     LEGACY_DEFAULT_IMAGES,
     LIBRARY_PARAMETERS,
@@ -38,10 +39,12 @@ from pgherd.controller import (
     credentials,
     databases,
     drain,
+    leader_release,
     poolers,
     references,
     roles,
     storage,
+    versions,
 )
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import (
@@ -51,6 +54,7 @@ from pgherd.controller.actions import (
     Event,
     Patch,
     PatroniConfig,
+    ReleaseLeader,
     Restart,
     SetPassword,
     Switchover,
@@ -134,10 +138,11 @@ def plan(
     actions: list[Action] = []
     problems: list[Problem] = list(dcs_conflicts(snapshot))
     if not problems:
-        actions += clear_stale_dcs(cluster, snapshot)
-    resolved, gate, growth = resolve_sized(cluster, snapshot)
+        # First, so that nothing slower in this pass delays it (spec.patroni.profile fast).
+        actions += plan_leader_release(cluster, snapshot) + clear_stale_dcs(cluster, snapshot)
+    resolved, gate, growth = resolve_sized(versions.at_running_major(cluster), snapshot)
     refused, adopted, refused_fields = check_references(resolved, snapshot)
-    problems += refused
+    problems += refused + versions.hold_problems(cluster)
     tls = plan_certificates(
         resolved, snapshot, settings, refused_fields, mint or certificates.Mint()
     )
@@ -145,7 +150,7 @@ def plan(
     problems += tls.problems
     if (bad := backups.schedule_problem(cluster, snapshot.now)) is not None:
         problems.append(bad)
-    image, no_image = choose_image(cluster, snapshot, settings)
+    image, no_image = choose_image(resolved, snapshot, settings)
     if no_image is not None:
         problems.append(no_image)
     passwords, credential_actions, credential_problems = plan_credentials(
@@ -166,7 +171,7 @@ def plan(
         or any(p.reason in HOLDS_WORKLOAD for p in problems),
         allow_primary_eviction=drain_decision(cluster, snapshot).allow_eviction,
     )
-    actions += children
+    actions += children + reown_claims(resolved, snapshot)
     problems += conflicts
     if gate.problem is not None:
         problems.append(gate.problem)
@@ -396,6 +401,10 @@ def plan_children(
             # No pod may start with a neighbour's object or a Secret it may not use.
             if hold_workload or conflicted or image is None:
                 continue
+            if live is not None and live["metadata"].get("deletionTimestamp"):
+                # Being deleted (storage growth orphans its pods): created again once gone;
+                # deleting it again would only repeat the write (issue 16, operator kills).
+                continue
             if live is not None and (grow := plan_storage_growth(cluster, snapshot, desired)):
                 actions += grow
                 continue
@@ -462,6 +471,9 @@ def plan_storage_growth(
         if ownership.owns_instance_object(
             cluster.metadata.name, snapshot.statefulset_uid, "PersistentVolumeClaim", claim
         )
+        # A claim grown already (by a pass cut short: the operator restarted) is not
+        # patched again; the StatefulSet's re-creation is what is left.
+        and _claim_size(claim) != want
     ]
     return [
         *grow,
@@ -475,12 +487,23 @@ def plan_storage_growth(
     ]
 
 
-def _running_image(snapshot: Snapshot) -> str | None:
+def _running_containers(snapshot: Snapshot) -> list[Manifest]:
     sts = snapshot.statefulset
-    containers = ((sts or {}).get("spec", {}).get("template", {}).get("spec", {})).get(
-        "containers"
-    ) or []
-    return next((str(c["image"]) for c in containers if c.get("image")), None)
+    return ((sts or {}).get("spec", {}).get("template", {}).get("spec", {})).get("containers") or []
+
+
+def _running_image(snapshot: Snapshot) -> str | None:
+    return next((str(c["image"]) for c in _running_containers(snapshot) if c.get("image")), None)
+
+
+def _running_major(snapshot: Snapshot) -> int | None:
+    """The major the live StatefulSet tells its pods to run (None: none, or from before the
+    operator told it)."""
+    for container in _running_containers(snapshot):
+        for env in container.get("env") or []:
+            if env.get("name") == contract.POSTGRES_MAJOR_ENV and str(env.get("value")).isdigit():
+                return int(env["value"])
+    return None
 
 
 def choose_image(
@@ -494,7 +517,10 @@ def choose_image(
         return explicit, None
     major = cluster.spec.postgres_version
     status = cluster.status
-    same_major = status is None or status.postgres_version in (None, major)
+    # The image pinned was chosen for the major the StatefulSet tells its pods (a cluster
+    # whose pods never ran has no major in status yet): a raised major is not pinned to it.
+    recorded = _running_major(snapshot) or (status.postgres_version if status else None)
+    same_major = recorded in (None, major)
     if cluster.spec.image_update_policy == "Pinned" and same_major:
         pinned = (status.image if status else None) or _running_image(snapshot)
         if pinned:
@@ -794,18 +820,33 @@ def plan_patroni_config(
             member=target.name,
             api_url=target.api_url,
             patch=patch,
-            hand_edit=config_edited_by_hand(cluster, patch),
+            hand_edit=config_edited_by_hand(cluster, patch, current),
         ),
     ]
 
 
-def config_edited_by_hand(cluster: PostgresCluster, patch: Mapping[str, Any]) -> Event | None:
+# ---- issue 16: API-server outage ----
+# Keys of Patroni's dynamic configuration that operator versions after 0.1.0 set: a cluster
+# an older operator made has none, so their first patch is an upgrade, not a hand edit.
+ADDED_CONFIG_KEYS = frozenset({"failsafe_mode"})
+
+
+def config_edited_by_hand(
+    cluster: PostgresCluster,
+    patch: Mapping[str, Any],
+    current: Mapping[str, Any] | None = None,
+) -> Event | None:
     """The Warning Event when Patroni's dynamic configuration (the `<cluster>-config`
     ConfigMap) was changed by hand (None otherwise): the spec has not changed since the
     operator last applied it (status observed this generation), so the difference is
     someone's edit, which the PatroniConfig undoes. Act posts it once the patch is done."""
     status = cluster.status
     if status is None or status.observed_generation != cluster.metadata.generation:
+        return None
+    # Keys this operator version added (ADDED_CONFIG_KEYS) and Patroni's configuration does
+    # not hold yet: the operator was upgraded, nobody edited anything.
+    patch = {k: v for k, v in patch.items() if k not in ADDED_CONFIG_KEYS or k in (current or {})}
+    if not patch:
         return None
     keys = [k for k in sorted(patch) if k != "postgresql"]
     pg = patch.get("postgresql") or {}
@@ -875,7 +916,7 @@ def drain_decision(cluster: PostgresCluster, snapshot: Snapshot) -> drain.Decisi
             else None
         )
         return drain.Instance(m.name, m.node, m.ready, member_lag(snapshot, m), m.terminating,
-                              unready)  # fmt: skip
+                              unready, m.name in snapshot.sync_standbys)  # fmt: skip
 
     return drain.decide(
         instance(primary) if primary is not None else None,
@@ -909,10 +950,10 @@ def member_lag(snapshot: Snapshot, m: Member) -> int | None:
 
 
 def switchover_refusal(cluster: PostgresCluster, snapshot: Snapshot) -> Problem | None:
-    """Why spec.switchover's target may not take over now: it is not ready, or it lags more
+    """Why spec.switchover's target may not take over now: it is not ready, it lags more
     than spec.patroni.maximumLagOnFailover (promoting it would lose what it has not
-    received). None when there is nothing to refuse (no request pending, no such instance
-    yet, or a fit target)."""
+    received), or synchronous mode names another standby. None when there is nothing to
+    refuse (no request pending, no such instance yet, or a fit target)."""
     request, primary = cluster.spec.switchover, snapshot.primary
     handled = cluster.status.switchover_handled if cluster.status else None
     if request is None or primary is None or request.target_instance in (handled, primary.name):
@@ -931,12 +972,20 @@ def switchover_refusal(cluster: PostgresCluster, snapshot: Snapshot) -> Problem 
             f"lags {lag} bytes behind the primary, more than "
             f"spec.patroni.maximumLagOnFailover ({max_lag})"
         )
+    elif (sync := snapshot.sync_standbys) and target.name not in sync:
+        # Patroni refuses it (412, "candidate name does not match with sync_standby"): asking
+        # every pass would be refused every pass, with nothing said to the user.
+        why = (
+            f"is not the synchronous standby ({', '.join(sorted(sync))}), the only instance "
+            f"Patroni lets take over in synchronous mode "
+            f"{cluster.spec.synchronous_mode} (spec.synchronousMode)"
+        )
     else:
         return None
     return Problem(
         c.SWITCHOVER_REFUSED,
         f"spec.switchover.targetInstance {target.name} {why}: no switchover from "
-        f"{primary.name}; it is carried out once {target.name} is ready and caught up "
+        f"{primary.name}; it is carried out once {target.name} can take over "
         "(or name another instance, or remove spec.switchover)",
     )
 
@@ -1010,11 +1059,11 @@ def plan_roll(snapshot: Snapshot, primary: Member) -> tuple[list[Action], Activi
     if replicas:
         return _roll_replica(snapshot, replicas, reason, why, recreate=bool(outdated))
     # Only the primary is left.
-    candidates = [
+    candidates = takeover_order(snapshot, [
         m
         for m in members
         if m.name != primary.name and m.ready and not snapshot.outdated(m) and not m.pending_restart
-    ]
+    ])  # fmt: skip
     if candidates:
         actions: list[Action] = []
         if all(m.ready for m in members) and primary.api_url:
@@ -1035,7 +1084,7 @@ def plan_scale_down(
     want = cluster.spec.instances
     if primary.ordinal < want:
         return [], None
-    keep = [m for m in snapshot.members if m.ordinal < want and m.ready]
+    keep = takeover_order(snapshot, [m for m in snapshot.members if m.ordinal < want and m.ready])
     actions: list[Action] = []
     if keep and all(m.ready for m in snapshot.members) and primary.api_url:
         actions = [_switchover(primary, keep[0].name, f"scaling down to {want} instances")]
@@ -1051,6 +1100,76 @@ def scaling_activity(cluster: PostgresCluster, snapshot: Snapshot) -> Activity |
     if snapshot.primary is None and cluster.status is None:
         return Activity(c.CREATING, f"creating {want} instances")
     return Activity(c.SCALING, f"scaling from {have} to {want} instances")
+
+
+# ---- synchronous mode: the switchover candidate Patroni accepts (issue 16, operator kills) ---
+def takeover_order(snapshot: Snapshot, candidates: list[Member]) -> list[Member]:
+    """The candidates of a planned switchover (a rolling update's, a scale-down's), Patroni's
+    synchronous standby first. In synchronous mode (on, strict) Patroni refuses a switchover
+    to any other member (412, "candidate name does not match with sync_standby"), so taking
+    the first by ordinal would be retried, refused, every pass for as long as another member
+    is the synchronous standby: the step would never finish. Asynchronous clusters publish no
+    synchronous standby: their order is kept."""
+    sync = snapshot.sync_standbys
+    return sorted(candidates, key=lambda m: m.name not in sync)
+
+
+def _claim_size(claim: Manifest) -> str | None:
+    size = (((claim.get("spec") or {}).get("resources") or {}).get("requests") or {}).get("storage")
+    return str(size) if size is not None else None
+
+
+# ---- storage growth: claims left without their owner (issue 16, operator kills) -----------
+def reown_claims(cluster: PostgresCluster, snapshot: Snapshot) -> list[Action]:
+    """Give the live StatefulSet back the claims of instances scaled away that its
+    re-creation (storage growth) left without an owner.
+
+    With reclaimPolicy Delete the StatefulSet owns its claims (whenDeleted: Delete), so they
+    go with the cluster. Storage growth deletes the StatefulSet with its dependents orphaned
+    and creates it again: the new one adopts its pods and the claims of its ordinals, but
+    not the claim of an instance scaled away (whenScaled: Retain keeps it for a scale-up),
+    which would be left behind forever when the cluster is deleted. Only such claims,
+    beyond the live StatefulSet's replicas, are patched: the StatefulSet controller itself
+    owns the rest (and sets their owner a moment after creating them). The patch carries
+    the claim's resourceVersion, so it never overwrites a change it did not see."""
+    live, uid = snapshot.statefulset, snapshot.statefulset_uid
+    if cluster.spec.storage.reclaim_policy != "Delete" or live is None or uid is None:
+        return []
+    replicas = (live.get("spec") or {}).get("replicas")
+    if not isinstance(replicas, int):
+        return []
+    prefix = f"{contract.DATA_VOLUME}-{names.statefulset(snapshot.name)}-"
+    out: list[Action] = []
+    for claim in snapshot.claims:
+        meta = claim["metadata"]
+        ordinal = str(meta["name"]).removeprefix(prefix)
+        if (
+            meta.get("ownerReferences")
+            or meta.get("deletionTimestamp")
+            or not ordinal.isdigit()
+            or int(ordinal) < replicas
+            or not ownership.owns_instance_object(
+                snapshot.name, uid, "PersistentVolumeClaim", claim
+            )
+        ):
+            continue
+        owner = {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": live["metadata"]["name"],
+                 "uid": uid, "controller": True, "blockOwnerDeletion": True}  # fmt: skip
+        out.append(
+            Patch(
+                "a claim of an instance scaled away, left without its owner when the "
+                "StatefulSet was re-created (reclaimPolicy Delete: it goes with the cluster)",
+                kind="PersistentVolumeClaim",
+                name=str(meta["name"]),
+                body={
+                    "metadata": {
+                        "resourceVersion": meta.get("resourceVersion"),
+                        "ownerReferences": [owner],
+                    }
+                },
+            )
+        )
+    return out
 
 
 # ---- PostgresPooler ---------------------------------------------------------------------
@@ -1088,3 +1207,24 @@ def plan_pooler_actions(
         cluster_problem=problem,
     )
     return poolers.plan_poolers(inputs, new_password, mint)
+
+
+# ---- operator-assisted leader release (spec.patroni.profile fast) -------------------------
+def plan_leader_release(cluster: PostgresCluster, snapshot: Snapshot) -> list[Action]:
+    """Release Patroni's leader key when the kubelet reports its holder's container dead
+    (pgherd.controller.leader_release), conditional on the leader ConfigMap as cached."""
+    cm_name = names.patroni_dcs_configmap(snapshot.name, "leader")
+    key = leader_release.LeaderKey.from_configmap(snapshot.child("ConfigMap", cm_name))
+    member = snapshot.member(key.holder) if key is not None and key.holder else None
+    holder = leader_release.HolderPod(member.name, member.container) if member else None
+    decided = leader_release.decide(cluster.spec.patroni.profile, key, holder)
+    if decided is None:
+        return []
+    return [
+        ReleaseLeader(
+            decided.why,
+            configmap=cm_name,
+            resource_version=decided.resource_version,
+            pod=decided.pod,
+        )
+    ]

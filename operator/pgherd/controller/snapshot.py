@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
 from pgherd.controller.databases import DatabasesSeen
+from pgherd.controller.leader_release import ContainerSeen
 from pgherd.controller.roles import RolesSeen
 from pgherd.controller.sql import Target
 from pgherd.controller.storage import VolumeUsage
@@ -111,6 +112,8 @@ class Member:
     conn_url: str | None = None
     # The node the pod is scheduled on (drain-aware switchover).
     node: str | None = None
+    # The kubelet's report of the instance container (operator-assisted leader release).
+    container: ContainerSeen | None = None
 
 
 def _time(value: str | None) -> datetime | None:
@@ -160,6 +163,7 @@ def member_from_pod(pod: Manifest) -> Member:
         annotations=annotations,
         conn_url=patroni.get("conn_url") if isinstance(patroni.get("conn_url"), str) else None,
         node=(pod.get("spec") or {}).get("nodeName") or None,
+        container=ContainerSeen.from_pod(pod, contract.CONTAINER),
     )
 
 
@@ -236,7 +240,7 @@ class Snapshot:
         return self.update_revision is not None and m.revision != self.update_revision
 
     def _dcs(self, suffix: str) -> Mapping[str, str]:
-        cm = self.child("ConfigMap", f"{self.name}-{suffix}")
+        cm = self.child("ConfigMap", names.patroni_dcs_configmap(self.name, suffix))
         return (cm or {}).get("metadata", {}).get("annotations") or {}
 
     @property

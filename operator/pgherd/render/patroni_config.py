@@ -27,13 +27,17 @@ CONFIG_HASH_ANNOTATION = "pgherd.io/patroni-config-hash"
 def dynamic_config(cluster: PostgresCluster) -> dict[str, Any]:
     """Patroni's dynamic configuration as the spec wants it."""
     spec = cluster.spec
+    ttl, loop_wait, retry_timeout = spec.patroni.timing  # the profile's, or set by hand
     config: dict[str, Any] = {
-        "ttl": spec.patroni.ttl,
-        "loop_wait": spec.patroni.loop_wait,
-        "retry_timeout": spec.patroni.retry_timeout,
+        "ttl": ttl,
+        "loop_wait": loop_wait,
+        "retry_timeout": retry_timeout,
         "maximum_lag_on_failover": spec.patroni.maximum_lag_on_failover,
         "synchronous_mode": spec.synchronous_mode != "off",
         "synchronous_mode_strict": spec.synchronous_mode == "strict",
+        # The primary survives an API-server outage when every member answers it
+        # (docs/api-outage.md).
+        "failsafe_mode": spec.patroni.failsafe_mode,
         "postgresql": {
             "use_pg_rewind": True,
             "use_slots": True,
