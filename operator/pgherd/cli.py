@@ -18,6 +18,11 @@ def main(argv: list[str] | None = None) -> int:
         from pgherd.operand import commands  # noqa: PLC0415
 
         return commands.main(raw[0], raw[1:])
+    if raw and raw[0] == "upgrade":
+        # Major upgrades (pg_upgrade): `pgherd upgrade check|run|rollback|finish|analyze`.
+        from pgherd.operand import upgrade  # noqa: PLC0415
+
+        return upgrade.main(raw[1:])
     parser = argparse.ArgumentParser(prog="pgherd", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("instance", help="run PostgreSQL under Patroni (operand entrypoint)")

@@ -28,6 +28,9 @@ METRICS_PORT = 9187
 METRICS_PORT_NAME = "metrics"
 METRICS_PATH = "/metrics"
 METRICS_PORT_ENV = "PGHERD_METRICS_PORT"
+# The cluster's PostgreSQL major (spec.postgresVersion): `pgherd instance` runs the binaries
+# of that major (/usr/lib/postgresql/<major>/bin in the image), never merely the newest.
+POSTGRES_MAJOR_ENV = "PGHERD_POSTGRES_MAJOR"
 # User-defined queries (spec.monitoring.customQueries): each ConfigMap key is a file here, in
 # postgres_exporter's queries.yaml format; the exporter reads every *.yaml of the directory.
 METRICS_QUERIES_DIR = "/etc/pgherd-metrics"

@@ -14,7 +14,7 @@ typed and validated, then passed to what needs them. Nothing reads the environme
 | PGHERD_TLS_CERTIFICATE_LIFETIME_SECONDS | 7776000 (90 days) | lifetime of leaf certificates |
 | PGHERD_TLS_RENEW_FRACTION | 0.6667 | share of its lifetime after which a certificate is renewed |
 | RELATED_IMAGE_POSTGRES | (built in) | operand image for the default PostgreSQL major |
-| RELATED_IMAGE_POSTGRES_<major> | | operand image for another major (e.g. _16) |
+| RELATED_IMAGE_POSTGRES_<major> | (built in for 18) | operand image for another major (e.g. _18) |
 | PGHERD_LOG_FORMAT | plain | plain or json |
 | PGHERD_DEBUG | 0 | 1: kopf's verbose logging |
 | PGHERD_HEALTH_HOST | 0.0.0.0 | where /healthz listens (probes reach the pod IP) |
@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pgherd.api.v1alpha1 import DEFAULT_IMAGE, DEFAULT_POSTGRES_VERSION
+from pgherd.api.v1alpha1 import DEFAULT_IMAGE, DEFAULT_IMAGES, DEFAULT_POSTGRES_VERSION
 
 IMAGE_PREFIX = "RELATED_IMAGE_POSTGRES"
 DEFAULT_METRICS_PORT = 8080
@@ -204,7 +204,11 @@ class Settings:
         )
 
     def image_for(self, major: int) -> str | None:
-        """The operand image for a PostgreSQL major, or None when the operator has none."""
+        """The operand image for a PostgreSQL major, or None when the operator has none:
+        RELATED_IMAGE_POSTGRES_<major>; for the default major RELATED_IMAGE_POSTGRES; else
+        this release's own image of that major (DEFAULT_IMAGES), when it builds one."""
         if major in self.images:
             return self.images[major]
-        return self.default_image if major == DEFAULT_POSTGRES_VERSION else None
+        if major == DEFAULT_POSTGRES_VERSION:
+            return self.default_image
+        return DEFAULT_IMAGES.get(major)

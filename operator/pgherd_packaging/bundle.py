@@ -25,7 +25,7 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
@@ -77,6 +77,8 @@ class BundleSettings:
     default_channel: str
     scorecard_image: str
     operand_image: str = v1alpha1.DEFAULT_IMAGE
+    # The other majors' operand images (RELATED_IMAGE_POSTGRES_<major>, relatedImages).
+    other_operand_images: dict[int, str] = field(default_factory=manifests.other_operand_images)
 
 
 def _template(name: str) -> str:
@@ -89,10 +91,13 @@ def _icon_base64() -> str:
     return base64.b64encode(_template("icon.svg").encode()).decode()
 
 
-def related_images(image: str, operand_image: str) -> list[Manifest]:
+def related_images(
+    image: str, operand_image: str, others: dict[int, str] | None = None
+) -> list[Manifest]:
     return [
         {"name": "pgherd-operator", "image": image},
         {"name": "postgres", "image": operand_image},
+        *({"name": f"postgres-{m}", "image": ref} for m, ref in sorted((others or {}).items())),
     ]
 
 
@@ -188,11 +193,23 @@ def render_csv(
         deployment_name=manifests.NAME,
         deployment_labels=manifests.LABELS,
         deployment_spec=manifests.deployment_spec(
-            settings.image, olm=True, operand_image=settings.operand_image
+            settings.image,
+            olm=True,
+            operand_image=settings.operand_image,
+            other_images=settings.other_operand_images,
         ),
-        related_images=related_images(settings.image, settings.operand_image),
+        related_images=related_images(
+            settings.image, settings.operand_image, settings.other_operand_images
+        ),
         disconnected=str(
-            all("@sha256:" in ref for ref in (settings.image, settings.operand_image))
+            all(
+                "@sha256:" in ref
+                for ref in (
+                    settings.image,
+                    settings.operand_image,
+                    *settings.other_operand_images.values(),
+                )
+            )
         ).lower(),
     )
     csv: Manifest = yaml.safe_load(text)

@@ -53,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
         help="operand image (RELATED_IMAGE_POSTGRES); default: the API's default image",
     )
     parser.add_argument(
+        "--operand-image-for",
+        action="append",
+        default=[],
+        metavar="MAJOR=IMAGE",
+        help="operand image of another PostgreSQL major (RELATED_IMAGE_POSTGRES_<major>); "
+        "default: the API's image of each supported major",
+    )
+    parser.add_argument(
         "--use-image-digests",
         action="store_true",
         help="pin the bundle's images by digest, resolved from their registry",
@@ -73,8 +81,15 @@ def main(argv: list[str] | None = None) -> int:
             print(path)
     if "bundle" in parts:
         image, operand_image = args.img, args.operand_image
+        others = manifests.other_operand_images()
+        for item in args.operand_image_for:
+            major, sep, ref = item.partition("=")
+            if not (sep and major.isdigit() and ref):
+                parser.error(f"--operand-image-for {item!r}: expected MAJOR=IMAGE")
+            others[int(major)] = ref
         if args.use_image_digests:
             image, operand_image = bundle.pin_digest(image), bundle.pin_digest(operand_image)
+            others = {major: bundle.pin_digest(ref) for major, ref in others.items()}
         settings = bundle.BundleSettings(
             version=args.version,
             image=image,
@@ -82,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             default_channel=args.default_channel,
             scorecard_image=args.scorecard_image,
             operand_image=operand_image,
+            other_operand_images=others,
         )
         for path in _sync(root, "bundle", bundle.files(settings, history)):
             print(path)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from importlib.resources import files as package_files
 from pathlib import Path
 from typing import Any
@@ -182,10 +183,26 @@ def node_affinity() -> Manifest:
     }
 
 
+def other_operand_images() -> dict[int, str]:
+    """This release's operand images for the majors besides the default one."""
+    return {
+        major: ref
+        for major, ref in v1alpha1.DEFAULT_IMAGES.items()
+        if major != v1alpha1.DEFAULT_POSTGRES_VERSION
+    }
+
+
 def deployment_spec(
-    image: str, *, olm: bool = False, operand_image: str = v1alpha1.DEFAULT_IMAGE
+    image: str,
+    *,
+    olm: bool = False,
+    operand_image: str = v1alpha1.DEFAULT_IMAGE,
+    other_images: Mapping[int, str] | None = None,
 ) -> Manifest:
-    """The operator Deployment's spec; with olm, it watches what the OperatorGroup targets."""
+    """The operator Deployment's spec; with olm, it watches what the OperatorGroup targets.
+    other_images: the operand image of each other major (RELATED_IMAGE_POSTGRES_<major>;
+    default: this release's)."""
+    others = other_operand_images() if other_images is None else other_images
     watch_namespace: Manifest
     if olm:
         # OLM writes the OperatorGroup's target namespaces ("" for all) on the pod template.
@@ -207,6 +224,11 @@ def deployment_spec(
             watch_namespace,
             {"name": "PGHERD_LOG_FORMAT", "value": "json"},
             {"name": RELATED_IMAGE_POSTGRES, "value": operand_image},
+            # The other majors' images: named here so that OLM mirrors and pins them too.
+            *(
+                {"name": f"{RELATED_IMAGE_POSTGRES}_{major}", "value": ref}
+                for major, ref in sorted(others.items())
+            ),
             # Leader election: the Lease lives in the operator's own namespace; the pod's
             # name starts its holder identity (who leads shows in the Lease).
             {"name": "PGHERD_LEADER_ELECTION", "value": "1"},

@@ -170,19 +170,19 @@ def test_images_are_fully_qualified_and_listed(version: str) -> None:
     (deployment,) = csv["spec"]["install"]["spec"]["deployments"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
+    # Every operand image the operator may use (RELATED_IMAGE_POSTGRES[_<major>]) is listed,
+    # so that OLM mirrors and pins each.
+    operand = {v for k, v in env.items() if k.startswith("RELATED_IMAGE_POSTGRES") and v}
     images = {
         annotations["containerImage"],
         container["image"],
-        env["RELATED_IMAGE_POSTGRES"],
+        *operand,
         *(r["image"] for r in csv["spec"]["relatedImages"]),
     }
     for image in images:
         host = image.split("/", 1)[0]
         assert "." in host or ":" in host, f"{image} has no registry host"
-    assert {r["image"] for r in csv["spec"]["relatedImages"]} == {
-        container["image"],
-        env["RELATED_IMAGE_POSTGRES"],
-    }
+    assert {r["image"] for r in csv["spec"]["relatedImages"]} == {container["image"], *operand}
     spec = crd_schema(crds[v1alpha1.KIND], "spec")
     if version == "0.1.0":
         # 0.1.0's CRD defaulted spec.image; the image it names is the one the CSV lists.

@@ -7,10 +7,11 @@ about a minute the first time on a machine) and imports it into a private builda
 buildah builds Dockerfile on it (pip installs requirements-operator.lock from PyPI, hashes
 checked), the image is pushed to a local registry and its config read back from there, and
 its entrypoint runs (buildah run, chroot isolation) as the image's non-root user against an
-API server that is not there: it logs JSON and answers its liveness probe. The operand image
-(PostgreSQL 15 from Debian, Patroni, barman-cloud, pgherd; about 4 minutes) is built on the
-same base and pushed beside it, so that `make bundle USE_IMAGE_DIGESTS=true` resolves both
-from the registry.
+API server that is not there: it logs JSON and answers its liveness probe. The operand images
+(PostgreSQL 15 or 18, Patroni, barman-cloud, pgherd; about 2 minutes each) come from
+pgherd_dev.operand_image, built on the same base once per set of inputs and cached outside
+the clone (the image-mode cluster tests run the same build), and are copied beside it, so
+that `make bundle USE_IMAGE_DIGESTS=true` resolves all three from the registry.
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ import yaml
 from pgherd_dev import processes
 from pgherd_dev.errors import DevError
 from pgherd_dev.images import (
-    LOCAL_BASE_IMAGE,
     Buildah,
     LocalRegistry,
     host_ca_bundle,
     require_command,
 )
+from pgherd_dev.operand_image import operand_image
 from pgherd_packaging import bundle, manifests
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,41 +85,38 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Built]:
         shutil.rmtree(workdir / "buildah" / "storage", ignore_errors=True)
 
 
-@pytest.fixture(scope="module")
-def operand(image: Built) -> str:
-    """images/postgres/Dockerfile built on the same base and pushed; returns its tag.
-
-    Its build has no CA-bundle secret like Dockerfile's: where TLS to PyPI is intercepted, the
-    host's CA bundle and a pip.conf naming it are mounted for the RUN steps only (buildah
-    volumes are never part of an image)."""
-    tag = f"{image.registry.host}/pgherd/postgres:15-test"
-    volumes = []
-    if ca := host_ca_bundle():
-        conf = image.workdir / "pip.conf"
-        conf.write_text("[global]\ncert = /etc/pgherd-build-ca.pem\n")
-        volumes = ["-v", f"{ca}:/etc/pgherd-build-ca.pem:ro", "-v", f"{conf}:/etc/pip.conf:ro"]
+def push_operand(image: Built, major: int) -> str:
+    """The operand image of major (pgherd_dev.operand_image: built once per set of inputs and
+    cached outside the clone, the build the image-mode cluster tests run too), copied from its
+    OCI layout to the local registry; returns its tag there."""
+    tag = f"{image.registry.host}/pgherd/postgres:{major}-test"
     begin = time.monotonic()
     try:
-        image.buildah.run(
-            "build",
-            "--isolation",
-            "chroot",
-            "-f",
-            "images/postgres/Dockerfile",
-            "--build-arg",
-            f"BASE_IMAGE={LOCAL_BASE_IMAGE}",
-            *volumes,
-            "-t",
-            tag,
-            ".",
-            cwd=REPO,
-            timeout=1500,
-        )
-        image.buildah.push(tag)
+        built = operand_image(major)
     except DevError as e:
         pytest.fail(str(e), pytrace=False)
-    print(f"operand image built and pushed in {time.monotonic() - begin:.0f}s")
+    skopeo = require_command("skopeo")
+    done = subprocess.run(
+        [skopeo, "copy", "--dest-tls-verify=false", built.oci_ref, f"docker://{tag}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    how = "cached" if built.build_seconds is None else f"built in {built.build_seconds:.0f}s"
+    print(f"operand image {major} ({how}) pushed in {time.monotonic() - begin:.0f}s")
     return tag
+
+
+@pytest.fixture(scope="module")
+def operand(image: Built) -> str:
+    return push_operand(image, 15)
+
+
+@pytest.fixture(scope="module")
+def operand18(image: Built) -> str:
+    return push_operand(image, 18)
 
 
 def skopeo_inspect(ref: str, *extra: str) -> dict[str, Any]:
@@ -152,17 +150,48 @@ def test_config_read_back_from_the_registry(image: Built) -> None:
     print(f"operator image: {compressed / 2**20:.0f} MiB of compressed layers in the registry")
 
 
-def test_platforms_are_the_ones_the_csv_declares(image: Built, operand: str) -> None:
+def test_platforms_are_the_ones_the_csv_declares(
+    image: Built, operand: str, operand18: str
+) -> None:
     """docs/images.md: both images are built for linux/amd64 only; the CSV's arch/os labels
     and the operator's node affinity (pgherd_packaging.manifests.ARCHITECTURES,
     OPERATING_SYSTEMS) say the same."""
-    for ref in (image.tag, operand):
+    for ref in (image.tag, operand, operand18):
         config = skopeo_inspect(ref, "--config")
         assert [config["os"]] == list(manifests.OPERATING_SYSTEMS), ref
         assert [config["architecture"]] == list(manifests.ARCHITECTURES), ref
-    operand_config = skopeo_inspect(operand, "--config")["config"]
-    assert operand_config["User"] == "999:999"
-    assert operand_config["Entrypoint"] == ["pgherd", "instance"]
+    for ref in (operand, operand18):
+        operand_config = skopeo_inspect(ref, "--config")["config"]
+        assert operand_config["User"] == "999:999"
+        assert operand_config["Entrypoint"] == ["pgherd", "instance"]
+
+
+@pytest.mark.parametrize("major", [15, 18])
+def test_each_operand_image_has_its_majors_server(
+    image: Built, operand: str, operand18: str, major: int
+) -> None:
+    """The binaries at /usr/lib/postgresql/<major>/bin run in the image (its unpacked root
+    filesystem), as its user, and are the major's, built with OpenSSL (every instance serves
+    TLS)."""
+    assert {15: operand, 18: operand18}[major]
+    root = operand_image(major).rootfs  # the build the fixture pushed, from the cache
+    bindir = f"/usr/lib/postgresql/{major}/bin"
+
+    def in_root(*argv: str) -> str:
+        done = subprocess.run(
+            ["chroot", "--userspec=999:999", str(root), *argv],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    version = in_root(f"{bindir}/postgres", "--version")
+    configure = in_root(f"{bindir}/pg_config", "--configure")
+    assert version.startswith(f"postgres (PostgreSQL) {major}."), version
+    assert "--with-openssl" in configure or "--with-ssl=openssl" in configure, configure
 
 
 def make_bundle(image: Built, root: Path, *variables: str) -> subprocess.CompletedProcess[str]:
@@ -183,26 +212,31 @@ def make_bundle(image: Built, root: Path, *variables: str) -> subprocess.Complet
 
 
 def test_bundle_pins_the_pushed_images_by_digest(
-    image: Built, operand: str, tmp_path: Path
+    image: Built, operand: str, operand18: str, tmp_path: Path
 ) -> None:
     """operator-sdk's convention: USE_IMAGE_DIGESTS=true resolves every image of the bundle in
     its registry (here the local one the images were pushed to) and pins containerImage, the
     Deployment, RELATED_IMAGE_POSTGRES and relatedImages to those digests."""
     digest = skopeo_inspect(image.tag)["Digest"]
     operand_digest = skopeo_inspect(operand)["Digest"]
+    operand18_digest = skopeo_inspect(operand18)["Digest"]
     root = tmp_path / "root"
-    done = make_bundle(image, root, f"IMG={image.tag}", f"OPERAND_IMAGE={operand}")
+    done = make_bundle(image, root, f"IMG={image.tag}", f"OPERAND_IMAGE={operand}",
+                       f"OPERAND_IMAGE_18={operand18}")  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     csv = yaml.safe_load((root / "bundle" / "manifests" / bundle.CSV_FILE).read_text())
     pinned = f"{image.tag.rsplit(':', 1)[0]}@{digest}"
     pinned_operand = f"{operand.rsplit(':', 1)[0]}@{operand_digest}"
+    pinned_operand18 = f"{operand18.rsplit(':', 1)[0]}@{operand18_digest}"
     (deployment,) = csv["spec"]["install"]["spec"]["deployments"]
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert csv["metadata"]["annotations"]["containerImage"] == pinned
     assert container["image"] == pinned
     assert env["RELATED_IMAGE_POSTGRES"] == pinned_operand
-    assert {r["image"] for r in csv["spec"]["relatedImages"]} == {pinned, pinned_operand}
+    assert env["RELATED_IMAGE_POSTGRES_18"] == pinned_operand18
+    assert {r["image"] for r in csv["spec"]["relatedImages"]} == {
+        pinned, pinned_operand, pinned_operand18}  # fmt: skip
     # Every image by digest, and the operator takes the operand from RELATED_IMAGE_POSTGRES.
     assert csv["metadata"]["annotations"]["features.operators.openshift.io/disconnected"] == "true"
     # The pinned references pull: the registry serves exactly those manifests.
@@ -210,7 +244,8 @@ def test_bundle_pins_the_pushed_images_by_digest(
 
     # A reference the registry does not serve stops the build, naming it.
     missing = f"{image.registry.host}/pgherd/postgres:not-pushed"
-    done = make_bundle(image, tmp_path / "again", f"IMG={image.tag}", f"OPERAND_IMAGE={missing}")
+    done = make_bundle(image, tmp_path / "again", f"IMG={image.tag}", f"OPERAND_IMAGE={missing}",
+                       f"OPERAND_IMAGE_18={operand18}")  # fmt: skip
     assert done.returncode != 0
     assert f"cannot resolve {missing} to a digest" in done.stderr
 

@@ -332,6 +332,21 @@ def test_never_ready_counts_from_when_the_instance_became_unready(
         # A stale error of a server that runs again says nothing.
         ([_member(report=InstanceReport(15, LIBS, "FATAL: old"))], c.AS_EXPECTED, ""),
         ([_member(report=InstanceReport(16, LIBS))], c.VERSION_MISMATCH, "PostgreSQL 16"),
+        # An image without the cluster's major: the instance stops and reports the major it
+        # carries; the mismatch is the cause, not a parameter to fix.
+        (
+            [
+                _member(
+                    ready=False,
+                    state="stopped",
+                    report=InstanceReport(
+                        18, LIBS, "FATAL: no PostgreSQL 15 binaries in /usr/lib/postgresql/15/bin"
+                    ),
+                )
+            ],
+            c.VERSION_MISMATCH,
+            "runs PostgreSQL 18",
+        ),
         (
             [_member(report=InstanceReport(15, LIBS, None, (("work_mem", "invalid value"),)))],
             c.PARAMETERS_IGNORED,

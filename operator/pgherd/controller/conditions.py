@@ -46,6 +46,7 @@ RECONCILE_FAILED = "ReconcileFailed"
 POSTGRES_NOT_RUNNING = "PostgresNotRunning"
 VERSION_MISMATCH = "VersionMismatch"
 NO_IMAGE = "NoImageForVersion"
+MAJOR_UPGRADE_UNSUPPORTED = "MajorUpgradeUnsupported"
 LIBRARY_NOT_AVAILABLE = "LibraryNotAvailable"
 PARAMETERS_IGNORED = "ParametersIgnored"
 # spec.switchover names an instance that may not take over (unready, lagging).

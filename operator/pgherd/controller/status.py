@@ -27,7 +27,7 @@ from pgherd.api.v1alpha1 import (
     SecretsStatus,
     StorageStatus,
 )
-from pgherd.controller import backups, roles, storage
+from pgherd.controller import backups, roles, storage, versions
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import Event
 from pgherd.controller.conditions import Activity, Problem
@@ -84,24 +84,12 @@ def instance_problems(cluster: PostgresCluster, snapshot: Snapshot) -> list[Prob
     """What the instances report is wrong: PostgreSQL not running (in its own words), and a
     server of another major version than spec.postgresVersion."""
     out: list[Problem] = []
-    failing = [
-        f"{m.name}: {m.report.error}"
-        for m in snapshot.members
-        if m.report is not None and m.report.error and m.state not in READY_STATES
-    ]
-    if failing:
-        out.append(
-            Problem(
-                c.POSTGRES_NOT_RUNNING,
-                "PostgreSQL does not run on " + "; ".join(failing) + ". Fix (or revert) the "
-                "setting it names in spec.postgresql.parameters; the operator applies the "
-                "change even while no primary runs",
-            )
-        )
+    # While a raise of spec.postgresVersion is held (pgherd.controller.versions), the
+    # instances run the data's major on purpose: that is said once, by the hold.
+    want = versions.held_major(cluster) or cluster.spec.postgres_version
     majors = sorted(
         {m.report.postgres_major for m in snapshot.members if m.report and m.report.postgres_major}
     )
-    want = cluster.spec.postgres_version
     if majors and majors != [want]:
         image = cluster.spec.image or "the operator's image"
         out.append(
@@ -110,6 +98,25 @@ def instance_problems(cluster: PostgresCluster, snapshot: Snapshot) -> list[Prob
                 f"spec.postgresVersion is {want}, but {image} runs PostgreSQL "
                 f"{', '.join(map(str, majors))}: set spec.image to an image of PostgreSQL "
                 f"{want} (major upgrades are not supported yet)",
+            )
+        )
+    # An instance of another major fails for that reason (an image without the cluster's
+    # major does not start): the mismatch above says it, not a parameter to fix.
+    failing = [
+        f"{m.name}: {m.report.error}"
+        for m in snapshot.members
+        if m.report is not None
+        and m.report.error
+        and m.state not in READY_STATES
+        and m.report.postgres_major in (None, want)
+    ]
+    if failing:
+        out.append(
+            Problem(
+                c.POSTGRES_NOT_RUNNING,
+                "PostgreSQL does not run on " + "; ".join(failing) + ". Fix (or revert) the "
+                "setting it names in spec.postgresql.parameters; the operator applies the "
+                "change even while no primary runs",
             )
         )
     return out
@@ -312,7 +319,12 @@ def compute(
         ),
         switchover_handled=plan.switchover_handled,
         ignored_parameters=ignored or None,
-        postgres_version=next((m.report.postgres_major for m in members if m.report), None),
+        # What the data is at: the major a ready instance runs (an instance of another
+        # major's image fails on it and is not ready), kept while none is ready.
+        postgres_version=next(
+            (m.report.postgres_major for m in members if m.report and m.ready),
+            previous.postgres_version,
+        ),
         image=plan.image or previous.image,
         tls=plan.tls.status if plan.tls and plan.tls.status else previous.tls,
         credentials=plan.credentials,

@@ -67,9 +67,27 @@ def patroni_environment(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def find_bin_dir(env: Mapping[str, str], base: Path = _DEFAULT_BIN_ROOT) -> str:
-    """PostgreSQL's binaries: PGHERD_PG_BIN_DIR, else the newest under /usr/lib/postgresql."""
+    """PostgreSQL's binaries: PGHERD_PG_BIN_DIR; else those of the cluster's major
+    (PGHERD_POSTGRES_MAJOR, from spec.postgresVersion) at the image layout
+    <base>/<major>/bin; else (a pod rendered before the operator passed the major) the
+    newest under base.
+
+    The major's own binaries, never merely the newest: an image may carry two majors (the
+    old and the new of an upgrade), and a server must never run on another major's data.
+    """
     if explicit := env.get("PGHERD_PG_BIN_DIR"):
         return explicit
+    if major := env.get(contract.POSTGRES_MAJOR_ENV, "").strip():
+        if not major.isdigit():
+            raise InstanceError(f"{contract.POSTGRES_MAJOR_ENV}={major!r} is not a major version")
+        wanted = base / major / "bin"
+        if not (wanted / "postgres").exists():
+            raise InstanceError(
+                f"no PostgreSQL {major} binaries in {wanted} (this image does not carry "
+                f"major {major}: use an image for postgresVersion {major}, or set "
+                "PGHERD_PG_BIN_DIR)"
+            )
+        return str(wanted)
     majors = sorted(
         (p for p in base.glob("*/bin") if (p / "postgres").exists()),
         key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0,
@@ -77,6 +95,23 @@ def find_bin_dir(env: Mapping[str, str], base: Path = _DEFAULT_BIN_ROOT) -> str:
     if not majors:
         raise InstanceError(f"no PostgreSQL binaries under {base}; set PGHERD_PG_BIN_DIR")
     return str(majors[-1])
+
+
+def _require_major(env: Mapping[str, str]) -> None:
+    """Stop before Patroni when the image lacks the cluster's major, after telling the
+    operator which major the image does run (if any), so that the cluster says so."""
+    try:
+        find_bin_dir(env)
+    except InstanceError as e:
+        others = {k: v for k, v in env.items() if k != contract.POSTGRES_MAJOR_ENV}
+        try:
+            carried = find_bin_dir(others)
+        except InstanceError:
+            raise e from None
+        from pgherd.operand import report  # noqa: PLC0415
+
+        report.publish_missing_major(env, carried, str(e))
+        raise
 
 
 # Settings of patroni.yaml that name files (TLS material), per section.
@@ -171,6 +206,7 @@ def run(env: Mapping[str, str]) -> int:
     except OSError as e:
         raise InstanceError(f"cannot read Patroni configuration {source}: {e}") from None
     patroni_env = patroni_environment(env)
+    _require_major(env)
     clear_stale_socket_locks(Path(rooted(root, contract.SOCKET_DIR)))
     tls_source = Path(rooted(root, contract.TLS_MOUNT))
     tls_target = Path(rooted(root, contract.TLS_DIR))

@@ -275,3 +275,16 @@ def start(env: Mapping[str, str], watch: LogWatch, bin_dir: str) -> None:
         log.warning("instance reporter not started: %s", e)
         return
     threading.Thread(target=reporter.loop, name="instance-report", daemon=True).start()
+
+
+def publish_missing_major(env: Mapping[str, str], bin_dir: str, reason: str) -> None:
+    """Publish one report for an image without the cluster's major: the major it does carry
+    (bin_dir, its newest), with reason as the error. The instance then exits rather than
+    run another major; from this report the operator says which major the image runs
+    (VersionMismatch). Best effort: a report that cannot be published is logged."""
+    watch = LogWatch()
+    watch.feed(f"FATAL:  {reason}")
+    try:
+        Reporter(env, watch, bin_dir).publish_once()
+    except Exception as e:
+        log.warning("instance report not published: %s", e)

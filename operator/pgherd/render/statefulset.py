@@ -45,6 +45,8 @@ def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
         _field_env("POD_NAMESPACE", "metadata.namespace"),
         _field_env("POD_IP", "status.podIP"),
         {"name": "PGHERD_CLUSTER", "value": name},
+        # Which of the image's majors to run (pgherd.operand.instance.find_bin_dir).
+        {"name": contract.POSTGRES_MAJOR_ENV, "value": str(cluster.spec.postgres_version)},
         {"name": "PGHERD_PG_PORT", "value": str(contract.POSTGRES_PORT)},
         {"name": "PGHERD_API_PORT", "value": str(contract.PATRONI_PORT)},
         {"name": contract.METRICS_PORT_ENV, "value": str(contract.METRICS_PORT)},

@@ -1,0 +1,104 @@
+"""Raising spec.postgresVersion on a running cluster (a major upgrade, not supported yet) is
+held: the cluster keeps its major and image, restarts nothing, and says why."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from pgherd import contract
+from pgherd.api.v1alpha1 import PostgresCluster
+from pgherd.controller import conditions as c
+from pgherd.controller import status
+from pgherd.controller.actions import Apply
+from pgherd.controller.plan import plan
+from tests.unit.snapshots import SETTINGS, cluster_raw, config_of, healthy, live_children, snapshot
+
+STUCK_AFTER = timedelta(seconds=SETTINGS.stuck_after_seconds)
+RUNNING = "registry.example/pg:15-a"
+MAJOR = "PGHERD_POSTGRES_MAJOR"
+
+
+def _env(sts: dict[str, Any]) -> dict[str, Any]:
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    return {e["name"]: e.get("value") for e in container["env"]} | {"image": container["image"]}
+
+
+@pytest.mark.parametrize(
+    ("want", "recorded", "held", "rendered"),
+    [
+        # Asked for 18 while the data is at 15: held at 15 and the running image, said.
+        (18, 15, True, ("15", RUNNING)),
+        # The same major: nothing to hold.
+        (15, 15, False, ("15", RUNNING)),
+        # Never ran (nothing is at any major, no image recorded): the spec's major and the
+        # operator's image for it.
+        (18, None, False, ("18", "quay.io/pgherd/postgres:18-0.2.0")),
+    ],
+)
+def test_a_raised_major_is_held_at_the_datas(
+    want: int, recorded: int | None, held: bool, rendered: tuple[str, str]
+) -> None:
+    spec = {"instances": 3, "postgresVersion": want}
+    st = {"phase": "Healthy", "observedGeneration": 1, "currentPrimary": "db-0",
+          "postgresVersion": recorded, **({"image": RUNNING} if recorded else {})}  # fmt: skip
+    running = PostgresCluster.model_validate(cluster_raw({"instances": 3, "postgresVersion": 15}))
+    s = snapshot(
+        spec,
+        status=st,
+        pods=healthy(3, report={contract.REPORT_MAJOR: 15} if recorded else None),
+        children=live_children(running, image=RUNNING),
+        dcs_config=config_of(spec),
+        leader="db-0",
+    )
+    decided = plan(s, SETTINGS)
+    sts = [a for a in decided.actions if isinstance(a, Apply) and a.kind == "StatefulSet"]
+    holds = [p for p in decided.problems if p.reason == c.MAJOR_UPGRADE_UNSUPPORTED]
+    if held:
+        # Nothing restarts: the StatefulSet is what runs now.
+        assert sts == []
+        (problem,) = holds
+        assert "spec.postgresVersion is 18, but the cluster's data is PostgreSQL 15" in (
+            problem.message
+        )
+        new = status.compute(s, decided, stuck_after=STUCK_AFTER)
+        assert new is not None
+        degraded = next(x for x in new.conditions or [] if x.type == "Degraded")
+        assert (degraded.status, degraded.reason) == ("True", c.MAJOR_UPGRADE_UNSUPPORTED)
+        # One problem said once: the instances running 15 on purpose are no VersionMismatch.
+        assert c.VERSION_MISMATCH not in degraded.message
+        assert new.postgres_version == 15
+        return
+    assert holds == []
+    if sts:
+        env = _env(sts[0].manifest)
+        assert (env[MAJOR], env["image"]) == rendered
+
+
+@pytest.mark.parametrize(
+    ("ready", "reported", "recorded", "expected"),
+    [
+        (True, 15, None, 15),  # a ready instance says what the data is at
+        (True, 15, 18, 15),
+        (False, 18, 15, 15),  # an 18 image failing on 15's data: not ready, not believed
+        (False, None, 15, 15),  # nobody ready (all restarting): the last known major kept
+        (False, None, None, None),
+    ],
+)
+def test_status_records_the_major_the_data_is_at(
+    ready: bool, reported: int | None, recorded: int | None, expected: int | None
+) -> None:
+    spec = {"instances": 1, "postgresVersion": 18}
+    report = {contract.REPORT_MAJOR: reported} if reported else None
+    s = snapshot(
+        spec,
+        status={"observedGeneration": 1, "postgresVersion": recorded},
+        pods=healthy(1, ready=ready, report=report),
+        dcs_config=config_of(spec),
+        leader="db-0",
+    )
+    new = status.compute(s, plan(s, SETTINGS), stuck_after=STUCK_AFTER)
+    assert new is not None
+    assert new.postgres_version == expected
