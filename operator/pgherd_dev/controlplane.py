@@ -37,6 +37,7 @@ SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 STORAGE_CLASS = "standard"
 PORT_ENV = "PGHERD_APISERVER_PORT"
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
 # kwok's pod stages that must leave the test kubelet's pods alone: pod-complete would mark a
 # Job's pod Succeeded without running it. pod-ready (Running, before the kubelet starts it)
 # and pod-delete stay as they are.
@@ -560,9 +561,12 @@ class ControlPlane:
         )
 
         def nodes_ready() -> bool:
+            # Schedulable too: a new node carries the not-ready taint (NoSchedule) until the
+            # node lifecycle controller has seen it Ready, which can be a monitor pass later.
             items = core.list_node().items
             return len(items) == self.nodes and all(
                 any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+                and not any(t.key == NOT_READY_TAINT for t in (n.spec.taints or []))
                 for n in items
             )
 
@@ -570,5 +574,7 @@ class ControlPlane:
             core.read_namespaced_service_account("default", "default")
             return True
 
-        self._wait("kwok to mark the nodes Ready", nodes_ready, begin)
+        self._wait(
+            "kwok to mark the nodes Ready (and their not-ready taint gone)", nodes_ready, begin
+        )
         self._wait("the controller manager (default ServiceAccount)", default_sa, begin)
