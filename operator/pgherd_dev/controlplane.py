@@ -1,7 +1,8 @@
 """A real local Kubernetes control plane on 127.0.0.1, started in seconds.
 
 etcd, kube-apiserver (RBAC, default admission plugins), kube-controller-manager,
-kube-scheduler, kwok (fake nodes whose pods it marks Running), the test-only volume
+kube-scheduler, kwok (fake nodes whose pods it marks Running, and pods of Jobs Succeeded
+except those the test kubelet runs: their containers' exits decide), the test-only volume
 provisioner and the test kubelet that runs pgherd's PostgreSQL pods, each a process of
 its own with a log in the working directory. Three
 nodes are spread over three zones. State (pids, ports) is kept in state.json so another
@@ -22,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from pgherd_dev import kubeconfig, pki, processes, provisioner
+from pgherd_dev import kubeconfig, kubelet, pki, processes, provisioner
 from pgherd_dev.errors import DevError
 from pgherd_dev.processes import Started
 from pgherd_dev.tools import kwok_stages, tool_path
@@ -35,6 +37,48 @@ SERVICE_CIDR = "10.96.0.0/16"
 POD_CIDR = "10.244.0.0/16"
 STORAGE_CLASS = "standard"
 PORT_ENV = "PGHERD_APISERVER_PORT"
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+# kwok's pod stages that must leave the test kubelet's pods alone: pod-complete would mark a
+# Job's pod Succeeded without running it. pod-ready (Running, before the kubelet starts it)
+# and pod-delete stay as they are.
+KUBELET_OWNED_STAGES = ("pod-complete",)
+
+
+def kubelet_pods_query() -> str:
+    """A kwok selector key (a jq query over the pod) that is true exactly for the pods the
+    test kubelet selects (kubelet.SELECTOR). kwok ANDs a stage's matchExpressions, so "not
+    (managed by pgherd and of a kubelet component)" is one query compared with NotIn."""
+    labels = ".metadata.labels"
+    components = " or ".join(f'. == "{c}"' for c in kubelet.COMPONENTS)
+    return (
+        f'{labels}["{kubelet.MANAGED_BY}"] == "pgherd" '
+        f'and ({labels}["{kubelet.COMPONENT}"] | {components})'
+    )
+
+
+def stages_without_kubelet_pods(text: str, stages: tuple[str, ...] = KUBELET_OWNED_STAGES) -> str:
+    """kwok's stages (a multi-document YAML) with the named stages' selectors also requiring
+    that the pod is not one the test kubelet runs; every other stage unchanged."""
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    for doc in docs:
+        if doc.get("kind") == "Stage" and doc["metadata"]["name"] in stages:
+            selector = doc["spec"].setdefault("selector", {})
+            selector.setdefault("matchExpressions", []).append(
+                {"key": kubelet_pods_query(), "operator": "NotIn", "values": ["true"]}
+            )
+    return yaml.dump_all(docs, Dumper=_BlockDumper, sort_keys=False, width=1000)
+
+
+class _BlockDumper(yaml.SafeDumper):
+    """Multi-line strings (kwok's status templates) as block literals, readable as kwok's."""
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_BlockDumper.add_representer(str, _str_presenter)
 
 
 @dataclass
@@ -299,7 +343,7 @@ class ControlPlane:
                 [
                     str(binaries["kwok"]),
                     f"--kubeconfig={self.kubeconfig}",
-                    f"--config={kwok_stages()}",
+                    f"--config={self._kwok_stages()}",
                     "--manage-all-nodes=true",
                     "--node-lease-duration-seconds=40",
                     "--v=WARN",
@@ -406,6 +450,14 @@ class ControlPlane:
         self._wait_ready(ports, ca, admin, begin, timeout=timeout)
         return time.monotonic() - begin
 
+    def _kwok_stages(self) -> Path:
+        """This control plane's copy of kwok's stages (the cached file is shared by every
+        clone and stays kwok's own)."""
+        path = self.workdir / "kwok" / "stages.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(stages_without_kubelet_pods(kwok_stages().read_text()))
+        return path
+
     def _apiserver_proc(self) -> Started | None:
         return next((p for p in self.procs if p.name == "kube-apiserver" and p.alive()), None)
 
@@ -509,9 +561,12 @@ class ControlPlane:
         )
 
         def nodes_ready() -> bool:
+            # Schedulable too: a new node carries the not-ready taint (NoSchedule) until the
+            # node lifecycle controller has seen it Ready, which can be a monitor pass later.
             items = core.list_node().items
             return len(items) == self.nodes and all(
                 any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+                and not any(t.key == NOT_READY_TAINT for t in (n.spec.taints or []))
                 for n in items
             )
 
@@ -519,5 +574,7 @@ class ControlPlane:
             core.read_namespaced_service_account("default", "default")
             return True
 
-        self._wait("kwok to mark the nodes Ready", nodes_ready, begin)
+        self._wait(
+            "kwok to mark the nodes Ready (and their not-ready taint gone)", nodes_ready, begin
+        )
         self._wait("the controller manager (default ServiceAccount)", default_sa, begin)

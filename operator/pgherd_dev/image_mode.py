@@ -133,13 +133,19 @@ def _passwd_home(rootfs: Path, uid: int) -> str:
 
 
 def container_spec(
-    pod: dict[str, Any], image: Image, env: dict[str, str], argv: list[str]
+    pod: dict[str, Any],
+    image: Image,
+    env: dict[str, str],
+    argv: list[str],
+    container: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """What pgherd_dev.container needs, less the host paths (the kubelet adds them).
 
-    env: the pod's resolved environment; argv: its command and args, expanded (empty when the
-    container gives neither: then the image's Entrypoint and Cmd)."""
-    container = pod["spec"]["containers"][0]
+    env: the container's resolved environment; argv: its command and args, expanded (empty
+    when the container gives neither: then the image's Entrypoint and Cmd); container: the
+    one to run (an init container), by default the pod's main container."""
+    if container is None:
+        container = pod["spec"]["containers"][0]
     pod_sc = pod["spec"].get("securityContext") or {}
     sc = container.get("securityContext") or {}
     user, _, group = str(image.config.get("User") or "0").partition(":")

@@ -1,10 +1,10 @@
-"""A TEST kubelet for pgherd's PostgreSQL and PgBouncer pods: runs each pod's own entrypoint
-locally.
+"""A TEST kubelet for pgherd's PostgreSQL, PgBouncer and one-shot upgrade pods: runs each
+pod's own entrypoint locally.
 
 kwok schedules pods and marks them Running, but runs nothing. For pods labelled
-`app.kubernetes.io/managed-by=pgherd` and `app.kubernetes.io/component` database (instances)
-or pooler (a PostgresPooler's PgBouncer) this controller does what a kubelet would, with real
-processes on this machine:
+`app.kubernetes.io/managed-by=pgherd` and `app.kubernetes.io/component` database (instances),
+pooler (a PostgresPooler's PgBouncer) or upgrade (the major upgrade's one-shot pods, run by
+Jobs) this controller does what a kubelet would, with real processes on this machine:
 
 - probes over HTTP or HTTPS (without verifying the certificate, as a kubelet) or TCP;
 - resolves the container's environment from the API (values, `$(VAR)` references,
@@ -27,12 +27,40 @@ processes on this machine:
   `pgherd`) as a small container: `unshare` gives it a user namespace in which it is the
   local `postgres` account (PostgreSQL refuses root, and the image's user must resolve),
   and a PID namespace, so that when the process or this kubelet dies everything the
-  container started dies with it; restarts it when it exits (with back-off, like
-  restartPolicy Always); reports readiness from the readiness probe; stops it (SIGTERM,
-  then SIGKILL after the grace period) when the pod goes away;
+  container started dies with it; reports readiness from the readiness probe; stops it
+  (SIGTERM, then SIGKILL after the grace period) when the pod goes away;
+- honours restartPolicy (exit_outcome): Always restarts the container whatever its exit code,
+  OnFailure only after a non-zero one, Never not at all, each restart after a back-off (0.5 s
+  doubling to 10 s, shorter than a kubelet's 10 s to 5 min: tests wait for it). A container
+  that exited for good ends the pod: phase Succeeded (exit 0) or Failed, Ready False, and
+  nothing is started again, so the job controller completes or fails its Job;
+- runs initContainers first, in order, each to completion with its own image, command/args,
+  env and volumeMounts, then the main container; one that fails is retried with back-off, or
+  under restartPolicy Never fails the pod. The pod is unready and Initialized False until
+  every one succeeded; initContainerStatuses report them;
+- gives each container start a fresh termination message file at its
+  terminationMessagePath (default /dev/termination-log; host mode: the path mapped under
+  PGHERD_ROOT and linked to the file, image mode: the file bound there) and reports, when it
+  exits, the file's last 4096 bytes as terminated.message; with FallbackToLogsOnError, an
+  empty file and a non-zero exit, the last 80 lines (at most 2048 bytes) of that run's log
+  (termination_message);
 - reports the container's state on the pod as a kubelet does (containerStatuses: running
   from its start; terminated with its exit code, and the pod unready, the moment it exits),
   which the operator's leader release reads (spec.patroni.profile fast).
+
+kwok's stages are kwok's own but for pod-complete, which the control plane rewrites so that
+it leaves these pods alone (pgherd_dev.controlplane.stages_without_kubelet_pods): otherwise it
+would mark a Job's pod Succeeded without running anything. kwok's pod-ready still marks a pod
+Running (with its init containers Completed) before this kubelet starts it; the kubelet's
+first status sets that right, but the phase stays Running while init containers run (a
+kubelet says Pending).
+
+Not emulated for any pod: containers after the first (only containers[0] runs), init
+containers with restartPolicy Always (sidecars: run as ordinary init containers, so one
+that never exits holds the pod), startup
+and liveness probes, activeDeadlineSeconds, ephemeral containers. In host mode every
+container of a pod shares one tree under PGHERD_ROOT, so an emptyDir mounted at several paths
+is one directory at the main container's path (empty_dir_homes) with links at the others.
 
 Image mode. The kubelet is given an image index (--image-index, a JSON file that
 pgherd_dev.image_mode.add_image writes: image reference -> unpacked root filesystem and OCI
@@ -83,7 +111,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from kubernetes import client, config
@@ -92,8 +120,11 @@ from kubernetes.client.exceptions import ApiException
 from pgherd_dev import image_mode, postgres_binaries, processes
 from pgherd_dev.forward import Forward
 
-SELECTOR = "app.kubernetes.io/managed-by=pgherd,app.kubernetes.io/component in (database,pooler)"
+MANAGED_BY = "app.kubernetes.io/managed-by"
 COMPONENT = "app.kubernetes.io/component"
+# The pods this kubelet runs: instances, poolers, and the one-shot upgrade pods.
+COMPONENTS = ("database", "pooler", "upgrade")
+SELECTOR = f"{MANAGED_BY}=pgherd,{COMPONENT} in ({','.join(COMPONENTS)})"
 # A PostgresPooler's pods (PgBouncer): env names the pod spec gives the target Service in.
 POOLER_HOST_ENV = "PGHERD_POOLER_HOST"
 POOLER_TARGET_PORT_ENV = "PGHERD_POOLER_TARGET_PORT"
@@ -103,6 +134,12 @@ PORTS_ANNOTATION = "kubelet.pgherd.dev/ports"
 HOLD_ANNOTATION = "kubelet.pgherd.dev/hold"
 POD_IP = "127.0.0.1"
 _REF = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+# The kubelet's limits on a termination message (kubecontainer's MaxContainerTermination*):
+# the file's last 4 KiB; from the log, the last 80 lines, of which the last 2 KiB.
+DEFAULT_TERMINATION_PATH = "/dev/termination-log"
+MESSAGE_MAX_BYTES = 4096
+LOG_MESSAGE_MAX_LINES = 80
+LOG_MESSAGE_MAX_BYTES = 2048
 
 log = logging.getLogger("pgherd-dev.kubelet")
 
@@ -120,6 +157,63 @@ def _killpg(pp: PodProcess, sig: signal.Signals) -> None:
     if pp.proc is not None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pp.proc.pid, sig)
+
+
+ExitOutcome = Literal["restart", "next", "Succeeded", "Failed"]
+
+
+def exit_outcome(restart_policy: str, code: int, *, init: bool) -> ExitOutcome:
+    """What a kubelet does when a container exits: run it again (after back-off), go on to the
+    next container (an init container that succeeded), or end the pod in that phase.
+
+    An init container must succeed: it is retried unless the pod may never restart (Never),
+    which fails the pod. The main container follows restartPolicy: Always restarts whatever
+    the exit code, OnFailure only a non-zero one, Never none."""
+    if init:
+        if code == 0:
+            return "next"
+        return "Failed" if restart_policy == "Never" else "restart"
+    if restart_policy == "Always" or (restart_policy == "OnFailure" and code != 0):
+        return "restart"
+    return "Succeeded" if code == 0 else "Failed"
+
+
+def termination_message(written: bytes, code: int, policy: str, log_tail: bytes) -> str:
+    """containerStatuses[].state.terminated.message, as a kubelet chooses it: the end of what
+    the container wrote to its terminationMessagePath; with FallbackToLogsOnError, when that
+    is empty and the exit code non-zero, the end of its log instead.
+
+    log_tail: the end of this run's log (at least LOG_MESSAGE_MAX_BYTES of it, when it has
+    that many: the last lines can never reach further back)."""
+    message = written[-MESSAGE_MAX_BYTES:]
+    if not message and code != 0 and policy == "FallbackToLogsOnError":
+        lines = log_tail.splitlines(keepends=True)[-LOG_MESSAGE_MAX_LINES:]
+        message = b"".join(lines)[-LOG_MESSAGE_MAX_BYTES:]
+    return message.decode(errors="replace")
+
+
+def empty_dir_homes(pod: dict[str, Any]) -> dict[str, str]:
+    """Each emptyDir volume's one directory, by mount path (host mode has no bind mounts: a
+    volume lives at a path under the pod's root, and its other mounts link there). The main
+    container's mount wins, so a pod without init containers keeps its paths."""
+    volumes = {v["name"] for v in pod["spec"].get("volumes", []) if "emptyDir" in v}
+    homes: dict[str, str] = {}
+    for container in [*pod["spec"]["containers"][:1], *pod["spec"].get("initContainers", [])]:
+        for mount in container.get("volumeMounts", []):
+            if mount["name"] in volumes:
+                homes.setdefault(mount["name"], mount["mountPath"])
+    return homes
+
+
+def _tail_bytes(path: Path, limit: int, start: int = 0) -> bytes:
+    """At most the last `limit` bytes of a file from offset `start`; nothing if it is missing."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(start, size - limit))
+            return f.read()
+    except FileNotFoundError:
+        return b""
 
 
 class NotReadyToStart(Exception):
@@ -185,6 +279,16 @@ class PodProcess:
     # A container status not yet written (the API refused or was unreachable): retried
     # every pass, as a kubelet's status manager does.
     unreported: dict[str, Any] | None = None
+    # Which container runs: init container `step`, or the main one once every init container
+    # succeeded (step == their number); the final status of each that did.
+    step: int = 0
+    init_statuses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The running container's termination message file (on this host) and where its run
+    # begins in container.log (FallbackToLogsOnError reads from there).
+    message_file: Path | None = None
+    log_offset: int = 0
+    # A pod whose phase is Succeeded or Failed: nothing is started again.
+    finished: bool = False
 
 
 class Kubelet:
@@ -252,12 +356,11 @@ class Kubelet:
         held = (pod["metadata"].get("annotations") or {}).get(HOLD_ANNOTATION) == "true"
         now = time.monotonic()
         if pp.proc is not None and pp.proc.poll() is not None:
-            log.info("%s/%s exited with %s", pp.namespace, pp.name, pp.proc.returncode)
-            code = pp.proc.returncode
-            pp.proc = None
-            pp.restarts += 1
-            pp.next_start = now + min(10.0, 0.5 * 2 ** min(pp.restarts, 5))
-            self._report_exit(pp, pod, 128 - code if code < 0 else code)
+            self._exited(pp, pod, now)
+        if pp.finished:
+            # Its phase went out with its last status; only a write the API refused is left.
+            self._flush_status(pp)
+            return
         if now - pp.config_sync > 5.0:
             self._refresh_files(pp, pod)
             pp.config_sync = now
@@ -265,6 +368,66 @@ class Kubelet:
             self._start(pp, pod)
         self._flush_status(pp)
         self._report_ready(pp, pod)
+
+    @staticmethod
+    def _container(pp: PodProcess, pod: dict[str, Any]) -> dict[str, Any]:
+        """The container the pod runs now: its next init container, else the main one."""
+        init = pod["spec"].get("initContainers", [])
+        container: dict[str, Any] = (
+            init[pp.step] if pp.step < len(init) else pod["spec"]["containers"][0]
+        )
+        return container
+
+    @staticmethod
+    def _initializing(pp: PodProcess, pod: dict[str, Any]) -> bool:
+        return pp.step < len(pod["spec"].get("initContainers", []))
+
+    def _exited(self, pp: PodProcess, pod: dict[str, Any], now: float) -> None:
+        """A container exited: record how (the termination message read now, before a
+        restart truncates its file), then restart it, go on, or end the pod."""
+        assert pp.proc is not None  # noqa: S101 - the caller saw it exit
+        raw = pp.proc.returncode
+        pp.proc = None
+        code = 128 - raw if raw < 0 else raw  # killed by signal N: 128 + N, as runtimes say
+        container = self._container(pp, pod)
+        log.info("%s/%s %s exited with %s", pp.namespace, pp.name, container["name"], code)
+        written = b""
+        if pp.message_file is not None:
+            written = _tail_bytes(pp.message_file, MESSAGE_MAX_BYTES)
+        message = termination_message(
+            written,
+            code,
+            container.get("terminationMessagePolicy", "File"),
+            _tail_bytes(pp.directory / "container.log", LOG_MESSAGE_MAX_BYTES, pp.log_offset),
+        )
+        terminated = {
+            "exitCode": code,
+            "reason": "Completed" if code == 0 else "Error",
+            "startedAt": pp.started_at,
+            "finishedAt": _now(),
+        }
+        if message:
+            terminated["message"] = message
+        outcome = exit_outcome(
+            pod["spec"].get("restartPolicy", "Always"), code, init=self._initializing(pp, pod)
+        )
+        state = {"running": None, "terminated": terminated}
+        if outcome == "restart":
+            pp.restarts += 1
+            pp.next_start = now + min(10.0, 0.5 * 2 ** min(pp.restarts, 5))
+            pp.last_terminated = terminated
+            self._report_container(pp, pod, state, ready=False)
+        elif outcome == "next":
+            pp.init_statuses[container["name"]] = self._container_status(
+                container, state, restarts=pp.restarts, last=pp.last_terminated
+            )
+            pp.step += 1
+            pp.restarts, pp.last_terminated = 0, None
+            pp.next_start, pp.config_sync = now, 0.0  # the next container's volumes, then it
+            self._report_container(pp, pod, None, ready=False)
+        else:
+            pp.finished = True
+            self._report_container(pp, pod, state, ready=False, phase=outcome)
 
     # ---- preparing a pod ---------------------------------------------------
     def _prepare(self, uid: str, pod: dict[str, Any]) -> PodProcess:
@@ -320,13 +483,24 @@ class Kubelet:
         return pp.directory / "rootfs" / mount_path.lstrip("/")
 
     def _refresh_files(self, pp: PodProcess, pod: dict[str, Any]) -> None:
-        container = pod["spec"]["containers"][0]
+        """The volumes of the container the pod runs now (each container has its own mounts)."""
+        container = self._container(pp, pod)
         volumes = {v["name"]: v for v in pod["spec"].get("volumes", [])}
+        homes = empty_dir_homes(pod)
         for mount in container.get("volumeMounts", []):
             vol = volumes.get(mount["name"])
             if vol is None:
                 raise NotReadyToStart(f"volume {mount['name']} is not defined")
             target = self._mount_dir(pp, mount["mountPath"])
+            home = homes.get(mount["name"], mount["mountPath"])
+            if home != mount["mountPath"]:
+                # The same emptyDir at another path: a link to its one directory.
+                source = self._mount_dir(pp, home)
+                source.mkdir(parents=True, exist_ok=True)
+                if not target.is_symlink():
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.symlink_to(source, target_is_directory=True)
+                target = source
             self._refresh_volume(pp, pod, vol, target)
             if self.images.get(container.get("image", "")) is not None:
                 # The process runs as the pod's user: volumes as fsGroup makes them.
@@ -447,8 +621,12 @@ class Kubelet:
             return raw
         return base64.b64decode(raw).decode()
 
-    def environment(self, pp: PodProcess, pod: dict[str, Any]) -> dict[str, str]:
-        container = pod["spec"]["containers"][0]
+    def environment(
+        self, pp: PodProcess, pod: dict[str, Any], container: dict[str, Any] | None = None
+    ) -> dict[str, str]:
+        """A container's environment (by default the main one's), resolved from the API."""
+        if container is None:
+            container = pod["spec"]["containers"][0]
         env: dict[str, str] = {}
         for src in container.get("envFrom", []):
             prefix = src.get("prefix", "")
@@ -476,13 +654,12 @@ class Kubelet:
                     raise NotReadyToStart(f"unsupported env source for {item['name']}")
             if value is not None:
                 env[item["name"]] = value
-        return env | self._runtime_env(pp, pod, env)
+        return env | self._runtime_env(pp, pod, container, env)
 
     def _runtime_env(
-        self, pp: PodProcess, pod: dict[str, Any], env: dict[str, str]
+        self, pp: PodProcess, pod: dict[str, Any], container: dict[str, Any], env: dict[str, str]
     ) -> dict[str, str]:
         """What this kubelet adds to the pod's environment in either mode."""
-        container = pod["spec"]["containers"][0]
         # In place of a pod network: unique local ports.
         out = {
             "PGHERD_PG_PORT": str(pp.ports.get("postgresql", 5432)),
@@ -589,21 +766,29 @@ class Kubelet:
 
     # ---- process -----------------------------------------------------------
     def _start(self, pp: PodProcess, pod: dict[str, Any]) -> None:
-        container = pod["spec"]["containers"][0]
-        env = self.environment(pp, pod)
+        container = self._container(pp, pod)
+        env = self.environment(pp, pod, container)
         argv = [*container.get("command", []), *container.get("args", [])]
         argv = [expand(a, env) for a in argv]
         image = self.images.get(container.get("image", ""))
+        message_file = self._termination_file(pp, container, in_image=image is not None)
         if image is None:
             command, cwd = self._host_container(argv, env), pp.directory / "rootfs"
         else:
-            command, cwd = self._image_container(pp, pod, image, env, argv), pp.directory
+            command = self._image_container(
+                pp, pod, container, image, env=env, argv=argv, message_file=message_file
+            )
+            cwd = pp.directory
             # The container's environment is in its spec file; the setup needs none.
             env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
         logfile = pp.directory / "container.log"
         with logfile.open("ab") as out:
-            out.write(f"--- start #{pp.restarts} at {time.strftime('%H:%M:%S')}\n".encode())
+            out.write(
+                f"--- start #{pp.restarts} at {time.strftime('%H:%M:%S')} "
+                f"({container['name']})\n".encode()
+            )
             out.flush()
+            pp.log_offset = out.tell()
             pp.proc = subprocess.Popen(
                 command,
                 env=env,
@@ -616,8 +801,13 @@ class Kubelet:
             )
         (pp.directory / "pid").write_text(str(pp.proc.pid))
         pp.started_at = _now()
+        pp.message_file = message_file
+        # Unready while an init container runs; the main container's probe decides after.
         self._report_container(
-            pp, pod, {"running": {"startedAt": pp.started_at}, "terminated": None}, ready=None
+            pp,
+            pod,
+            {"running": {"startedAt": pp.started_at}, "terminated": None},
+            ready=False if self._initializing(pp, pod) else None,
         )
         pp.successes = pp.failures = 0
         pp.passed = False
@@ -627,6 +817,25 @@ class Kubelet:
             current.unlink()
         current.symlink_to(pp.directory.name)
         log.info("%s/%s started pid %s ports %s", pp.namespace, pp.name, pp.proc.pid, pp.ports)
+
+    def _termination_file(
+        self, pp: PodProcess, container: dict[str, Any], *, in_image: bool
+    ) -> Path:
+        """A fresh, empty termination message file per container start, as a kubelet makes
+        one per container instance; writable by whatever uid the container runs as. Image
+        mode binds it at terminationMessagePath; host mode links that path, mapped under the
+        pod's root like every other path, to it."""
+        host = pp.directory / "termination" / str(container["name"])
+        host.parent.mkdir(exist_ok=True)
+        host.write_bytes(b"")
+        host.chmod(0o666)
+        if not in_image:
+            path = container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH
+            mapped = self._mount_dir(pp, path)
+            mapped.parent.mkdir(parents=True, exist_ok=True)
+            mapped.unlink(missing_ok=True)
+            mapped.symlink_to(host)
+        return host
 
     def _host_container(self, argv: list[str], env: dict[str, str]) -> list[str]:
         """Host mode: the command from this machine's PATH (the virtualenv's `pgherd`), in a
@@ -653,18 +862,20 @@ class Kubelet:
         self,
         pp: PodProcess,
         pod: dict[str, Any],
+        container: dict[str, Any],
         image: image_mode.Image,
+        *,
         env: dict[str, str],
         argv: list[str],
+        message_file: Path,
     ) -> list[str]:
         """Image mode: pgherd_dev.container as PID 1 of new PID, mount, IPC and UTS
         namespaces sets the container up in the image's root filesystem and execs its
         command as the pod's user. Volumes are the same host directories as in host mode."""
         try:
-            spec = image_mode.container_spec(pod, image, env, argv)
+            spec = image_mode.container_spec(pod, image, env, argv, container)
         except image_mode.CannotRun as e:
             raise NotReadyToStart(f"CreateContainerConfigError: {e}") from None
-        container = pod["spec"]["containers"][0]
         mounts = []
         for mount in container.get("volumeMounts", []):
             if mount.get("subPath") or mount.get("subPathExpr"):
@@ -681,6 +892,13 @@ class Kubelet:
         hosts.write_text(f"127.0.0.1\tlocalhost\n::1\tlocalhost\n{POD_IP}\t{pp.name}\n")
         hosts.chmod(0o644)
         mounts.append({"source": str(hosts), "target": "/etc/hosts", "readOnly": True})
+        mounts.append(
+            {
+                "source": str(message_file),
+                "target": container.get("terminationMessagePath") or DEFAULT_TERMINATION_PATH,
+                "readOnly": False,
+            }
+        )
         # A fresh writable layer per start, as a restarted container gets.
         layer = pp.directory / "container"
         shutil.rmtree(layer, ignore_errors=True)
@@ -735,39 +953,82 @@ class Kubelet:
         self._stop_many(list(self.pods.values()), grace=8.0)
 
     # ---- the container's state -----------------------------------------------
-    def _report_exit(self, pp: PodProcess, pod: dict[str, Any], code: int) -> None:
-        """As a kubelet does at once when a container exits: its state terminated (exit
-        code 128 + signal for a killed one), the pod not Ready. pgherd's operator reads this
-        as proof of a dead primary (pgherd.controller.leader_release)."""
-        pp.last_terminated = {
-            "exitCode": code,
-            "reason": "Completed" if code == 0 else "Error",
-            "startedAt": pp.started_at,
-            "finishedAt": _now(),
+    @staticmethod
+    def _container_status(
+        container: dict[str, Any],
+        state: dict[str, Any] | None,
+        *,
+        restarts: int = 0,
+        last: dict[str, Any] | None = None,
+        ready: bool = False,
+    ) -> dict[str, Any]:
+        """One container's status; state None: not started yet (waiting)."""
+        status: dict[str, Any] = {
+            "name": container["name"],
+            "image": container.get("image", ""),
+            # A strategic merge patch merges the state map: the states it leaves are null.
+            "state": (
+                {"waiting": {"reason": "PodInitializing"}, "running": None, "terminated": None}
+                if state is None
+                else {"waiting": None, **state}
+            ),
+            "restartCount": restarts,
+            "ready": ready,
         }
-        self._report_container(
-            pp, pod, {"running": None, "terminated": pp.last_terminated}, ready=False
-        )
+        if last is not None:
+            status["lastState"] = {"terminated": last}
+        return status
 
     def _report_container(
-        self, pp: PodProcess, pod: dict[str, Any], state: dict[str, Any], *, ready: bool | None
+        self,
+        pp: PodProcess,
+        pod: dict[str, Any],
+        state: dict[str, Any] | None,
+        *,
+        ready: bool | None,
+        phase: str | None = None,
     ) -> None:
-        status: dict[str, Any] = {
-            "name": pod["spec"]["containers"][0]["name"],
-            # A strategic merge patch merges the state map: the states it leaves are null.
-            "state": {"waiting": None, **state},
-            "restartCount": pp.restarts,
-            "ready": bool(ready),
-        }
-        if pp.last_terminated is not None:
-            status["lastState"] = {"terminated": pp.last_terminated}
-        body: dict[str, Any] = {"status": {"containerStatuses": [status]}}
+        """The running (or just exited) container's state on the pod, as a kubelet reports
+        it at once. A container exit makes the pod unready, which pgherd's operator reads as
+        proof of a dead primary (pgherd.controller.leader_release); init containers' statuses
+        go with it; phase: the pod is over (Succeeded or Failed)."""
+        current = self._container(pp, pod)
+        init = pod["spec"].get("initContainers", [])
+        main = pod["spec"]["containers"][0]
+        mine = self._container_status(
+            current,
+            state,
+            restarts=pp.restarts,
+            last=pp.last_terminated if state is not None else None,
+            ready=current is main and bool(ready),
+        )
+        main_status = mine if current is main else self._container_status(main, None)
+        body: dict[str, Any] = {"status": {"containerStatuses": [main_status]}}
+        if init:
+            body["status"]["initContainerStatuses"] = [
+                pp.init_statuses[c["name"]]
+                if i < pp.step
+                else mine
+                if i == pp.step
+                else self._container_status(c, None)
+                for i, c in enumerate(init)
+            ]
+        now = _now()
+        conditions = []
         if ready is False:
-            now = _now()
-            body["status"]["conditions"] = [
+            conditions += [
                 {"type": t, "status": "False", "lastTransitionTime": now}
                 for t in ("Ready", "ContainersReady")
             ]
+        if init:
+            initialized = "False" if self._initializing(pp, pod) else "True"
+            conditions.append(
+                {"type": "Initialized", "status": initialized, "lastTransitionTime": now}
+            )
+        if conditions:
+            body["status"]["conditions"] = conditions
+        if phase is not None:
+            body["status"]["phase"] = phase
         pp.unreported = body
         self._flush_status(pp)
 
@@ -834,6 +1095,8 @@ class Kubelet:
     def _report_ready(self, pp: PodProcess, pod: dict[str, Any]) -> None:
         # As a kubelet does: probe every periodSeconds, and flip readiness only after
         # failureThreshold failures (or successThreshold successes) in a row.
+        if self._initializing(pp, pod):
+            return  # unready until every init container succeeded (reported at their start)
         spec = pod["spec"]["containers"][0].get("readinessProbe", {})
         now_m = time.monotonic()
         if now_m - pp.last_probe < float(spec.get("periodSeconds", 10)):
