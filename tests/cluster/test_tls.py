@@ -200,7 +200,9 @@ def short_lived(
     kube: Kube,
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    """An operator of its own whose certificates live a minute and whose CA lives three."""
+    """An operator of its own whose certificates live a minute and whose CA lives two, each
+    renewed at half its life: the renewals come every 30 s and the CA rotates after 60 s,
+    with as much margin before each expiry as the renewal took."""
     ns = f"tls-{uuid.uuid4().hex[:6]}"  # outside the session operator's patterns
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
     directory = tmp_path_factory.mktemp("tls-operator")
@@ -209,7 +211,8 @@ def short_lived(
         control_plane.log_dir / "operator-tls.log",
         extra_env={
             "PGHERD_TLS_CERTIFICATE_LIFETIME_SECONDS": "60",
-            "PGHERD_TLS_CA_LIFETIME_SECONDS": "180",
+            "PGHERD_TLS_CA_LIFETIME_SECONDS": "120",
+            "PGHERD_TLS_RENEW_FRACTION": "0.5",
         },
         args=[f"--namespace={ns}"],
     )
