@@ -186,13 +186,17 @@ def restarts(cp: ControlPlane, namespace: str, cluster: str, since: float) -> Re
     can land on the replacement the StatefulSet controller just made under the same name,
     which is then made a third time. Such a re-creation, after a grace-0 delete of a pod that
     nobody had asked to delete, is counted apart (kwok_strays): the operator did not cause it.
+    Events are taken in the order they completed (a run caught a stray delete received before
+    the create of the pod it deleted).
     Every other creation counts.
     """
     out = Restarts(new_leaders=_leaders(cp, namespace, cluster, since))
     deleted: set[str] = set()
     asked: dict[str, bool] = {}  # pod name -> its current incarnation was asked to go
     stray: set[str] = set()  # pod names whose current incarnation kwok deleted unasked
-    events = sorted(_audit(cp, namespace, since), key=lambda e: e["requestReceivedTimestamp"])
+    # In the order the API server completed them: kwok's second delete can be received before
+    # the replacement's create and still complete after it, deleting the replacement.
+    events = sorted(_audit(cp, namespace, since), key=lambda e: e["stageTimestamp"])
     for event in events:
         ref, verb = event.get("objectRef", {}), event.get("verb")
         name = _name(event)
