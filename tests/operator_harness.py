@@ -263,6 +263,18 @@ def _epoch(event: dict[str, Any]) -> float:
     return seconds + (float(f"0.{fraction}") if fraction else 0.0)
 
 
+def audit_lines(cp: ControlPlane, since: float | None = None) -> list[str]:
+    """The audit log's lines, oldest first, across kube-apiserver's rotations
+    (--audit-log-maxsize): a rotated file is read when it may hold events after `since`, or,
+    without `since`, the last rotated one, so that what came just before the current file
+    (the write before a write, a pod's previous state) is not lost at a rotation."""
+    rotated = sorted(cp.audit_log.parent.glob(f"{cp.audit_log.stem}-*{cp.audit_log.suffix}"))
+    recent = [f for f in rotated if since is not None and f.stat().st_mtime >= since]
+    rotated = rotated[-1:] if since is None else recent
+    files = [*rotated, cp.audit_log]
+    return [line for f in files for line in f.read_text().splitlines()]
+
+
 def audit_requests(
     cp: ControlPlane,
     user: str,
@@ -274,7 +286,7 @@ def audit_requests(
     """Requests (of verbs) made by user after the given time (epoch seconds), in `namespace`
     if given."""
     out = []
-    for line in cp.audit_log.read_text().splitlines():
+    for line in audit_lines(cp, since):
         event = json.loads(line)
         if (
             event.get("user", {}).get("username") != user
@@ -318,11 +330,12 @@ MIB = 1024 * 1024
 
 def pod_changes(cp: ControlPlane, namespace: str, since: float) -> list[str]:
     """Changes in `namespace` after `since` that a status must reflect: a pod's readiness (the
-    kubelet), Patroni's member role, state and WAL position (its pod annotation) and the
-    leader's WAL position (its DCS key), the positions in whole MiB as status reports lag."""
+    kubelet), Patroni's member role, state and WAL position (its pod annotation), the
+    instance's volume report, and the leader's WAL position (its DCS key), the positions in
+    whole MiB as status reports lag."""
     seen: dict[tuple[str, str], Any] = {}
     out = []
-    for line in cp.audit_log.read_text().splitlines():
+    for line in audit_lines(cp):
         event = json.loads(line)
         ref = event.get("objectRef", {})
         body = event.get("requestObject") or {}
@@ -340,6 +353,11 @@ def pod_changes(cp: ControlPlane, namespace: str, since: float) -> list[str]:
         for cond in (body.get("status") or {}).get("conditions") or []:
             if cond.get("type") == "Ready":
                 facts["ready"] = cond.get("status")
+        # The instance's own report: its volume figures are republished (at least every 60 s,
+        # pgherd.operand.report) and status shows them, so a new report is a real change.
+        report = annotations.get("pgherd.io/instance") if ref.get("resource") == "pods" else None
+        if report:
+            facts["volume report"] = json.loads(report).get("volume")
         member = annotations.get("status") if ref.get("resource") == "pods" else None
         if member:
             with_state = json.loads(member)
@@ -360,7 +378,7 @@ def pod_changes(cp: ControlPlane, namespace: str, since: float) -> list[str]:
 def write_diffs(cp: ControlPlane, writes: list[dict[str, Any]]) -> str:
     """Each write against the one before it to the same object, as a unified diff: what the
     operator thought had changed."""
-    events = [json.loads(line) for line in cp.audit_log.read_text().splitlines()]
+    events = [json.loads(line) for line in audit_lines(cp)]
     out = []
     for w in writes:
         ref = w.get("objectRef", {})
