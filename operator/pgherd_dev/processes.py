@@ -163,11 +163,42 @@ def api_down(e: BaseException) -> str | None:
     return None
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that is free right now."""
+def _port_free_now() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+class PortBook:
+    """Local ports handed out by one process, each at most once.
+
+    A port free right now is free only until someone binds it: the test kubelet names a pod's
+    ports before the pod's processes bind them, and the kernel can give the same free port to
+    the next pod in that window (a CI run saw two pods' PostgreSQL on one port, the second
+    crash-looping). So a port once handed out is never handed out again by this book; the
+    ephemeral range holds far more ports than a run's pods use.
+    """
+
+    def __init__(self, source: Callable[[], int] = _port_free_now, attempts: int = 100) -> None:
+        self._source = source
+        self._attempts = attempts
+        self._given: set[int] = set()
+
+    def take(self) -> int:
+        for _ in range(self._attempts):
+            port = self._source()
+            if port not in self._given:
+                self._given.add(port)
+                return port
+        raise DevError(f"no free local port not handed out before in {self._attempts} tries")
+
+
+_BOOK = PortBook()
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that is free right now and that this process has not handed out."""
+    return _BOOK.take()
 
 
 def ensure_port_free(port: int, what: str, env_var: str) -> None:

@@ -8,7 +8,10 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
+
 from pgherd_dev import processes
+from pgherd_dev.errors import DevError
 
 
 def _wait_gone(pid: int, start: int, timeout: float = 10.0) -> bool:
@@ -75,3 +78,25 @@ def test_an_unreachable_or_restarting_api_server_is_one_line() -> None:
     # Anything else is a real error, logged with its traceback.
     assert processes.api_down(ApiException(status=403, reason="Forbidden")) is None
     assert processes.api_down(ValueError("bad")) is None
+
+
+@pytest.mark.parametrize(
+    ("offered", "expected"),
+    [
+        ([5001, 5002, 5003], [5001, 5002, 5003]),
+        # The kernel offers a port again before the first taker bound it: skipped.
+        ([5001, 5001, 5002], [5001, 5002]),
+        ([5001, 5002, 5001, 5002, 5003], [5001, 5002, 5003]),
+    ],
+)
+def test_a_port_book_never_hands_out_a_port_twice(offered: list[int], expected: list[int]) -> None:
+    source = iter(offered)
+    book = processes.PortBook(source=lambda: next(source))
+    assert [book.take() for _ in expected] == expected
+
+
+def test_a_port_book_that_is_only_offered_taken_ports_says_so() -> None:
+    book = processes.PortBook(source=lambda: 5001, attempts=3)
+    assert book.take() == 5001
+    with pytest.raises(DevError, match="no free local port"):
+        book.take()
