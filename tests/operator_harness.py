@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 from kubernetes import client
 
+from pgherd import contract
 from pgherd.controller.client import ApiError
 from pgherd.controller.client import Client as Kube
 from pgherd_dev import kubeconfig
@@ -269,9 +270,8 @@ def audit_lines(cp: ControlPlane, since: float | None = None) -> list[str]:
     without `since`, the last rotated one, so that what came just before the current file
     (the write before a write, a pod's previous state) is not lost at a rotation."""
     rotated = sorted(cp.audit_log.parent.glob(f"{cp.audit_log.stem}-*{cp.audit_log.suffix}"))
-    recent = [f for f in rotated if since is not None and f.stat().st_mtime >= since]
-    rotated = rotated[-1:] if since is None else recent
-    files = [*rotated, cp.audit_log]
+    kept = rotated[-1:] if since is None else [f for f in rotated if f.stat().st_mtime >= since]
+    files = [*kept, cp.audit_log]
     return [line for f in files for line in f.read_text().splitlines()]
 
 
@@ -355,7 +355,8 @@ def pod_changes(cp: ControlPlane, namespace: str, since: float) -> list[str]:
                 facts["ready"] = cond.get("status")
         # The instance's own report: its volume figures are republished (at least every 60 s,
         # pgherd.operand.report) and status shows them, so a new report is a real change.
-        report = annotations.get("pgherd.io/instance") if ref.get("resource") == "pods" else None
+        is_pod = ref.get("resource") == "pods"
+        report = annotations.get(contract.INSTANCE_ANNOTATION) if is_pod else None
         if report:
             facts["volume report"] = json.loads(report).get("volume")
         member = annotations.get("status") if ref.get("resource") == "pods" else None
