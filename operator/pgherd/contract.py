@@ -123,6 +123,9 @@ REPORT_ERROR = "error"  # str | None: why PostgreSQL does not run, in its own wo
 REPORT_IGNORED = "ignoredParameters"  # dict[str, str]: parameter -> why Patroni drops it
 # dict: sizeBytes, usedBytes, availableBytes of the data volume, walBytes of pg_wal
 REPORT_VOLUME = "volume"
+# dict | None: the last major upgrade this volume finished after its server ran (fromMajor,
+# toMajor, method, analyzeSeconds, at), from pgherd.operand.upgrade_followup
+REPORT_UPGRADED = "upgraded"
 
 # The backup agent's annotations on its pod (pgherd.operand.agent): pg_stat_archiver and the
 # last archive error, the store's backup summary, and a heartbeat while a backup runs.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pgherd.operand import pgtools, upgrade, upgrade_check
+from pgherd.operand import pgtools, upgrade, upgrade_check, upgrade_followup
 from tests import upgrade_support as us
 
 # --- pure parts ----------------------------------------------------------------------------
@@ -169,6 +169,8 @@ def test_an_upgrade_keeps_the_data(tmp_path: Path, method: str) -> None:
     pgdata = tmp_path / "vol" / "pgdata"
     archive = us.make_cluster(pgdata, checksums=method == "link")
     archived = _archived(archive)
+    system = "Database system identifier"
+    before = pgtools.controldata(old, pgdata)[system]
     started = time.monotonic()
     proc = _run("run", "--pgdata", str(pgdata), "--method", method)
     report = _report(proc)
@@ -181,6 +183,7 @@ def test_an_upgrade_keeps_the_data(tmp_path: Path, method: str) -> None:
     assert str(report["newVersion"]).startswith("18.")
     kept = tmp_path / "vol" / "pgdata-15"
     assert (pgdata / "PG_VERSION").read_text().strip() == "18"
+    assert report["systemIdentifier"] == pgtools.controldata(new, pgdata)[system] != before
     assert (kept / "PG_VERSION").read_text().strip() == "15"
     # Patroni's rules, not initdb's trust, guard the new cluster until Patroni rewrites them.
     assert (pgdata / "pg_hba.conf").read_text() == (kept / "pg_hba.conf").read_text()
@@ -197,30 +200,43 @@ def test_an_upgrade_keeps_the_data(tmp_path: Path, method: str) -> None:
             ).fetchone() == (5,)
             ext = "SELECT dependencies IS NOT NULL FROM pg_stats_ext WHERE statistics_name = 'items_ab'"  # noqa: E501
             assert conn.execute(ext).fetchall() == []
-            proc = _run(
-                "analyze",
-                "--pgdata",
-                str(pgdata),
-                "--host",
-                str(srv.socket),
-                "--port",
-                str(srv.port),
-                "--log",
-                str(tmp_path / "analyze.log"),
-            )
-            assert proc.returncode == 0, proc.stderr + (tmp_path / "analyze.log").read_text()
-            print(f"analyze: {_report(proc)}")
+            if method == "link":
+                # The new cluster has run on files it shares with the old one.
+                proc = _run("rollback", "--pgdata", str(pgdata))
+                assert proc.returncode == upgrade.EXIT_ERROR
+                assert "has started since pg_upgrade" in proc.stderr and "link mode" in proc.stderr
+                assert (pgdata / "PG_VERSION").read_text().strip() == "18"
+                # What the instance does once its server runs as primary: analyze, finish.
+                journal = upgrade_followup.pending(pgdata, 18)
+                assert journal is not None
+                socket, port = str(srv.socket), srv.port
+                assert upgrade_followup.is_primary(new, {}, socket, port, "postgres")
+                record = upgrade_followup.follow_up(
+                    journal, new, {}, pgdata=pgdata, host=socket, port=port, user="postgres",
+                    log_file=tmp_path / "analyze.log",
+                )  # fmt: skip
+                print(f"follow-up: {record}")
+                assert (record["fromMajor"], record["toMajor"]) == (15, 18)
+                assert upgrade_followup.read_record(pgdata) == record
+                assert not kept.exists() and not (tmp_path / "vol" / "pgherd-upgrade").exists()
+                assert upgrade_followup.pending(pgdata, 18) is None
+            else:
+                proc = _run(
+                    "analyze",
+                    "--pgdata",
+                    str(pgdata),
+                    "--host",
+                    str(srv.socket),
+                    "--port",
+                    str(srv.port),
+                    "--log",
+                    str(tmp_path / "analyze.log"),
+                )
+                assert proc.returncode == 0, proc.stderr + (tmp_path / "analyze.log").read_text()
+                print(f"analyze: {_report(proc)}")
             assert conn.execute(ext).fetchall() == [(True,)]
-    proc = _run("rollback", "--pgdata", str(pgdata))
-    if method == "link":
-        # The new cluster has run on files it shares with the old one.
-        assert proc.returncode == upgrade.EXIT_ERROR
-        assert "has started since pg_upgrade" in proc.stderr and "link mode" in proc.stderr
-        assert (pgdata / "PG_VERSION").read_text().strip() == "18"
-        proc = _run("finish", "--pgdata", str(pgdata))
-        assert proc.returncode == 0, proc.stderr
-        assert not kept.exists() and not (tmp_path / "vol" / "pgherd-upgrade").exists()
-    else:
+    if method == "copy":
+        proc = _run("rollback", "--pgdata", str(pgdata))
         assert proc.returncode == upgrade.EXIT_ERROR and "--force" in proc.stderr
         proc = _run("rollback", "--pgdata", str(pgdata), "--force")
         assert proc.returncode == 0, proc.stderr

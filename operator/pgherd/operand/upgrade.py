@@ -524,6 +524,8 @@ def _result(
 ) -> dict[str, Any]:
     layout = journal.layout()
     durations = {**journal.data.get("durations", {}), **durations}
+    # A new initdb, so a new system: the operator hands it to Patroni's DCS.
+    system = pgtools.controldata(new, layout.pgdata).get("Database system identifier")
     return {
         "ok": True,
         "state": journal.state,
@@ -532,6 +534,7 @@ def _result(
         "oldVersion": old.version,
         "newVersion": new.version,
         "pgdata": str(layout.pgdata),
+        "systemIdentifier": system,
         "oldCluster": str(layout.old_kept),
         "journal": str(layout.journal),
         "durations": {k: round(v, 3) for k, v in durations.items()},
