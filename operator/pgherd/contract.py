@@ -158,6 +158,16 @@ def same_location(a: ObjectStoreSpec, a_server: str, b: ObjectStoreSpec, b_serve
     )
 
 
+# ---- The major upgrade (`pgherd upgrade`, pgherd.operand.upgrade) -----------------------
+# Its pods' command line and results: the operator renders the Jobs that run it
+# (pgherd.render.upgrade_jobs) and reads their exit code and the JSON summary written to the
+# termination message (pgherd.controller.upgrade_outcome).
+UPGRADE_METHODS = ("link", "clone", "copy")
+UPGRADE_EXIT_OK = 0  # done; the preflight found nothing
+UPGRADE_EXIT_ERROR = 2  # the tool could not do its work: the summary's `error` says why
+UPGRADE_EXIT_PROBLEMS = 3  # the preflight found problems: the summary's `problems`
+
+
 # WAL file names, as both sides order them: the agent reports the newest file it archived,
 # and the operator never moves status.backup.lastArchivedWal backwards.
 def wal_position(name: str | None) -> tuple[int, int, int, int] | None:
