@@ -31,6 +31,16 @@ METRICS_PORT_ENV = "PGHERD_METRICS_PORT"
 # The cluster's PostgreSQL major (spec.postgresVersion): `pgherd instance` runs the binaries
 # of that major (/usr/lib/postgresql/<major>/bin in the image), never merely the newest.
 POSTGRES_MAJOR_ENV = "PGHERD_POSTGRES_MAJOR"
+# Where the operand image keeps each major's installation: <root>/<major>/bin, lib (and, in a
+# relocatable build, share; Debian's packages put share under /usr/share/postgresql/<major>).
+POSTGRES_INSTALL_ROOT = "/usr/lib/postgresql"
+
+
+def image_bindir(major: int) -> str:
+    """A major's binaries in the operand image."""
+    return f"{POSTGRES_INSTALL_ROOT}/{major}/bin"
+
+
 # User-defined queries (spec.monitoring.customQueries): each ConfigMap key is a file here, in
 # postgres_exporter's queries.yaml format; the exporter reads every *.yaml of the directory.
 METRICS_QUERIES_DIR = "/etc/pgherd-metrics"

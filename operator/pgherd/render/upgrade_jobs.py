@@ -96,25 +96,21 @@ class UpgradeImages:
     @property
     def old_bindir(self) -> str:
         """Where the init container's copy puts the old major's binaries."""
-        return f"{OLD_ROOT}{bindir(self.old_major)}"
+        return f"{OLD_ROOT}{contract.image_bindir(self.old_major)}"
 
     @property
     def new_bindir(self) -> str:
-        return bindir(self.new_major)
-
-
-def bindir(major: int) -> str:
-    """A major's binaries in the operand image."""
-    return f"/usr/lib/postgresql/{major}/bin"
+        return contract.image_bindir(self.new_major)
 
 
 def _copy_script(major: int) -> str:
     # Each directory keeps its path under /old, so the copy finds its share/ and lib/.
-    lib, share = f"/usr/lib/postgresql/{major}", f"/usr/share/postgresql/{major}"
+    lib_root, share_root = contract.POSTGRES_INSTALL_ROOT, "/usr/share/postgresql"
+    lib, share = f"{lib_root}/{major}", f"{share_root}/{major}"
     return (
-        f"set -e; mkdir -p {OLD_ROOT}/usr/lib/postgresql {OLD_ROOT}/usr/share/postgresql; "
-        f"cp -a {lib} {OLD_ROOT}/usr/lib/postgresql/; "
-        f"if [ -d {share} ]; then cp -a {share} {OLD_ROOT}/usr/share/postgresql/; fi"
+        f"set -e; mkdir -p {OLD_ROOT}{lib_root} {OLD_ROOT}{share_root}; "
+        f"cp -a {lib} {OLD_ROOT}{lib_root}/; "
+        f"if [ -d {share} ]; then cp -a {share} {OLD_ROOT}{share_root}/; fi"
     )
 
 
