@@ -10,7 +10,9 @@ Jobs) this controller does what a kubelet would, with real processes on this mac
 - resolves the container's environment from the API (values, `$(VAR)` references,
   fieldRef, secretKeyRef, configMapKeyRef, envFrom) and its volumes (ConfigMap and Secret
   files, projected ConfigMap keys, emptyDirs, and PersistentVolumeClaims through their
-  hostPath PersistentVolume, so data outlives the pod exactly as a volume would);
+  hostPath PersistentVolume, so data outlives the pod exactly as a volume would; a generic
+  ephemeral volume is the claim kube-controller-manager's ephemeral volume controller made
+  for the pod, provisioned as any other, gone with the pod);
 - gives each pod a "network": POD_IP is 127.0.0.1 and the pod's ports are unique local
   ports (PGHERD_PG_PORT, PGHERD_API_PORT, PGHERD_METRICS_PORT), published on the pod as the
   annotation `kubelet.pgherd.dev/ports`; filesystem paths are mapped under PGHERD_ROOT;
@@ -203,6 +205,17 @@ def empty_dir_homes(pod: dict[str, Any]) -> dict[str, str]:
             if mount["name"] in volumes:
                 homes.setdefault(mount["name"], mount["mountPath"])
     return homes
+
+
+def volume_claim(pod: dict[str, Any], vol: dict[str, Any]) -> str | None:
+    """The PersistentVolumeClaim behind a pod's volume: a persistentVolumeClaim's, or the one
+    the ephemeral volume controller makes for a generic ephemeral volume, `<pod>-<volume>`
+    (owned by the pod, deleted with it); None for any other volume."""
+    if "persistentVolumeClaim" in vol:
+        return str(vol["persistentVolumeClaim"]["claimName"])
+    if "ephemeral" in vol:
+        return f"{pod['metadata']['name']}-{vol['name']}"
+    return None
 
 
 def _tail_bytes(path: Path, limit: int, start: int = 0) -> bytes:
@@ -541,8 +554,8 @@ class Kubelet:
             self._write_files(target, data)
         elif "emptyDir" in vol:
             target.mkdir(parents=True, exist_ok=True)
-        elif "persistentVolumeClaim" in vol:
-            self._link_claim(pp, target, vol["persistentVolumeClaim"]["claimName"])
+        elif (claim := volume_claim(pod, vol)) is not None:
+            self._link_claim(pp, target, claim, pod if "ephemeral" in vol else None)
 
     def _config_map_files(self, pp: PodProcess, ref: dict[str, Any]) -> dict[str, bytes]:
         """A ConfigMap volume (source)'s files, as a kubelet makes them: the keys listed in
@@ -585,10 +598,25 @@ class Kubelet:
                     tmp.chmod(stat.S_IMODE(st.st_mode))
                 tmp.replace(path)
 
-    def _link_claim(self, pp: PodProcess, target: Path, claim: str) -> None:
+    def _link_claim(
+        self, pp: PodProcess, target: Path, claim: str, owner: dict[str, Any] | None
+    ) -> None:
+        """The claim's hostPath volume, linked at target; owner: the pod whose generic
+        ephemeral volume it must be (a kubelet refuses a claim of that name made for another
+        pod, or by hand)."""
         if target.is_symlink():
             return
-        pvc = self.core.read_namespaced_persistent_volume_claim(claim, pp.namespace)
+        try:
+            pvc = self.core.read_namespaced_persistent_volume_claim(claim, pp.namespace)
+        except ApiException as e:
+            if e.status == 404 and owner is not None:
+                raise NotReadyToStart(f"ephemeral claim {claim} not made yet") from None
+            raise
+        if owner is not None and not any(
+            ref.controller and ref.uid == owner["metadata"]["uid"]
+            for ref in pvc.metadata.owner_references or []
+        ):
+            raise NotReadyToStart(f"claim {claim} was not made for pod {owner['metadata']['name']}")
         if pvc.status.phase != "Bound":
             raise NotReadyToStart(f"claim {claim} is not bound")
         pv = self.core.read_persistent_volume(pvc.spec.volume_name)

@@ -31,7 +31,7 @@ from pgherd import contract
 from pgherd.contract import rooted
 from pgherd.operand import tls_files
 
-_DEFAULT_BIN_ROOT = Path("/usr/lib/postgresql")
+_DEFAULT_BIN_ROOT = Path(contract.POSTGRES_INSTALL_ROOT)
 
 
 class InstanceError(Exception):

@@ -44,8 +44,12 @@ from pgherd import contract
 from pgherd.operand import pgtools
 from pgherd.operand.pgtools import Installation, ToolError
 
-METHODS = ("link", "clone", "copy")
-EXIT_OK, EXIT_ERROR, EXIT_PROBLEMS = 0, 2, 3
+METHODS = contract.UPGRADE_METHODS
+EXIT_OK, EXIT_ERROR, EXIT_PROBLEMS = (
+    contract.UPGRADE_EXIT_OK,
+    contract.UPGRADE_EXIT_ERROR,
+    contract.UPGRADE_EXIT_PROBLEMS,
+)
 # The fields of pg_control that any start of a server changes (its state, the shutdown
 # checkpoint it writes, the file's own time): equal means the cluster never ran since.
 FINGERPRINT = ("Database cluster state", "Latest checkpoint location", "pg_control last modified")
