@@ -1,5 +1,6 @@
-"""Raising spec.postgresVersion on a running cluster (a major upgrade, not supported yet) is
-held: the cluster keeps its major and image, restarts nothing, and says why."""
+"""Raising spec.postgresVersion on a running cluster starts a major upgrade with its preflight:
+until the data is carried over the cluster keeps its major and image and restarts nothing;
+status records the major the data is at."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import pytest
 
 from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
-from pgherd.controller import conditions as c
 from pgherd.controller import status
 from pgherd.controller.actions import Apply
 from pgherd.controller.plan import plan
@@ -27,19 +27,20 @@ def _env(sts: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
-    ("want", "recorded", "held", "rendered"),
+    ("want", "recorded", "upgrading", "rendered"),
     [
-        # Asked for 18 while the data is at 15: held at 15 and the running image, said.
+        # Asked for 18 while the data is at 15: the upgrade's preflight starts, the instances
+        # stay at 15 with the running image, nothing restarts.
         (18, 15, True, ("15", RUNNING)),
-        # The same major: nothing to hold.
+        # The same major: nothing to upgrade.
         (15, 15, False, ("15", RUNNING)),
         # Never ran (nothing is at any major, no image recorded): the spec's major and the
         # operator's image for it.
         (18, None, False, ("18", "quay.io/pgherd/postgres:18-0.2.0")),
     ],
 )
-def test_a_raised_major_is_held_at_the_datas(
-    want: int, recorded: int | None, held: bool, rendered: tuple[str, str]
+def test_a_raised_major_starts_the_upgrade_and_restarts_nothing(
+    want: int, recorded: int | None, upgrading: bool, rendered: tuple[str, str]
 ) -> None:
     spec = {"instances": 3, "postgresVersion": want}
     st = {"phase": "Healthy", "observedGeneration": 1, "currentPrimary": "db-0",
@@ -55,23 +56,30 @@ def test_a_raised_major_is_held_at_the_datas(
     )
     decided = plan(s, SETTINGS)
     sts = [a for a in decided.actions if isinstance(a, Apply) and a.kind == "StatefulSet"]
-    holds = [p for p in decided.problems if p.reason == c.MAJOR_UPGRADE_UNSUPPORTED]
-    if held:
-        # Nothing restarts: the StatefulSet is what runs now.
+    jobs = [a for a in decided.actions if isinstance(a, Apply) and a.kind == "Job"]
+    if upgrading:
+        # Nothing restarts: the StatefulSet is what runs now; the preflight Job runs 18's
+        # image with 15's binaries copied in.
         assert sts == []
-        (problem,) = holds
-        assert "spec.postgresVersion is 18, but the cluster's data is PostgreSQL 15" in (
-            problem.message
-        )
+        (job,) = jobs
+        assert job.name == "db-upgrade-check"
+        pod = job.manifest["spec"]["template"]["spec"]
+        assert pod["containers"][0]["image"] == "quay.io/pgherd/postgres:18-0.2.0"
+        assert pod["initContainers"][0]["image"] == RUNNING
         new = status.compute(s, decided, stuck_after=STUCK_AFTER)
-        assert new is not None
-        degraded = next(x for x in new.conditions or [] if x.type == "Degraded")
-        assert (degraded.status, degraded.reason) == ("True", c.MAJOR_UPGRADE_UNSUPPORTED)
-        # One problem said once: the instances running 15 on purpose are no VersionMismatch.
-        assert c.VERSION_MISMATCH not in degraded.message
+        assert new is not None and new.upgrade is not None
+        assert (new.upgrade.phase, new.upgrade.from_version, new.upgrade.to_version) == (
+            "Preflight", 15, 18,
+        )  # fmt: skip
+        conds = {x.type: x for x in new.conditions or []}
+        assert (conds["Progressing"].status, conds["Progressing"].reason) == (
+            "True", "MajorUpgrade",
+        )  # fmt: skip
+        # The instances running 15 on purpose are no VersionMismatch.
+        assert conds["Degraded"].status == "False", conds["Degraded"].message
         assert new.postgres_version == 15
         return
-    assert holds == []
+    assert jobs == []
     if sts:
         env = _env(sts[0].manifest)
         assert (env[MAJOR], env["image"]) == rendered

@@ -18,6 +18,7 @@ from pgherd.api.v1alpha1 import (
     UpgradeSpec,
     UpgradeStatus,
 )
+from pgherd.controller import major_upgrade
 from pgherd.operand.upgrade_check import problem
 from pgherd_packaging import crds
 
@@ -34,6 +35,8 @@ STATUS_WIRE: dict[str, Any] = {
     "outageStartedAt": "2026-12-01T18:01:00Z",
     "outageSeconds": 12.5,
     "systemIdentifier": "7442345678901234567",
+    "generation": 4,
+    "runs": 1,
     "backup": "db-before-18",
     "reason": "PgUpgradeFailed",
     "message": "pg_upgrade failed; the old cluster is back",
@@ -133,7 +136,8 @@ def test_status_upgrade_refuses(wire: dict[str, Any]) -> None:
 
 def test_rollback_phases_are_phases() -> None:
     assert set(v1alpha1.ROLLBACK_PHASES) <= set(v1alpha1.UPGRADE_PHASES)
-    assert len(v1alpha1.UPGRADE_PHASES) == 12
+    # Every phase the operator's state machine goes through, and no other.
+    assert set(v1alpha1.UPGRADE_PHASES) == set(major_upgrade.PHASES)
 
 
 def test_the_version_rule_is_on_the_root(root: dict[str, Any]) -> None:

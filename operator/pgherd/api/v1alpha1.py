@@ -1229,7 +1229,6 @@ UpgradePhase = Literal[
     "Completed",
     "Failed",
     "RollingBack",
-    "RolledBack",
 ]
 UPGRADE_PHASES: tuple[str, ...] = get_args(UpgradePhase)
 # The phases after which spec.postgresVersion may go back to status.upgrade.fromVersion:
@@ -1296,10 +1295,23 @@ class UpgradeStatus(ApiModel):
         "primary's volume. Resetting: Patroni's state is handed to the new database system "
         "(systemIdentifier). Starting: the upgraded primary starts on toVersion. Analyzing: "
         "the primary serves again while statistics are gathered and the replicas are "
-        "re-created from it. Completed: done. Failed: the upgrade stopped (reason, message); "
-        "setting postgresVersion back to fromVersion rolls back to the old cluster while that "
-        "is still possible. RollingBack: the old cluster is being put back. RolledBack: the "
-        "cluster runs fromVersion again on its old data.",
+        "re-created from it. Completed: done. RollingBack: pg_upgrade failed; the old "
+        "cluster is being put back as it was. Failed: the attempt ended (reason, message): a "
+        "backup before it failed, or pg_upgrade did and the cluster runs fromVersion again "
+        "(its replicas as they were). A failed attempt is not repeated for the same spec: "
+        "fix the cause and change the spec to try again, or set postgresVersion back to "
+        "fromVersion.",
+    )
+    generation: int | None = Field(
+        default=None,
+        description="metadata.generation the attempt started for: a failed attempt is tried "
+        "again only for a later one.",
+    )
+    runs: int | None = Field(
+        default=None,
+        ge=0,
+        description="How often the current phase's Job ended without a report (its pod lost) "
+        "and was run again (at most twice).",
     )
     from_version: int | None = Field(
         default=None, ge=13, le=19, description="The major the cluster ran before the upgrade."
@@ -1325,7 +1337,7 @@ class UpgradeStatus(ApiModel):
     started_at: datetime | None = Field(default=None, description="When the upgrade started.")
     finished_at: datetime | None = Field(
         default=None,
-        description="When it ended: Completed, PreflightFailed, Failed or RolledBack.",
+        description="When it ended: Completed, PreflightFailed or Failed.",
     )
     outage_started_at: datetime | None = Field(
         default=None, description="When the instances began to stop: the write outage's start."
@@ -1334,7 +1346,8 @@ class UpgradeStatus(ApiModel):
         default=None,
         ge=0,
         description="How long the cluster took no writes: from outageStartedAt until the "
-        "upgraded primary (or, after a rollback, the old one) served again.",
+        "upgraded primary served again (after a rollback: until the old cluster was put "
+        "back, before it starts).",
     )
     system_identifier: str | None = Field(
         default=None,
@@ -1351,8 +1364,9 @@ class UpgradeStatus(ApiModel):
     reason: str | None = Field(
         default=None,
         max_length=1024,
-        description="CamelCase reason of the phase, when it is PreflightFailed, Failed or "
-        "RolledBack.",
+        description="CamelCase reason of the phase when it ended: UpgradeCompleted, "
+        "UpgradePreflightFailed, UpgradeFailed or UpgradeRollbackFailed (the cluster is kept "
+        "stopped: see message).",
     )
     message: str | None = Field(
         default=None, max_length=32768, description="What happened, and what to do next."

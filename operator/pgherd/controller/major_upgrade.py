@@ -51,6 +51,10 @@ COMPLETED = "Completed"
 FAILED = "Failed"
 ROLLING_BACK = "RollingBack"
 
+PHASES = (
+    PREFLIGHT, PREFLIGHT_FAILED, BACKING_UP, STOPPING, UPGRADING, RESETTING, STARTING, ANALYZING,
+    COMPLETED, FAILED, ROLLING_BACK,
+)  # fmt: skip
 ENDED = frozenset({PREFLIGHT_FAILED, FAILED, COMPLETED})
 # From Resetting on, the data directory the cluster runs is the new major's.
 DATA_UPGRADED = frozenset({RESETTING, STARTING, ANALYZING, COMPLETED})
@@ -177,8 +181,7 @@ class Render:
     """How the instances are rendered this pass: None keeps the spec's value."""
 
     instances: int | None = None
-    major: int | None = None
-    image: str | None = None
+    major: int | None = None  # the image follows the major (plan.choose_image)
 
 
 @dataclass(frozen=True)
@@ -510,7 +513,7 @@ def _rolling_back(view: View, p: Progress) -> Step:
 
 
 def _resetting(view: View, p: Progress, intents: tuple[Intent, ...] = ()) -> Step:
-    stopped = Render(instances=0, major=p.to_version, image=p.to_image)
+    stopped = Render(instances=0, major=p.to_version)
     keep = claim_of(p.primary or f"{view.cluster}-0")
     stale = tuple(c for c in view.claims if c != keep)
     system = p.system_identifier or ""
@@ -541,7 +544,7 @@ def _outage(view: View, p: Progress) -> float | None:
 
 
 def _starting(view: View, p: Progress, intents: tuple[Intent, ...] = ()) -> Step:
-    new = Render(major=p.to_version, image=p.to_image)
+    new = Render(major=p.to_version)
     if view.primary is None:
         return Step(
             p,
@@ -558,7 +561,7 @@ def _starting_phase(view: View, p: Progress) -> Step:
 
 
 def _analyzing(view: View, p: Progress, intents: tuple[Intent, ...] = ()) -> Step:
-    new = Render(major=p.to_version, image=p.to_image)
+    new = Render(major=p.to_version)
     if not view.analyzed:
         return Step(
             p,

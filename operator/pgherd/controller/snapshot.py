@@ -220,6 +220,10 @@ class Snapshot:
     # Drain-aware switchover: the nodes of the instances that are cordoned or tainted for
     # removal (pgherd.controller.drain).
     draining_nodes: frozenset[str] = frozenset()
+    # The major upgrade (pgherd.controller.major_upgrade): the cluster's Jobs and the pods
+    # they ran (not instances), by name.
+    jobs: Mapping[str, Manifest] = field(default_factory=dict)
+    job_pods: tuple[Manifest, ...] = ()
 
     # ---- derived views ---------------------------------------------------------------
     def child(self, kind: str, name: str) -> Manifest | None:

@@ -27,7 +27,7 @@ from pgherd.api.v1alpha1 import (
     SecretsStatus,
     StorageStatus,
 )
-from pgherd.controller import backups, roles, storage, versions
+from pgherd.controller import backups, roles, storage
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import Event
 from pgherd.controller.conditions import Activity, Problem
@@ -80,13 +80,11 @@ def _stuck(snapshot: Snapshot, stuck_after: timedelta) -> Problem | None:
     )
 
 
-def instance_problems(cluster: PostgresCluster, snapshot: Snapshot) -> list[Problem]:
+def instance_problems(cluster: PostgresCluster, snapshot: Snapshot, want: int) -> list[Problem]:
     """What the instances report is wrong: PostgreSQL not running (in its own words), and a
-    server of another major version than spec.postgresVersion."""
+    server of another major version than the one rendered (want: spec.postgresVersion, or
+    the data's major until a major upgrade has carried the data over)."""
     out: list[Problem] = []
-    # While a raise of spec.postgresVersion is held (pgherd.controller.versions), the
-    # instances run the data's major on purpose: that is said once, by the hold.
-    want = versions.held_major(cluster) or cluster.spec.postgres_version
     majors = sorted(
         {m.report.postgres_major for m in snapshot.members if m.report and m.report.postgres_major}
     )
@@ -97,7 +95,7 @@ def instance_problems(cluster: PostgresCluster, snapshot: Snapshot) -> list[Prob
                 c.VERSION_MISMATCH,
                 f"spec.postgresVersion is {want}, but {image} runs PostgreSQL "
                 f"{', '.join(map(str, majors))}: set spec.image to an image of PostgreSQL "
-                f"{want} (major upgrades are not supported yet)",
+                f"{want}",
             )
         )
     # An instance of another major fails for that reason (an image without the cluster's
@@ -144,6 +142,8 @@ def degraded(
     problems: Sequence[Problem],
     ignored: Sequence[IgnoredParameter],
     stuck_after: timedelta,
+    *,
+    major: int | None = None,
 ) -> tuple[c.Status, str, str]:
     """What only the operator can tell is wrong, as (status, reason, message): the first
     problem's reason, every problem's message."""
@@ -157,7 +157,7 @@ def degraded(
                 "spec.storage.storageClassName.",
             )
         )
-    found += instance_problems(cluster, snapshot)
+    found += instance_problems(cluster, snapshot, major or cluster.spec.postgres_version)
     if ignored:
         held = [p for p in ignored if p.reason.endswith("Not applied")]
         found.append(
@@ -256,8 +256,9 @@ def compute(
     # Managed roles: their states after act, and a problem naming those that failed.
     managed_roles = roles.states(plan.managed_roles, set(sql_done), sql_errors or {})
     failures = [*failures, *roles.problems(managed_roles)]
+    rendered = (plan.cluster or cluster).spec.postgres_version
     put(c.DEGRADED, *degraded(cluster, snapshot, [*plan.problems, *failures], ignored,
-                              stuck_after))  # fmt: skip
+                              stuck_after, major=rendered))  # fmt: skip
     insecure = [
         line
         for line in spec.postgresql.pg_hba
@@ -337,6 +338,7 @@ def compute(
             restored_from=plan.restored_from,
             last_schedule_time=plan.last_schedule_time,
         ),
+        upgrade=plan.upgrade,
         kopf=previous.kopf,
     )
 
