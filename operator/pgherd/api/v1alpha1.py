@@ -1620,6 +1620,14 @@ class ClusterBackupStatus(ApiModel):
     last_schedule_time: datetime | None = Field(
         default=None, description="Time of the last scheduled backup run (spec.backup.schedule)."
     )
+    server_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The name the cluster archives WAL and base backups under in the object "
+        "store: spec.backup.serverName (or the cluster's name), followed by the database "
+        "system identifier after a major upgrade, since the upgraded system starts its WAL "
+        "names over and its backups restore only onto the new major.",
+    )
     restored_from: RecoverySource | None = Field(
         default=None,
         description="spec.bootstrap.recovery.source resolved to an object store, server name "

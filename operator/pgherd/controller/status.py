@@ -26,8 +26,9 @@ from pgherd.api.v1alpha1 import (
     PostgresClusterStatus,
     SecretsStatus,
     StorageStatus,
+    UpgradeStatus,
 )
-from pgherd.controller import backups, roles, storage
+from pgherd.controller import backups, major_upgrade, roles, storage
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import Event
 from pgherd.controller.conditions import Activity, Problem
@@ -337,10 +338,18 @@ def compute(
             snapshot,
             restored_from=plan.restored_from,
             last_schedule_time=plan.last_schedule_time,
+            upgraded_system=_upgraded_system(plan.upgrade),
         ),
         upgrade=plan.upgrade,
         kopf=previous.kopf,
     )
+
+
+def _upgraded_system(upgrade: UpgradeStatus | None) -> str | None:
+    """The system a major upgrade carried the data to (from its Resetting phase on)."""
+    if upgrade is None or upgrade.phase not in major_upgrade.DATA_UPGRADED:
+        return None
+    return upgrade.system_identifier
 
 
 def _instances(
