@@ -138,8 +138,9 @@ class View:
     upgrade: JobSeen = ABSENT
     rollback: JobSeen = ABSENT
     backup_phase: str | None = None  # of the PostgresBackup progress.backup names
-    claims: tuple[str, ...] = ()  # the instances' data claims that exist
+    claims: tuple[str, ...] = ()  # the instances' data claims that exist (being deleted too)
     dcs_system: str | None = None  # the system identifier Patroni's DCS holds (initialize)
+    dcs_keys: bool = False  # Patroni's leader, sync or failover key exists
     analyzed: bool = False  # the new primary reports its statistics rebuilt
     archives: bool = False  # spec.backup is set: the new system wants its first base backup
 
@@ -520,7 +521,7 @@ def _resetting(view: View, p: Progress, intents: tuple[Intent, ...] = ()) -> Ste
     todo: tuple[Intent, ...] = ()
     if stale:
         todo += (DeleteClaims(stale),)
-    if view.dcs_system != system:
+    if view.dcs_system != system or view.dcs_keys:
         todo += (ResetDcs(system),)
     if todo:
         return Step(

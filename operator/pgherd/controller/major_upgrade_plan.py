@@ -165,10 +165,13 @@ def view_of(cluster: PostgresCluster, snapshot: Snapshot, to_image: str | None) 
                 c["metadata"]["name"]
                 for c in snapshot.claims
                 if c["metadata"]["name"].startswith(data_prefix)
-                and not c["metadata"].get("deletionTimestamp")
             )
         ),
         dcs_system=_dcs(snapshot, "config").get("initialize"),
+        dcs_keys=any(
+            snapshot.child("ConfigMap", names.patroni_dcs_configmap(name, key)) is not None
+            for key in RESET_KEYS
+        ),
         analyzed=primary is not None
         and primary.report is not None
         and primary.report.upgraded_to == to,
@@ -258,7 +261,9 @@ def _writes(
             Delete(why, kind="PersistentVolumeClaim", name=c["metadata"]["name"],
                    uid=c["metadata"].get("uid"))
             for c in snapshot.claims
-            if c["metadata"]["name"] in intent.names
+            # A claim being deleted is waited for, not deleted again: a pod must not start
+            # on it.
+            if c["metadata"]["name"] in intent.names and not c["metadata"].get("deletionTimestamp")
         ]  # fmt: skip
     return _reset_dcs(snapshot, intent.system_identifier, why)
 
@@ -269,7 +274,7 @@ def _reset_dcs(snapshot: Snapshot, system: str, why: str) -> list[Action]:
     failover keys go, and with them its timeline history (the new system starts at 1)."""
     out: list[Action] = []
     config = snapshot.child("ConfigMap", names.patroni_dcs_configmap(snapshot.name, "config"))
-    if config is not None:
+    if config is not None and _dcs(snapshot, "config").get("initialize") != system:
         out.append(Patch(why, kind="ConfigMap", name=config["metadata"]["name"], body={
             "metadata": {
                 "resourceVersion": config["metadata"].get("resourceVersion"),

@@ -392,8 +392,10 @@ def plan_children(
     primary = snapshot.primary
     live_sts = snapshot.statefulset
     replicas = None
-    # Scaling down removes the highest ordinals: never the primary's (it moves first).
-    if live_sts is not None and primary is not None and primary.ordinal >= cluster.spec.instances:
+    # Scaling down removes the highest ordinals: never the primary's (it moves first). To
+    # none, only while a major upgrade stops the primary as the last instance.
+    size = cluster.spec.instances
+    if live_sts is not None and primary is not None and 0 < size <= primary.ordinal:
         replicas = int(live_sts["spec"]["replicas"])
     pod_monitor = wants_pod_monitor(cluster) and snapshot.pod_monitors_served
     rendered = desired_children(
