@@ -182,7 +182,10 @@ class Render:
     """How the instances are rendered this pass: None keeps the spec's value."""
 
     instances: int | None = None
-    major: int | None = None  # the image follows the major (plan.choose_image)
+    major: int | None = None
+    # The image the cluster runs while its data is at the old major (spec.image may already
+    # name the new major's); None: chosen for the major as usual (plan.choose_image).
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -223,7 +226,7 @@ def _held(view: View, p: Progress | None) -> Render:
     """The cluster as it ran: its data's major (and image, which plan chooses from it)."""
     if p is not None and p.phase == FAILED and p.reason == ROLLBACK_FAILED_REASON:
         return Render(instances=0)  # neither major can start on what the volume holds
-    return Render(major=view.data_major)
+    return Render(major=view.data_major, image=view.from_image)
 
 
 def _idle(view: View, p: Progress | None) -> Step:
@@ -301,7 +304,7 @@ def _drop(view: View, p: Progress) -> Step:
     dropped = tuple(DeleteJob(k) for k in ("preflight",) if view.preflight.state != "absent")
     return Step(
         None,
-        Render(major=view.data_major),
+        Render(major=view.data_major, image=view.from_image),
         dropped,
         WAITING_REASON,
         f"postgresVersion changed from {p.to_version} to {view.want} before the "
@@ -310,7 +313,7 @@ def _drop(view: View, p: Progress) -> Step:
 
 
 def _preflight(view: View, p: Progress) -> Step:
-    held = Render(major=view.data_major)
+    held = Render(major=view.data_major, image=view.from_image)
     job = view.preflight
     if job.state == "absent":
         return Step(
@@ -371,7 +374,7 @@ def _preflight(view: View, p: Progress) -> Step:
 
 
 def _backing_up(view: View, p: Progress) -> Step:
-    held = Render(major=view.data_major)
+    held = Render(major=view.data_major, image=view.from_image)
     if view.backup_phase is None:
         return Step(
             p,
@@ -403,7 +406,7 @@ def _stop(view: View, p: Progress, intents: tuple[Intent, ...]) -> Step:
         else:
             return Step(
                 p,
-                Render(instances=1, major=view.data_major),
+                Render(instances=1, major=view.data_major, image=view.from_image),
                 intents,
                 UPGRADING_REASON,
                 f"{STOPPING}: down to the primary alone, at {first}",
@@ -411,7 +414,7 @@ def _stop(view: View, p: Progress, intents: tuple[Intent, ...]) -> Step:
     if view.pods:
         return Step(
             p,
-            Render(instances=0, major=view.data_major),
+            Render(instances=0, major=view.data_major, image=view.from_image),
             intents,
             UPGRADING_REASON,
             f"{STOPPING}: stopping {p.primary} (the write outage has begun)",
@@ -424,7 +427,7 @@ def _stopping(view: View, p: Progress) -> Step:
 
 
 def _upgrading(view: View, p: Progress, intents: tuple[Intent, ...] = ()) -> Step:
-    stopped = Render(instances=0, major=view.data_major)
+    stopped = Render(instances=0, major=view.data_major, image=view.from_image)
     claim = claim_of(p.primary or f"{view.cluster}-0")
     job = view.upgrade
     if job.state == "absent":
@@ -451,7 +454,7 @@ def _roll_back(view: View, p: Progress, why: str, claim: str) -> Step:
     nxt = p.to(ROLLING_BACK, message=f"the upgrade failed: {why}")
     return Step(
         nxt,
-        Render(instances=0, major=view.data_major),
+        Render(instances=0, major=view.data_major, image=view.from_image),
         (DeleteJob("upgrade"), RunJob("rollback", claim)),
         UPGRADING_REASON,
         f"{ROLLING_BACK}: {nxt.message}; putting PostgreSQL {p.from_version} back",
@@ -459,7 +462,7 @@ def _roll_back(view: View, p: Progress, why: str, claim: str) -> Step:
 
 
 def _rolling_back(view: View, p: Progress) -> Step:
-    stopped = Render(instances=0, major=view.data_major)
+    stopped = Render(instances=0, major=view.data_major, image=view.from_image)
     claim = claim_of(p.primary or f"{view.cluster}-0")
     job = view.rollback
     if job.state == "absent":
@@ -489,7 +492,7 @@ def _rolling_back(view: View, p: Progress) -> Step:
         )
         return Step(
             ended,
-            Render(major=view.data_major),
+            Render(major=view.data_major, image=view.from_image),
             (DeleteJob("rollback"),),
             FAILED_REASON,
             message,

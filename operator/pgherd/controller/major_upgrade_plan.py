@@ -191,6 +191,9 @@ def rendered(cluster: PostgresCluster, render: mu.Render) -> PostgresCluster:
         changes["postgres_version"] = render.major
     if render.instances is not None and render.instances != cluster.spec.instances:
         changes["instances"] = render.instances
+    if render.image is not None and render.image != cluster.spec.image:
+        # As if spec.image named it: the image the old major runs with, kept.
+        changes["image"] = render.image
     if not changes:
         return cluster
     return cluster.model_copy(update={"spec": cluster.spec.model_copy(update=changes)})
