@@ -448,3 +448,26 @@ def test_directories_are_exchanged_atomically(tmp_path: Path) -> None:
     (b / "PG_VERSION").write_text("18\n")
     assert pgtools.exchange(a, b)
     assert (pgtools.data_major(a), pgtools.data_major(b)) == (18, 15)
+
+
+@pytest.mark.parametrize(
+    ("conninfo", "env", "expected"),
+    [
+        # A preflight pod: the primary named in the environment (and forwarded by the test
+        # kubelet: hostaddr).
+        (
+            "application_name=x",
+            {"PGHOST": "db-rw.prod.svc", "PGPORT": "5432", "PGHOSTADDR": "127.0.0.1"},
+            "application_name=x host=db-rw.prod.svc hostaddr=127.0.0.1 port=5432",
+        ),
+        ("host=a port=1", {}, "host=a port=1"),
+        (None, {}, None),
+    ],
+)
+def test_the_source_is_taken_out_of_the_local_tools_environment(
+    conninfo: str | None, env: dict[str, str], expected: str | None
+) -> None:
+    env = {**env, "PGUSER": "replicator"}
+    assert upgrade_check.source_from_environment(conninfo, env) == expected
+    # What stays is what the local tools may see: no remote server for pg_upgrade.
+    assert env == {"PGUSER": "replicator"}

@@ -269,11 +269,12 @@ def test_the_preflight_reaches_the_primary_over_tls_as_the_replication_role() ->
     pod = check["spec"]["template"]["spec"]
     main = pod["containers"][0]
     conninfo = _parsed(check).source_conninfo
-    assert conninfo == "host=db-rw.prod.svc port=5432 application_name=pgherd-upgrade-check"
+    assert conninfo == "application_name=pgherd-upgrade-check"
     env = {e["name"]: e.get("value", e.get("valueFrom")) for e in main["env"]}
-    # pg_upgrade refuses a remote PGHOST: host and port are in the conninfo only.
-    assert "PGHOST" not in env
-    assert "PGPORT" not in env
+    # The primary by its Service's name, where cluster DNS resolves it; the check moves them
+    # into the source's conninfo (pg_upgrade refuses a remote PGHOST).
+    assert env["PGHOST"] == "db-rw.prod.svc"
+    assert env["PGPORT"] == "5432"
     assert env["PGUSER"] == {"secretKeyRef": {"name": "db-replication", "key": "username"}}
     assert env["PGSSLMODE"] == "verify-full"
     assert env["PGSSLROOTCERT"] == "/etc/pgherd-tls/ca.crt"

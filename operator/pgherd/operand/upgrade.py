@@ -785,6 +785,10 @@ def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
         if args.action == "check":
             from pgherd.operand import upgrade_check  # noqa: PLC0415
 
+            args.source_conninfo = upgrade_check.source_from_environment(
+                args.source_conninfo, os.environ
+            )
+
             report = upgrade_check.check(args, old, new)
             emit(report, args.report_file)
             return EXIT_OK if report["ok"] else EXIT_PROBLEMS

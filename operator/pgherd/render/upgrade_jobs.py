@@ -213,19 +213,21 @@ def _job(
     }
 
 
-def source_conninfo(cluster: PostgresCluster) -> str:
-    """The primary, through the `-rw` Service, for pg_basebackup. Host and port are here, not
-    in PGHOST/PGPORT: pg_upgrade refuses to run while PGHOST names a remote host ("libpq
-    environment variable PGHOST has a non-local server value"). The role and TLS files come
-    from the environment (PGUSER, PGSSL*), which pg_upgrade and the private servers, reached
-    over Unix sockets, do not mind."""
-    host = names.service_host(names.service_rw(cluster.metadata.name), cluster.metadata.namespace)
-    return f"host={host} port={contract.POSTGRES_PORT} application_name={APPLICATION_NAME}"
+def source_conninfo() -> str:
+    """What the conninfo of the source adds to the environment's: the primary is named by
+    PGHOST and PGPORT (_source_env), where cluster DNS resolves it (and the test kubelet
+    forwards it); `pgherd upgrade check` moves them into the source's conninfo before any
+    local tool runs, since pg_upgrade refuses a remote PGHOST."""
+    return f"application_name={APPLICATION_NAME}"
 
 
 def _source_env(cluster: PostgresCluster) -> list[dict[str, Any]]:
     tls = contract.TLS_MOUNT
+    host = names.service_host(names.service_rw(cluster.metadata.name), cluster.metadata.namespace)
     return [
+        # The primary, through the `-rw` Service.
+        {"name": "PGHOST", "value": host},
+        {"name": "PGPORT", "value": str(contract.POSTGRES_PORT)},
         secret_env("PGUSER", cluster.metadata.name, "replication", "username"),
         # The server certificate names every Service in each form (pgherd.render.names).
         {"name": "PGSSLMODE", "value": "verify-full"},
@@ -268,7 +270,7 @@ def render_check_job(
             }
         },
     }
-    args = ["check", "--method", method, "--source-conninfo", source_conninfo(cluster)]
+    args = ["check", "--method", method, "--source-conninfo", source_conninfo()]
     main = _main(
         cluster,
         upgrade,
