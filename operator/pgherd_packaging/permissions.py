@@ -156,6 +156,13 @@ NAMESPACED: tuple[Rule, ...] = (
         "the instances' StatefulSet (re-created without its pods when volumes grow)",
     ),
     Rule(
+        "batch",
+        ("jobs",),
+        ("get", "list", "watch", "create", "delete"),
+        "the major upgrade's one-shot Jobs (preflight, upgrade, rollback): created, watched "
+        "until their pod's outcome is read (pods are already read), deleted then",
+    ),
+    Rule(
         "policy",
         ("poddisruptionbudgets",),
         (*CACHED, "create", "patch"),

@@ -21,6 +21,12 @@ from pgherd.controller.snapshot import expected_children
 from pgherd.render.children import desired_children
 from pgherd.render.pooler import render_auth_secret, render_pooler
 from pgherd.render.rbac import render_rbac
+from pgherd.render.upgrade_jobs import (
+    UpgradeImages,
+    render_check_job,
+    render_rollback_job,
+    render_upgrade_job,
+)
 from pgherd_packaging import permissions
 from tests.unit.clusters import PASSWORDS, make_cluster
 
@@ -135,6 +141,18 @@ def client_calls() -> set[tuple[str, str, str]]:
                   render_auth_secret(make_cluster(), "pw")]:  # fmt: skip
         used |= {(*_resource(child["kind"]), "patch"), (*_resource(child["kind"]), "create")}
     used.add((*_resource("Event"), "create"))
+    # The major upgrade's Jobs: created (a Job's pod template is immutable: never applied
+    # over), watched and read by name until their pod's outcome is read, then deleted. The
+    # renderers exist; the planner that calls these comes with the rest of issue 15's
+    # operator slice, and then this is read from its code as the rest is.
+    cluster = make_cluster()
+    images = UpgradeImages(15, "img:15", 18, "img:18")
+    for job in (
+        render_check_job(cluster, images, method="link"),
+        render_upgrade_job(cluster, images, method="link", claim="pgdata-db-0"),
+        render_rollback_job(cluster, images, claim="pgdata-db-0"),
+    ):
+        used |= {(*_resource(job["kind"]), v) for v in ("create", "get", "list", "watch", "delete")}
     # The leader elector (pgherd.controller.leader): read, create, and the conditional PUT.
     used |= {(*_resource("Lease"), verb) for verb in ("get", "create", "update")}
     return used | planned_writes()
