@@ -908,9 +908,10 @@ class Kubelet:
         port, kept across the pod's container restarts."""
         forward = pp.forwards.get((target, port))
         if forward is None:
+            to = target.service if target.pod is None else f"{target.pod}.{target.service}"
             forward = Forward(
                 lambda: self._service_backend(target, port),
-                f"{pp.namespace}/{pp.name}->{target.service}:{port}",
+                f"{pp.namespace}/{pp.name}->{to}:{port}",
             )
             pp.forwards[(target, port)] = forward
         return forward
