@@ -65,7 +65,7 @@ def _read_back(cluster: Cluster, pod: str) -> tuple[Any, ...]:
         count = conn.execute("SELECT count(*) FROM items").fetchone()[0]  # type: ignore[index]
         # The trigram index answers (an index scan on the upgraded index).
         conn.execute("SET enable_seqscan = off")
-        like = conn.execute("SELECT count(*) FROM items WHERE label LIKE '%el-499%'").fetchone()
+        like = conn.execute("SELECT count(*) FROM items WHERE label LIKE '%bel-4999'").fetchone()
         seq = conn.execute("SELECT last_value FROM counter").fetchone()[0]  # type: ignore[index]
         view = conn.execute("SELECT count(*) FROM cheap").fetchone()[0]  # type: ignore[index]
     return version.split(".")[0], count, like[0] if like else None, seq, view

@@ -12,9 +12,17 @@ import pytest
 from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
 from pgherd.controller import status
-from pgherd.controller.actions import Apply
+from pgherd.controller.actions import Apply, Switchover
 from pgherd.controller.plan import plan
-from tests.unit.snapshots import SETTINGS, cluster_raw, config_of, healthy, live_children, snapshot
+from tests.unit.snapshots import (
+    SETTINGS,
+    cluster_raw,
+    config_of,
+    healthy,
+    live_children,
+    pod,
+    snapshot,
+)
 
 STUCK_AFTER = timedelta(seconds=SETTINGS.stuck_after_seconds)
 RUNNING = "registry.example/pg:15-a"
@@ -110,3 +118,50 @@ def test_status_records_the_major_the_data_is_at(
     new = status.compute(s, plan(s, SETTINGS), stuck_after=STUCK_AFTER)
     assert new is not None
     assert new.postgres_version == expected
+
+
+STOPPING = {
+    "phase": "Stopping", "fromVersion": 15, "toVersion": 18, "method": "link", "generation": 1,
+    "startedAt": "2026-01-01T00:00:00Z", "fromImage": RUNNING, "toImage": "img:18",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("primary", "switchover_to", "replicas"),
+    [
+        # The primary above ordinal 0: it moves there first, the StatefulSet keeps its size.
+        (2, "db-0", None),
+        # At ordinal 0: the others go.
+        (0, None, 1),
+    ],
+)
+def test_stopping_for_the_upgrade_scales_down_to_the_primary_at_ordinal_0(
+    primary: int, switchover_to: str | None, replicas: int | None
+) -> None:
+    spec = {"instances": 3, "postgresVersion": 18, "image": "img:18"}
+    st = {"phase": "Updating", "observedGeneration": 1, "currentPrimary": f"db-{primary}",
+          "postgresVersion": 15, "image": RUNNING, "upgrade": STOPPING}  # fmt: skip
+    running = PostgresCluster.model_validate(cluster_raw({"instances": 3, "postgresVersion": 15}))
+    pods = [
+        pod(i, role="primary" if i == primary else "replica", report={contract.REPORT_MAJOR: 15})
+        for i in range(3)
+    ]
+    s = snapshot(
+        spec,
+        status=st,
+        pods=pods,
+        children=live_children(running, image=RUNNING),
+        dcs_config=config_of(spec),
+        leader=f"db-{primary}",
+    )
+    decided = plan(s, SETTINGS)
+    moves = [a.candidate for a in decided.actions if isinstance(a, Switchover)]
+    assert moves == ([switchover_to] if switchover_to else [])
+    sts = [a for a in decided.actions if isinstance(a, Apply) and a.kind == "StatefulSet"]
+    if replicas is None:
+        assert sts == []
+    else:
+        (apply,) = sts
+        assert apply.manifest["spec"]["replicas"] == replicas
+        # Still the old major in its image: nothing else changes on the way down.
+        assert _env(apply.manifest)[MAJOR] == "15" and _env(apply.manifest)["image"] == RUNNING

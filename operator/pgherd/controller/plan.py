@@ -195,8 +195,9 @@ def plan(
     activity: Activity | None = None
     primary = snapshot.primary
     if primary is not None and passwords is not None:
+        # As rendered: a major upgrade's stop scales down as spec.instances would.
         step_actions, activity, switchover_handled = plan_disruption(
-            cluster, snapshot, primary, config_activity
+            resolved, snapshot, primary, config_activity
         )
         actions += step_actions
     if rotation.activity is not None and not any(a.disruptive for a in actions):
