@@ -63,6 +63,12 @@ def test_the_termination_summary_stays_under_4_kib() -> None:
     short = json.loads(text)
     assert short["ok"] is False and short["problems"]
     assert short["problemsLeftOut"] == 30 - len(short["problems"])
+    # A long error keeps its start (what failed) and its end (the program's last words).
+    error = "pg_ctl failed" + "x" * 6000 + "FATAL: the cause"
+    text = upgrade.summary({"ok": False, "error": error})
+    assert len(text.encode()) <= upgrade.SUMMARY_LIMIT
+    cut = json.loads(text)["error"]
+    assert cut.startswith("pg_ctl failed") and cut.endswith("FATAL: the cause")
 
 
 @pytest.mark.parametrize(

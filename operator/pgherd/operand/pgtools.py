@@ -174,22 +174,31 @@ class PrivateServer:
             f"-c unix_socket_directories='{self.socket}'"
         )
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        run_logged(
-            [
-                self.inst.tool("pg_ctl"),
-                "start",
-                "-w",
-                "-t",
-                "300",
-                "-D",
-                str(self.pgdata),
-                "-o",
-                opts,
-                "-l",
-                str(self.log),
-            ],
-            self.log.with_suffix(".pg_ctl.log"),
-        )
+        try:
+            run_logged(
+                [
+                    self.inst.tool("pg_ctl"),
+                    "start",
+                    "-w",
+                    "-t",
+                    "300",
+                    "-D",
+                    str(self.pgdata),
+                    "-o",
+                    opts,
+                    "-l",
+                    str(self.log),
+                ],
+                self.log.with_suffix(".pg_ctl.log"),
+            )
+        except ToolError as e:
+            # pg_ctl says only "examine the log output": the server's own last lines say why,
+            # and a pod's termination message is all an operator reads of them.
+            try:
+                server = "\n".join(self.log.read_text(errors="replace").splitlines()[-8:])
+            except OSError:
+                raise e from None
+            raise ToolError(f"{e}\nthe server's log ({self.log}) ends:\n{server}") from None
         return self
 
     def conninfo(self, dbname: str = "postgres") -> dict[str, Any]:

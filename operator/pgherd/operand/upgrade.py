@@ -747,6 +747,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 # A pod's termination message holds 4 KiB; full logs are in files the report names.
 SUMMARY_LIMIT = 4000
+ERROR_LIMIT = 2400
 
 
 def summary(report: dict[str, Any], limit: int = SUMMARY_LIMIT) -> str:
@@ -755,6 +756,11 @@ def summary(report: dict[str, Any], limit: int = SUMMARY_LIMIT) -> str:
     if len(text.encode()) <= limit:
         return text
     short = dict(report)
+    error = str(report.get("error") or "")
+    if len(error) > ERROR_LIMIT:
+        # Its start says what failed, its end (the program's last lines) why.
+        half = ERROR_LIMIT // 2
+        short["error"] = error[:half] + " … " + error[-half:]
     problems = [
         {k: (v[:240] + "…" if isinstance(v, str) and len(v) > 240 else v) for k, v in p.items()}
         for p in report.get("problems", [])
