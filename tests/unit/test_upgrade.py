@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -477,3 +478,23 @@ def test_the_source_is_taken_out_of_the_local_tools_environment(
     assert upgrade_check.source_from_environment(conninfo, env) == expected
     # What stays is what the local tools may see: no remote server for pg_upgrade.
     assert env == {"PGUSER": "replicator"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (0o700, 0o700),
+        (0o750, 0o750),
+        # What fsGroup ownership makes of a volume's directories: setgid, group rwx.
+        (0o2770, 0o2750),
+        (0o777, 0o750),
+    ],
+)
+def test_a_data_directory_is_given_modes_postgresql_accepts(
+    tmp_path: Path, mode: int, expected: int
+) -> None:
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    pgdata.chmod(mode)
+    pgtools.data_directory_mode(pgdata)
+    assert stat.S_IMODE(pgdata.stat().st_mode) == expected
