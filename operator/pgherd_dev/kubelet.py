@@ -733,8 +733,12 @@ class Kubelet:
         if not pv.spec.host_path:
             raise NotReadyToStart(f"volume {pv.metadata.name} is not a hostPath volume")
         data = Path(pv.spec.host_path.path)
-        data.mkdir(parents=True, exist_ok=True)
-        data.chmod(0o700)
+        if not data.exists():
+            data.mkdir(parents=True)
+            data.chmod(0o700)
+        # A volume that exists keeps its modes: chmod-ing it again for each new pod took the
+        # fsGroup's setgid off its root, so the next mount found the root "mismatched" and
+        # made every directory group-writable, PGDATA included, which PostgreSQL refuses.
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(data, target_is_directory=True)
 
