@@ -34,7 +34,7 @@ Jobs) this controller does what a kubelet would, with real processes on this mac
     yet). A PGHOST that is no such name (an IP address, a socket directory, localhost, an
     outside name, a list of hosts, another namespace's Service), and a pod that sets
     PGHOSTADDR itself, are left alone;
-- gives the process its ServiceAccount's identity: a pod-bound token in a kubeconfig,
+- gives the process its ServiceAccount's identity: a ServiceAccount token in a kubeconfig,
   so the operand's RBAC is really exercised;
 - gives an instance pod its major's PostgreSQL: the image would have it at
   /usr/lib/postgresql/<major>/bin, as Debian's packages have 15 here; 18 comes from a wheel
@@ -87,7 +87,7 @@ PID 1 of new PID, mount, IPC and UTS namespaces: an overlay over the image's roo
 (read-only when readOnlyRootFilesystem says so), /proc, /sys (read-only), a minimal /dev, every
 volume bound at its mountPath (readOnly honoured; the same host directories as host mode, owned
 as fsGroup makes them; among them the ServiceAccount volume the API server adds, with the
-pod-bound token, kube-root-ca.crt and the namespace at
+ServiceAccount token, kube-root-ca.crt and the namespace at
 /var/run/secrets/kubernetes.io/serviceaccount), /etc/hosts; then chroot and the image's
 `setpriv` to the pod's runAsUser/runAsGroup with fsGroup as supplementary group, no_new_privs
 (allowPrivilegeEscalation false) and no capabilities, and exec of the command (the pod's
@@ -573,20 +573,13 @@ class Kubelet:
 
     def _write_identity(self, pp: PodProcess, pod: dict[str, Any]) -> None:
         sa = pod["spec"].get("serviceAccountName", "default")
+        # Bound to the ServiceAccount, not to the pod: kwok deletes a pod's object as soon as
+        # it is marked for deletion, while its processes are still stopping here, and a
+        # pod-bound token would die with the object. A real kubelet's pod keeps its object, and
+        # its token, until its containers are dead: Patroni stopping a primary then still
+        # holds its leader key, where with the dead token it demoted itself first.
         token = self.core.create_namespaced_service_account_token(
-            sa,
-            pp.namespace,
-            {
-                "spec": {
-                    "expirationSeconds": 86400,
-                    "boundObjectRef": {
-                        "apiVersion": "v1",
-                        "kind": "Pod",
-                        "name": pp.name,
-                        "uid": pp.uid,
-                    },
-                }
-            },
+            sa, pp.namespace, {"spec": {"expirationSeconds": 86400}}
         ).status.token
         cluster = self.kubeconfig["clusters"][0]["cluster"]
         kc = {
