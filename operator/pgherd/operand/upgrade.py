@@ -561,7 +561,13 @@ def rollback(
     layout = Layout(pgdata, old.major, new.major)
     journal = Journal.load(layout.journal)
     if journal is None:
-        raise UpgradeError(f"no upgrade journal at {layout.journal}: nothing to roll back")
+        # The upgrade refused before it changed anything (its first step is the journal).
+        if pgtools.data_major(pgdata) != old.major:
+            raise UpgradeError(
+                f"no upgrade journal at {layout.journal}, and {pgdata} is not "
+                f"PostgreSQL {old.major}'s: nothing to roll back to"
+            )
+        return {"ok": True, "state": "untouched", "pgdata": str(pgdata)}
     if journal.state == "rolled-back":
         return {"ok": True, "state": journal.state, "pgdata": str(pgdata)}
     where = _new_location(layout)
