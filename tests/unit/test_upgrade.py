@@ -163,6 +163,16 @@ def test_bad_input_is_refused_with_a_clear_message(
     assert message in proc.stderr, proc.stderr
 
 
+def test_a_rollback_of_an_upgrade_that_never_began_changes_nothing(tmp_path: Path) -> None:
+    """The run refused before its journal (its first step): the old data is all there is."""
+    (tmp_path / "pg15").mkdir()
+    (tmp_path / "pg15" / "PG_VERSION").write_text("15\n")
+    proc = _run("rollback", "--pgdata", str(tmp_path / "pg15"))
+    assert proc.returncode == upgrade.EXIT_OK, proc.stderr
+    assert _report(proc)["state"] == "untouched"
+    assert sorted(p.name for p in (tmp_path / "pg15").iterdir()) == ["PG_VERSION"]
+
+
 def _archived(archive: Path) -> list[str]:
     return sorted(p.name for p in archive.iterdir())
 
