@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 
 from pgherd.controller.client import Client as Kube
@@ -59,7 +60,15 @@ def _upgrade(cluster: Cluster) -> dict[str, Any]:
     return dict(cluster.status().get("upgrade") or {})
 
 
-def _read_back(cluster: Cluster, pod: str) -> tuple[Any, ...]:
+def _read_back(cluster: Cluster, pod: str) -> tuple[Any, ...] | None:
+    """What the pod serves of the data (None while it cannot: starting, not caught up)."""
+    try:
+        return _read(cluster, pod)
+    except psycopg.Error:
+        return None
+
+
+def _read(cluster: Cluster, pod: str) -> tuple[Any, ...]:
     with cluster.connect_superuser(pod) as conn:
         version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
         count = conn.execute("SELECT count(*) FROM items").fetchone()[0]  # type: ignore[index]
