@@ -86,7 +86,6 @@ def test_lowering_is_refused_without_a_failed_upgrade(
         ({"phase": "Failed", "fromVersion": 15, "toVersion": 18}, 14, False),
         ({"phase": "PreflightFailed", "fromVersion": 15, "toVersion": 18}, 15, True),
         ({"phase": "Completed", "fromVersion": 15, "toVersion": 18}, 15, False),
-        ({"phase": "RolledBack", "fromVersion": 15, "toVersion": 18}, 15, False),
         ({"phase": "Upgrading", "fromVersion": 15, "toVersion": 18}, 15, False),
         # Incomplete status: refused with the rule's message, not an evaluation error.
         ({"phase": "Failed"}, 15, False),

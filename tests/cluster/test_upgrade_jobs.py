@@ -102,7 +102,9 @@ def _shell(job: dict[str, Any], script: str, volumes: tuple[str, ...]) -> dict[s
     pod["initContainers"] = []
     main = pod["containers"][0]
     main["command"] = ["/bin/sh", "-c", script]
-    main["env"] = [e for e in main["env"] if "value" in e]
+    # Only what the script needs: no Secret's keys, no primary to reach (the test kubelet
+    # holds a pod whose PGHOST names a Service that does not exist).
+    main["env"] = [e for e in main["env"] if "value" in e and e["name"] not in ("PGHOST", "PGPORT")]
     main["volumeMounts"] = [m for m in main["volumeMounts"] if m["name"] in volumes]
     pod["volumes"] = [v for v in pod["volumes"] if v["name"] in volumes]
     return job
