@@ -31,6 +31,16 @@ METRICS_PORT_ENV = "PGHERD_METRICS_PORT"
 # The cluster's PostgreSQL major (spec.postgresVersion): `pgherd instance` runs the binaries
 # of that major (/usr/lib/postgresql/<major>/bin in the image), never merely the newest.
 POSTGRES_MAJOR_ENV = "PGHERD_POSTGRES_MAJOR"
+# Where the operand image keeps each major's installation: <root>/<major>/bin, lib (and, in a
+# relocatable build, share; Debian's packages put share under /usr/share/postgresql/<major>).
+POSTGRES_INSTALL_ROOT = "/usr/lib/postgresql"
+
+
+def image_bindir(major: int) -> str:
+    """A major's binaries in the operand image."""
+    return f"{POSTGRES_INSTALL_ROOT}/{major}/bin"
+
+
 # User-defined queries (spec.monitoring.customQueries): each ConfigMap key is a file here, in
 # postgres_exporter's queries.yaml format; the exporter reads every *.yaml of the directory.
 METRICS_QUERIES_DIR = "/etc/pgherd-metrics"
@@ -123,6 +133,9 @@ REPORT_ERROR = "error"  # str | None: why PostgreSQL does not run, in its own wo
 REPORT_IGNORED = "ignoredParameters"  # dict[str, str]: parameter -> why Patroni drops it
 # dict: sizeBytes, usedBytes, availableBytes of the data volume, walBytes of pg_wal
 REPORT_VOLUME = "volume"
+# dict | None: the last major upgrade this volume finished after its server ran (fromMajor,
+# toMajor, method, analyzeSeconds, at), from pgherd.operand.upgrade_followup
+REPORT_UPGRADED = "upgraded"
 
 # The backup agent's annotations on its pod (pgherd.operand.agent): pg_stat_archiver and the
 # last archive error, the store's backup summary, and a heartbeat while a backup runs.
@@ -156,6 +169,16 @@ def same_location(a: ObjectStoreSpec, a_server: str, b: ObjectStoreSpec, b_serve
         destination_url(b),
         b_server,
     )
+
+
+# ---- The major upgrade (`pgherd upgrade`, pgherd.operand.upgrade) -----------------------
+# Its pods' command line and results: the operator renders the Jobs that run it
+# (pgherd.render.upgrade_jobs) and reads their exit code and the JSON summary written to the
+# termination message (pgherd.controller.upgrade_outcome).
+UPGRADE_METHODS = ("link", "clone", "copy")
+UPGRADE_EXIT_OK = 0  # done; the preflight found nothing
+UPGRADE_EXIT_ERROR = 2  # the tool could not do its work: the summary's `error` says why
+UPGRADE_EXIT_PROBLEMS = 3  # the preflight found problems: the summary's `problems`
 
 
 # WAL file names, as both sides order them: the agent reports the newest file it archived,

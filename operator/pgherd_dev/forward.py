@@ -1,5 +1,6 @@
-"""A TEST-ONLY stand-in for kube-proxy inside the test kubelet: a pooler pod's local forward
-to its target Service (pgherd_dev.kubelet gives each pooler pod one)."""
+"""A TEST-ONLY stand-in for kube-proxy inside the test kubelet: a pod's local forward to a
+Service it names (pgherd_dev.kubelet gives one to a pooler pod for its target Service, and
+to a pod whose libpq PGHOST names a Service)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ log = logging.getLogger("pgherd-dev.forward")
 
 class Forward:
     """A TEST-ONLY local forward for one pod, in threads: each connection to 127.0.0.1:port
-    goes to the local port `resolve()` names at that moment (a ready pod behind a Service).
-    The test kubelet gives a pooler pod one to its target Service, as kube-proxy would route
-    the Service's address; resolving per connection follows a failover the same way."""
+    goes to the local port `resolve()` names at that moment (a ready pod behind a Service),
+    as kube-proxy would route the Service's address; resolving per connection follows a
+    failover the same way."""
 
     def __init__(self, resolve: Callable[[], int | None], name: str) -> None:
         self.resolve = resolve

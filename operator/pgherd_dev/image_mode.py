@@ -93,7 +93,7 @@ def apply_fs_group(target: Path, vol: dict[str, Any], fs_group: int) -> None:
     if "emptyDir" in vol:
         _own(root, fs_group, 0o2777)
         return
-    if "persistentVolumeClaim" in vol:
+    if "persistentVolumeClaim" in vol or "ephemeral" in vol:
         st = root.stat()
         if st.st_gid == fs_group and st.st_mode & stat.S_ISGID:
             return

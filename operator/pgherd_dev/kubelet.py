@@ -10,15 +10,31 @@ Jobs) this controller does what a kubelet would, with real processes on this mac
 - resolves the container's environment from the API (values, `$(VAR)` references,
   fieldRef, secretKeyRef, configMapKeyRef, envFrom) and its volumes (ConfigMap and Secret
   files, projected ConfigMap keys, emptyDirs, and PersistentVolumeClaims through their
-  hostPath PersistentVolume, so data outlives the pod exactly as a volume would);
+  hostPath PersistentVolume, so data outlives the pod exactly as a volume would; a generic
+  ephemeral volume is the claim kube-controller-manager's ephemeral volume controller made
+  for the pod, provisioned as any other, gone with the pod);
 - gives each pod a "network": POD_IP is 127.0.0.1 and the pod's ports are unique local
   ports (PGHERD_PG_PORT, PGHERD_API_PORT, PGHERD_METRICS_PORT), published on the pod as the
   annotation `kubelet.pgherd.dev/ports`; filesystem paths are mapped under PGHERD_ROOT;
-- a pooler pod's target Service (PGHERD_POOLER_HOST, a name no local resolver knows) becomes
-  a local forward to a ready pod behind that Service, chosen at each connection: the
-  TEST-ONLY stand-in for kube-proxy (pgherd_dev.forward), so PgBouncer follows a failover
-  through the Service as it would in a cluster;
-- gives the process its ServiceAccount's identity: a pod-bound token in a kubeconfig,
+- reaches Services without cluster DNS: a Service the pod's environment names (a name no
+  local resolver knows) becomes a local forward to a pod behind that Service, chosen at each
+  connection: the TEST-ONLY stand-in for kube-proxy (pgherd_dev.forward), so a client
+  follows a failover through the Service as it would in a cluster. The Service port a
+  client connects to leads to its targetPort (a name or number) among the pod's published
+  ports; a headless Service's pods are reached at the container port itself. Two
+  environments name a Service:
+  - a pooler pod's PGHERD_POOLER_HOST and PGHERD_POOLER_TARGET_PORT, which the kubelet
+    points at the forward;
+  - libpq's PGHOST and PGPORT (default 5432), in any pod: a Service of the pod's namespace
+    by `svc`, `svc.ns`, `svc.ns.svc` or `svc.ns.svc.cluster.local`, or one pod of a
+    headless Service by `pod.svc.ns.svc` (service_for_host). The kubelet adds
+    PGHOSTADDR=127.0.0.1 and sets PGPORT to the forward's port, but leaves PGHOST, so that
+    sslmode verify-full still checks the server's certificate against the Service's name.
+    While the Service does not exist the pod waits (in a cluster the name would not resolve
+    yet). A PGHOST that is no such name (an IP address, a socket directory, localhost, an
+    outside name, a list of hosts, another namespace's Service), and a pod that sets
+    PGHOSTADDR itself, are left alone;
+- gives the process its ServiceAccount's identity: a ServiceAccount token in a kubeconfig,
   so the operand's RBAC is really exercised;
 - gives an instance pod its major's PostgreSQL: the image would have it at
   /usr/lib/postgresql/<major>/bin, as Debian's packages have 15 here; 18 comes from a wheel
@@ -71,7 +87,7 @@ PID 1 of new PID, mount, IPC and UTS namespaces: an overlay over the image's roo
 (read-only when readOnlyRootFilesystem says so), /proc, /sys (read-only), a minimal /dev, every
 volume bound at its mountPath (readOnly honoured; the same host directories as host mode, owned
 as fsGroup makes them; among them the ServiceAccount volume the API server adds, with the
-pod-bound token, kube-root-ca.crt and the namespace at
+ServiceAccount token, kube-root-ca.crt and the namespace at
 /var/run/secrets/kubernetes.io/serviceaccount), /etc/hosts; then chroot and the image's
 `setpriv` to the pod's runAsUser/runAsGroup with fsGroup as supplementary group, no_new_privs
 (allowPrivilegeEscalation false) and no capabilities, and exec of the command (the pod's
@@ -111,7 +127,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import yaml
 from kubernetes import client, config
@@ -128,6 +144,10 @@ SELECTOR = f"{MANAGED_BY}=pgherd,{COMPONENT} in ({','.join(COMPONENTS)})"
 # A PostgresPooler's pods (PgBouncer): env names the pod spec gives the target Service in.
 POOLER_HOST_ENV = "PGHERD_POOLER_HOST"
 POOLER_TARGET_PORT_ENV = "PGHERD_POOLER_TARGET_PORT"
+# libpq's environment: a client pod (the major upgrade's preflight) names a Service in PGHOST.
+PGHOST_ENV, PGHOSTADDR_ENV, PGPORT_ENV = "PGHOST", "PGHOSTADDR", "PGPORT"
+LIBPQ_DEFAULT_PORT = 5432
+CLUSTER_DOMAIN = "cluster.local"
 # An instance pod's PostgreSQL major (pgherd.contract.POSTGRES_MAJOR_ENV).
 POSTGRES_MAJOR_ENV = "PGHERD_POSTGRES_MAJOR"
 PORTS_ANNOTATION = "kubelet.pgherd.dev/ports"
@@ -205,6 +225,108 @@ def empty_dir_homes(pod: dict[str, Any]) -> dict[str, str]:
     return homes
 
 
+def volume_claim(pod: dict[str, Any], vol: dict[str, Any]) -> str | None:
+    """The PersistentVolumeClaim behind a pod's volume: a persistentVolumeClaim's, or the one
+    the ephemeral volume controller makes for a generic ephemeral volume, `<pod>-<volume>`
+    (owned by the pod, deleted with it); None for any other volume."""
+    if "persistentVolumeClaim" in vol:
+        return str(vol["persistentVolumeClaim"]["claimName"])
+    if "ephemeral" in vol:
+        return f"{pod['metadata']['name']}-{vol['name']}"
+    return None
+
+
+class ServiceName(NamedTuple):
+    """What cluster DNS resolves a name to: a Service, or one pod of a headless Service."""
+
+    namespace: str
+    service: str
+    pod: str | None = None
+
+
+# A Service's name is a DNS-1035 label, a namespace's and a pod's hostname DNS-1123 labels.
+_SERVICE_LABEL = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+
+
+def service_for_host(host: str, namespace: str) -> ServiceName | None:
+    """The Service of `namespace` (or one pod of a headless one) that a pod of `namespace`
+    reaches by the host name `host`, as cluster DNS answers it: `svc`, `svc.ns`, `svc.ns.svc`,
+    `svc.ns.svc.cluster.local`, and `pod.svc.ns.svc` (also with `.cluster.local`). None for
+    anything else: an IP address, a socket directory, localhost, an outside name, a list of
+    hosts, another namespace's Service (`svc.other` is as likely an outside `example.com`)."""
+    name = host.lower().removesuffix(".")
+    if name == "localhost":
+        return None
+    if name.endswith(f".svc.{CLUSTER_DOMAIN}"):
+        name = name.removesuffix(f".{CLUSTER_DOMAIN}")
+    labels = name.split(".")
+    if labels[-1] == "svc" and len(labels) in (3, 4):
+        labels.pop()  # svc.ns.svc, pod.svc.ns.svc
+    elif len(labels) == 1:
+        labels.append(namespace)  # svc: searched in the pod's namespace
+    elif len(labels) != 2:  # svc.ns
+        return None
+    *pod, service, ns = labels
+    if ns != namespace or not _SERVICE_LABEL.fullmatch(service):
+        return None
+    if pod and not _LABEL.fullmatch(pod[0]):
+        return None
+    return ServiceName(ns, service, pod[0] if pod else None)
+
+
+def service_target_port(service: dict[str, Any], port: int) -> int | str | None:
+    """Where a connection to the Service's `port` goes on a pod behind it: the targetPort (a
+    container port's name or number) of the Service port of that number; None when it has no
+    such port. A headless Service has no proxy (its DNS names pods), so the port a client
+    connects to is the container's own."""
+    spec = service.get("spec") or {}
+    if spec.get("clusterIP") == "None":
+        return port
+    for entry in spec.get("ports") or []:
+        if entry.get("port") == port and entry.get("protocol", "TCP") == "TCP":
+            target: int | str = entry.get("targetPort", port)
+            return target
+    return None
+
+
+def _port_key(port: dict[str, Any]) -> str:
+    """A container port's key in the published ports: its name, else its number."""
+    return str(port.get("name") or port["containerPort"])
+
+
+def published_port(pod: dict[str, Any], target: int | str) -> int | None:
+    """The pod's local port (annotation kubelet.pgherd.dev/ports) for a container port named
+    (a targetPort string) or numbered (the containerPort it publishes); None if it has none."""
+    annotations = pod["metadata"].get("annotations") or {}
+    published = json.loads(annotations.get(PORTS_ANNOTATION) or "{}")
+    key = target
+    if isinstance(target, int):
+        numbered = (
+            _port_key(p)
+            for c in pod["spec"].get("containers", [])
+            for p in c.get("ports", [])
+            if p["containerPort"] == target
+        )
+        key = next(numbered, "")
+    local = published.get(key)
+    return int(local) if local else None
+
+
+def serves(pod: dict[str, Any], service: dict[str, Any]) -> bool:
+    """Whether the Service routes to the pod now: selected by it, not being deleted, and ready
+    (or any pod, for a Service that publishes not-ready addresses)."""
+    spec = service.get("spec") or {}
+    selector = spec.get("selector") or {}
+    labels = pod["metadata"].get("labels") or {}
+    if not selector or any(labels.get(k) != v for k, v in selector.items()):
+        return False
+    if pod["metadata"].get("deletionTimestamp"):
+        return False
+    conditions = {c["type"]: c["status"] for c in (pod.get("status") or {}).get("conditions", [])}
+    return bool(spec.get("publishNotReadyAddresses")) or conditions.get("Ready") == "True"
+
+
 def _tail_bytes(path: Path, limit: int, start: int = 0) -> bytes:
     """At most the last `limit` bytes of a file from offset `start`; nothing if it is missing."""
     try:
@@ -270,7 +392,8 @@ class PodProcess:
     passed: bool = False
     config_sync: float = 0.0
     volume_sources: dict[str, tuple[str, str, Path]] = field(default_factory=dict)
-    forward: Forward | None = None  # a pooler pod's stand-in for kube-proxy
+    # The pod's stand-ins for kube-proxy, one per Service (or pod) and port it reaches.
+    forwards: dict[tuple[ServiceName, int], Forward] = field(default_factory=dict)
     token: str = ""  # the pod-bound ServiceAccount token (_write_identity)
     # The container's state as reported on the pod (containerStatuses): when it started,
     # and its last termination.
@@ -435,7 +558,7 @@ class Kubelet:
         directory = self.root / meta["namespace"] / meta["name"] / uid
         (directory / "rootfs").mkdir(parents=True, exist_ok=True)
         ports = {
-            p.get("name", str(p["containerPort"])): processes.free_port()
+            _port_key(p): processes.free_port()
             for c in pod["spec"]["containers"]
             for p in c.get("ports", [])
         }
@@ -450,20 +573,13 @@ class Kubelet:
 
     def _write_identity(self, pp: PodProcess, pod: dict[str, Any]) -> None:
         sa = pod["spec"].get("serviceAccountName", "default")
+        # Bound to the ServiceAccount, not to the pod: kwok deletes a pod's object as soon as
+        # it is marked for deletion, while its processes are still stopping here, and a
+        # pod-bound token would die with the object. A real kubelet's pod keeps its object, and
+        # its token, until its containers are dead: Patroni stopping a primary then still
+        # holds its leader key, where with the dead token it demoted itself first.
         token = self.core.create_namespaced_service_account_token(
-            sa,
-            pp.namespace,
-            {
-                "spec": {
-                    "expirationSeconds": 86400,
-                    "boundObjectRef": {
-                        "apiVersion": "v1",
-                        "kind": "Pod",
-                        "name": pp.name,
-                        "uid": pp.uid,
-                    },
-                }
-            },
+            sa, pp.namespace, {"spec": {"expirationSeconds": 86400}}
         ).status.token
         cluster = self.kubeconfig["clusters"][0]["cluster"]
         kc = {
@@ -541,8 +657,8 @@ class Kubelet:
             self._write_files(target, data)
         elif "emptyDir" in vol:
             target.mkdir(parents=True, exist_ok=True)
-        elif "persistentVolumeClaim" in vol:
-            self._link_claim(pp, target, vol["persistentVolumeClaim"]["claimName"])
+        elif (claim := volume_claim(pod, vol)) is not None:
+            self._link_claim(pp, target, claim, pod if "ephemeral" in vol else None)
 
     def _config_map_files(self, pp: PodProcess, ref: dict[str, Any]) -> dict[str, bytes]:
         """A ConfigMap volume (source)'s files, as a kubelet makes them: the keys listed in
@@ -585,18 +701,37 @@ class Kubelet:
                     tmp.chmod(stat.S_IMODE(st.st_mode))
                 tmp.replace(path)
 
-    def _link_claim(self, pp: PodProcess, target: Path, claim: str) -> None:
+    def _link_claim(
+        self, pp: PodProcess, target: Path, claim: str, owner: dict[str, Any] | None
+    ) -> None:
+        """The claim's hostPath volume, linked at target; owner: the pod whose generic
+        ephemeral volume it must be (a kubelet refuses a claim of that name made for another
+        pod, or by hand)."""
         if target.is_symlink():
             return
-        pvc = self.core.read_namespaced_persistent_volume_claim(claim, pp.namespace)
+        try:
+            pvc = self.core.read_namespaced_persistent_volume_claim(claim, pp.namespace)
+        except ApiException as e:
+            if e.status == 404 and owner is not None:
+                raise NotReadyToStart(f"ephemeral claim {claim} not made yet") from None
+            raise
+        if owner is not None and not any(
+            ref.controller and ref.uid == owner["metadata"]["uid"]
+            for ref in pvc.metadata.owner_references or []
+        ):
+            raise NotReadyToStart(f"claim {claim} was not made for pod {owner['metadata']['name']}")
         if pvc.status.phase != "Bound":
             raise NotReadyToStart(f"claim {claim} is not bound")
         pv = self.core.read_persistent_volume(pvc.spec.volume_name)
         if not pv.spec.host_path:
             raise NotReadyToStart(f"volume {pv.metadata.name} is not a hostPath volume")
         data = Path(pv.spec.host_path.path)
-        data.mkdir(parents=True, exist_ok=True)
-        data.chmod(0o700)
+        if not data.exists():
+            data.mkdir(parents=True)
+            data.chmod(0o700)
+        # A volume that exists keeps its modes: chmod-ing it again for each new pod took the
+        # fsGroup's setgid off its root, so the next mount found the root "mismatched" and
+        # made every directory group-writable, PGDATA included, which PostgreSQL refuses.
         target.parent.mkdir(parents=True, exist_ok=True)
         target.symlink_to(data, target_is_directory=True)
 
@@ -672,7 +807,7 @@ class Kubelet:
             out |= self._host_env(pp, env)
         if (pod["metadata"].get("labels") or {}).get(COMPONENT) == "pooler":
             out |= self._pooler_network(pp, env)
-        return out
+        return out | self._libpq_network(pp, env)
 
     def _host_env(self, pp: PodProcess, env: dict[str, str]) -> dict[str, str]:
         """Host mode: what the image would provide (binaries, `pgherd` from the virtualenv)
@@ -716,44 +851,96 @@ class Kubelet:
 
     def _pooler_network(self, pp: PodProcess, env: dict[str, str]) -> dict[str, str]:
         """A pooler pod's network: it listens on its unique local port, and the Service it
-        names (PGHERD_POOLER_HOST) is a local forward that picks a ready pod behind the
-        Service at each connection: the TEST-ONLY stand-in for kube-proxy routing a
-        Service's address, so PgBouncer follows a failover as it would in a cluster."""
-        service = env.get(POOLER_HOST_ENV)
-        if not service:
+        names (PGHERD_POOLER_HOST) is a local forward (_forward), so PgBouncer follows a
+        failover as it would in a cluster."""
+        host = env.get(POOLER_HOST_ENV)
+        if not host:
             raise NotReadyToStart(f"the pooler pod names no Service in {POOLER_HOST_ENV}")
-        if pp.forward is None:
-            pp.forward = Forward(
-                lambda: self._service_backend(pp.namespace, service, "postgresql"),
-                f"{pp.namespace}/{pp.name}->{service}",
-            )
+        target = service_for_host(host, pp.namespace)
+        if target is None:
+            raise NotReadyToStart(f"{POOLER_HOST_ENV} {host} names no Service of the namespace")
+        port = env.get(POOLER_TARGET_PORT_ENV, str(LIBPQ_DEFAULT_PORT))
+        if not port.isdigit():
+            raise NotReadyToStart(f"{POOLER_TARGET_PORT_ENV} {port} is not a port number")
         return {
             POOLER_HOST_ENV: POD_IP,
-            POOLER_TARGET_PORT_ENV: str(pp.forward.port),
+            POOLER_TARGET_PORT_ENV: str(self._forward(pp, target, int(port)).port),
             "PGHERD_POOLER_LISTEN_ADDR": POD_IP,
             "PGHERD_POOLER_LISTEN_PORT": str(pp.ports.get("pgbouncer", 6432)),
         }
 
-    def _service_backend(self, namespace: str, service: str, port_name: str) -> int | None:
-        """Local port of a ready pod the Service selects (as svcproxy.backend)."""
+    def _libpq_network(self, pp: PodProcess, env: dict[str, str]) -> dict[str, str]:
+        """A libpq client's way to a Service (as the major upgrade's pods reach the primary):
+        PGHOST naming a Service of the pod's namespace (service_for_host) is routed through a
+        local forward (_forward) by PGHOSTADDR and PGPORT. PGHOST stays, so that sslmode
+        verify-full checks the server's certificate against the Service's name, as in a
+        cluster. Anything else (no PGHOST, a host that is no Service name, an address the pod
+        sets itself, a PGPORT that is no single port) is the pod's own business."""
+        host = env.get(PGHOST_ENV, "")
+        port = env.get(PGPORT_ENV, str(LIBPQ_DEFAULT_PORT))
+        target = service_for_host(host, pp.namespace)
+        if target is None or PGHOSTADDR_ENV in env or not port.isdigit():
+            return {}
         try:
-            svc = self.core.read_namespaced_service(service, namespace)
+            self.core.read_namespaced_service(target.service, target.namespace)
+        except ApiException as e:
+            if e.status == 404:
+                # In a cluster the name would not resolve yet; here the pod waits for it.
+                raise NotReadyToStart(
+                    f"{PGHOST_ENV} {host} names Service {target.namespace}/{target.service}, "
+                    "which does not exist yet"
+                ) from None
+            raise
+        forward = self._forward(pp, target, int(port))
+        log.info(
+            "%s/%s: %s %s port %s is forwarded from %s:%s",
+            pp.namespace, pp.name, PGHOST_ENV, host, port, POD_IP, forward.port,
+        )  # fmt: skip
+        return {PGHOSTADDR_ENV: POD_IP, PGPORT_ENV: str(forward.port)}
+
+    def _forward(self, pp: PodProcess, target: ServiceName, port: int) -> Forward:
+        """The pod's local forward to the Service's `port` (or that of one pod of a headless
+        Service): the TEST-ONLY stand-in for kube-proxy. It resolves the Service at each
+        connection, so a client follows a failover as through a Service; one per Service and
+        port, kept across the pod's container restarts."""
+        forward = pp.forwards.get((target, port))
+        if forward is None:
+            to = target.service if target.pod is None else f"{target.pod}.{target.service}"
+            forward = Forward(
+                lambda: self._service_backend(target, port),
+                f"{pp.namespace}/{pp.name}->{to}:{port}",
+            )
+            pp.forwards[(target, port)] = forward
+        return forward
+
+    def _service_backend(self, target: ServiceName, port: int) -> int | None:
+        """Local port of a pod the Service routes its `port` to now (the named pod, for a
+        headless Service's pod name), or None: no such Service, port or pod."""
+        try:
+            svc = self.api.sanitize_for_serialization(
+                self.core.read_namespaced_service(target.service, target.namespace)
+            )
+            if target.pod is None:
+                selector = (svc.get("spec") or {}).get("selector") or {}
+                if not selector:
+                    return None
+                label_selector = ",".join(f"{k}={v}" for k, v in selector.items())
+                found = self.core.list_namespaced_pod(
+                    target.namespace, label_selector=label_selector
+                ).items
+            else:
+                found = [self.core.read_namespaced_pod(target.pod, target.namespace)]
         except ApiException as e:
             if e.status == 404:
                 return None
             raise
-        selector = ",".join(f"{k}={v}" for k, v in (svc.spec.selector or {}).items())
-        if not selector:
+        target_port = service_target_port(svc, port)
+        if target_port is None:
             return None
-        for pod in self.core.list_namespaced_pod(namespace, label_selector=selector).items:
-            ready = any(
-                c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or [])
-            )
-            ports = (pod.metadata.annotations or {}).get(PORTS_ANNOTATION)
-            if ready and ports and not pod.metadata.deletion_timestamp:
-                port = json.loads(ports).get(port_name)
-                if port:
-                    return int(port)
+        for obj in found:
+            pod = self.api.sanitize_for_serialization(obj)
+            if serves(pod, svc) and (local := published_port(pod, target_port)):
+                return local
         return None
 
     def _short_root(self, pp: PodProcess) -> Path:
@@ -946,8 +1133,8 @@ class Kubelet:
                 proc.wait()
         for pp in pods:
             _short_link(pp.uid).unlink(missing_ok=True)
-            if pp.forward is not None:
-                pp.forward.close()
+            for forward in pp.forwards.values():
+                forward.close()
 
     def stop_all(self) -> None:
         self._stop_many(list(self.pods.values()), grace=8.0)

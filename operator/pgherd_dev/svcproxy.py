@@ -10,29 +10,25 @@ follows a failover exactly as it would in a cluster.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from pgherd.controller.client import Client as Kube
-from pgherd_dev.kubelet import PORTS_ANNOTATION
+from pgherd_dev.kubelet import published_port, serves
 
 log = logging.getLogger(__name__)
 
 
 def backend(kube: Kube, namespace: str, service: str, port_name: str) -> int | None:
-    """Local port of a ready pod behind the Service, or None."""
+    """Local port of a ready pod behind the Service, or None (as the test kubelet's own
+    forwards choose one: kubelet.serves, kubelet.published_port)."""
     svc = kube.get("Service", namespace, service)
     if svc is None:
         return None
     selector = ",".join(f"{k}={v}" for k, v in svc["spec"].get("selector", {}).items())
     for pod in kube.list("Pod", namespace, selector):
-        conditions = {c["type"]: c["status"] for c in pod.get("status", {}).get("conditions", [])}
-        ports = (pod["metadata"].get("annotations") or {}).get(PORTS_ANNOTATION)
-        if conditions.get("Ready") == "True" and ports:
-            port = json.loads(ports).get(port_name)
-            if port:
-                return int(port)
+        if serves(pod, svc) and (port := published_port(pod, port_name)):
+            return port
     return None
 
 

@@ -45,7 +45,7 @@ def _root_schema() -> Manifest:
             "spec": {**spec, "default": model_default(v1alpha1.PostgresClusterSpec())},
             "status": status,
         },
-        "x-kubernetes-validations": v1alpha1.ROOT_VALIDATIONS,
+        "x-kubernetes-validations": v1alpha1.CLUSTER_ROOT_VALIDATIONS,
     }
 
 

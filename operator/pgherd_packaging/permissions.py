@@ -121,8 +121,9 @@ NAMESPACED: tuple[Rule, ...] = (
     Rule(
         "",
         ("persistentvolumeclaims",),
-        ("list", "watch", "patch"),
-        "data volumes (watched); expanding them",
+        ("list", "watch", "patch", "delete"),
+        "data volumes (watched); expanding them; a major upgrade deletes the replicas' (their "
+        "data belongs to the old system, they are cloned again from the upgraded primary)",
     ),
     # Core v1 only: kopf posts its events there. events.k8s.io is not used, and granting it
     # draws a (false) deprecated-API warning from operator-sdk's bundle validator.
@@ -154,6 +155,13 @@ NAMESPACED: tuple[Rule, ...] = (
         ("statefulsets",),
         (*CACHED, "create", "patch", "delete"),
         "the instances' StatefulSet (re-created without its pods when volumes grow)",
+    ),
+    Rule(
+        "batch",
+        ("jobs",),
+        ("list", "watch", "create", "patch", "delete"),
+        "the major upgrade's one-shot Jobs (preflight, upgrade, rollback): applied, watched "
+        "until their pod's outcome is read (pods are already read), deleted then",
     ),
     Rule(
         "policy",

@@ -170,7 +170,7 @@ def assert_runs_in_image(cp: ControlPlane, cluster: Cluster, pod: str, image: Op
     assert cmdline[1:3] == ["/opt/pgherd/bin/pgherd", "instance"], cmdline
     # Resolved as the container sees it (/var/run is a link to /run in the image).
     identity = Path(in_root(f"/proc/{init}/root", SERVICE_ACCOUNT_DIR))
-    assert (identity / "token").read_text().count(".") == 2  # a JWT: the pod's bound token
+    assert (identity / "token").read_text().count(".") == 2  # a JWT: the ServiceAccount token
     assert (identity / "namespace").read_text() == cluster.namespace
     assert (identity / "ca.crt").read_text().startswith("-----BEGIN CERTIFICATE-----")
     with cluster.connect_superuser(pod) as conn:

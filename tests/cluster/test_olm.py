@@ -587,6 +587,8 @@ ADDED_BY_0_2_0 = {
     "patroni.failsafeMode": True,
     # Patroni timing profiles (issue 16): ttl/loopWait/retryTimeout stay as stored.
     "patroni.profile": "default",
+    # The major upgrade (issue 15): how one is carried out when postgresVersion is raised.
+    "upgrade": {"backupFirst": False, "method": "link"},
 }
 
 

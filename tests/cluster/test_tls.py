@@ -1,6 +1,7 @@
 """TLS on real PostgreSQL and Patroni: clients verify the server with only what the app
-Secret holds, plain TCP is refused, certificates renew (and the CA rotates) under a writer
-with no failed write, and a user's bad certificate is refused while the cluster keeps serving.
+Secret holds (also a pod reaching `-rw` by its Service name, as the major upgrade's pods
+will), plain TCP is refused, certificates renew (and the CA rotates) under a writer with no
+failed write, and a user's bad certificate is refused while the cluster keeps serving.
 
 The renewal test runs an operator of its own with certificates that live a minute.
 """
@@ -86,6 +87,70 @@ def test_plain_tcp_and_a_wrong_name_are_refused(secure: Cluster, tmp_path: Path)
     # verify-full checks the name: the certificate does not name `localhost`.
     with pytest.raises(psycopg.OperationalError, match="does not match host name"):
         psycopg.connect(uri, **(local | {"host": "localhost"})).close()
+
+
+def test_a_pod_reaches_the_primary_by_the_rw_service_name_with_verify_full(
+    secure: Cluster, api: k8s.ApiClient
+) -> None:
+    # As the major upgrade's pods will: libpq's standard variables name the -rw Service, and
+    # the test kubelet routes that name to the primary (its stand-in for DNS and kube-proxy)
+    # while libpq verifies the server's certificate against it.
+    begin = time.monotonic()
+    core, ns = k8s.CoreV1Api(api), secure.namespace
+    app = names.secret(secure.name, "app")
+
+    def from_app(var: str, key: str) -> dict[str, object]:
+        return {"name": var, "valueFrom": {"secretKeyRef": {"name": app, "key": key}}}
+
+    query = (
+        "SELECT s.ssl AND NOT pg_is_in_recovery() FROM pg_stat_ssl s WHERE s.pid = pg_backend_pid()"
+    )
+    # Host mode maps the pod's paths under PGHERD_ROOT (the mounted CA, the message file).
+    script = (
+        'export PGSSLROOTCERT="${PGHERD_ROOT:-}/tls/ca.crt"; '
+        f'out=$(psql -XAtc "{query}") || exit; '
+        'echo "$out" > "${PGHERD_ROOT:-}/dev/termination-log"; test "$out" = t'
+    )
+    container = {
+        "name": "client",
+        "image": "example.invalid/upgrade:1",
+        "command": ["/bin/sh", "-c", script],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "env": [
+            {"name": "PGHOST", "value": names.service_host(names.service_rw(secure.name), ns)},
+            {"name": "PGPORT", "value": "5432"},
+            {"name": "PGSSLMODE", "value": "verify-full"},
+            {"name": "PGCONNECT_TIMEOUT", "value": "10"},
+            from_app("PGUSER", "user"),
+            from_app("PGPASSWORD", "password"),
+            from_app("PGDATABASE", "dbname"),
+        ],
+        "volumeMounts": [{"name": "tls", "mountPath": "/tls", "readOnly": True}],
+    }
+    core.create_namespaced_pod(ns, {
+        "metadata": {"name": "libpq-client", "labels": {
+            "app.kubernetes.io/managed-by": "pgherd", "app.kubernetes.io/component": "upgrade"}},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [container],
+            "volumes": [{"name": "tls", "secret": {
+                "secretName": names.tls_secret(secure.name),
+                "items": [{"key": "ca.crt", "path": "ca.crt"}]}}],
+        },
+    })  # fmt: skip
+
+    def finished() -> k8s.V1Pod | None:
+        pod = core.read_namespaced_pod("libpq-client", ns)
+        return pod if pod.status.phase in ("Succeeded", "Failed") else None
+
+    pod = wait_for("the client pod to finish", finished, timeout=60)
+    (status,) = pod.status.container_statuses
+    message = status.state.terminated.message
+    assert pod.status.phase == "Succeeded", message
+    assert message == "t\n"
+    duration = time.monotonic() - begin
+    print(f"client pod reached the primary by {names.service_rw(secure.name)} in {duration:.1f}s")
+    core.delete_namespaced_pod("libpq-client", ns)
 
 
 def test_replication_uses_tls_and_the_client_certificate(secure: Cluster) -> None:

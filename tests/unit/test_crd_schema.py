@@ -242,7 +242,8 @@ def test_cel_rules_sit_on_the_objects_holding_their_fields(root: dict[str, Any])
         "quantity(self.autoGrow.limit).compareTo(quantity(self.size)) >= 0",
     ]
     assert rules_at(root, "spec") == [
-        "self.postgresVersion >= oldSelf.postgresVersion",
+        # Major upgrade: a pre-upgrade backup needs an object store (two of spec's fields).
+        "!has(self.upgrade) || !self.upgrade.backupFirst || has(self.backup)",
         # Managed roles: the bootstrap owner is pgherd's (it compares two of spec's fields).
         "!has(self.managed) || self.managed.roles.all(r, r.name != self.bootstrap.owner)",
     ]
@@ -254,6 +255,9 @@ def test_cel_rules_sit_on_the_objects_holding_their_fields(root: dict[str, Any])
         "(has(self.ttl) ? self.ttl : (self.profile == 'fast' ? 20 : 30))"
     ]
     assert any("metadata.name" in r for r in rules_at(root, ""))
+    # Lowering postgresVersion is judged where status is seen too: the root.
+    assert not any("postgresVersion" in r for p, _ in walk(root) if p for r in rules_at(root, p))
+    assert v1alpha1.POSTGRES_VERSION_RULE["rule"] in rules_at(root, "")
 
 
 def test_every_cel_rule_has_a_message(root: dict[str, Any]) -> None:

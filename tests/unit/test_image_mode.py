@@ -167,6 +167,11 @@ def test_fs_group_ownership(tmp_path: Path) -> None:
     (data / "pgdata").chmod(0o700)
     apply_fs_group(link, claim, gid)
     assert stat.S_IMODE((data / "pgdata").stat().st_mode) == 0o700
+    # A generic ephemeral volume is a claim too.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir(mode=0o700)
+    apply_fs_group(scratch, {"ephemeral": {"volumeClaimTemplate": {}}}, gid)
+    assert (scratch.stat().st_gid, stat.S_IMODE(scratch.stat().st_mode)) == (gid, 0o2770)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The test kubelet's one-shot pods, their pure decisions: what a container's exit leads to
 under each restartPolicy, which termination message is reported, where an emptyDir shared
-by init containers lives, and the kwok stages that leave the kubelet's pods alone.
+by init containers lives, which claim a volume is (a generic ephemeral volume's too), and
+the kwok stages that leave the kubelet's pods alone.
 (The pods themselves run in tests/cluster/test_kubelet_one_shot.py.)"""
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pgherd_dev.kubelet import (
     empty_dir_homes,
     exit_outcome,
     termination_message,
+    volume_claim,
 )
 
 # (restartPolicy, exit code, init container?) -> outcome
@@ -129,6 +131,20 @@ def test_empty_dir_homes(
     init: list[list[tuple[str, str]]], main: list[tuple[str, str]], expected: dict[str, str]
 ) -> None:
     assert empty_dir_homes(_pod(init, main)) == expected
+
+
+@pytest.mark.parametrize(
+    ("volume", "claim"),
+    [
+        ({"persistentVolumeClaim": {"claimName": "pgdata-db-0"}}, "pgdata-db-0"),
+        # The ephemeral volume controller's name for the claim it makes for the pod.
+        ({"ephemeral": {"volumeClaimTemplate": {"spec": {}}}}, "db-upgrade-check-x7k2p-scratch"),
+        ({"emptyDir": {}}, None),
+    ],
+)
+def test_volume_claim(volume: dict[str, Any], claim: str | None) -> None:
+    pod = {"metadata": {"name": "db-upgrade-check-x7k2p"}}
+    assert volume_claim(pod, {"name": "scratch", **volume}) == claim
 
 
 def test_selector_runs_upgrade_pods() -> None:

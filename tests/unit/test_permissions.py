@@ -21,6 +21,7 @@ from pgherd.controller.snapshot import expected_children
 from pgherd.render.children import desired_children
 from pgherd.render.pooler import render_auth_secret, render_pooler
 from pgherd.render.rbac import render_rbac
+from pgherd.render.upgrade_jobs import UpgradeImages, render_check_job
 from pgherd_packaging import permissions
 from tests.unit.clusters import PASSWORDS, make_cluster
 
@@ -135,6 +136,9 @@ def client_calls() -> set[tuple[str, str, str]]:
                   render_auth_secret(make_cluster(), "pw")]:  # fmt: skip
         used |= {(*_resource(child["kind"]), "patch"), (*_resource(child["kind"]), "create")}
     used.add((*_resource("Event"), "create"))
+    # The major upgrade's Jobs, server-side applied.
+    job = render_check_job(make_cluster(), UpgradeImages(15, "a", 18, "b"), method="link")
+    used |= {(*_resource(job["kind"]), "patch"), (*_resource(job["kind"]), "create")}
     # The leader elector (pgherd.controller.leader): read, create, and the conditional PUT.
     used |= {(*_resource("Lease"), verb) for verb in ("get", "create", "update")}
     return used | planned_writes()

@@ -384,3 +384,7 @@ def test_instance_report_parses_what_the_instance_publishes() -> None:
     )
     assert InstanceReport.from_annotation("not json") is None
     assert InstanceReport.from_annotation(None) is None
+    upgraded = {contract.REPORT_UPGRADED: {"fromMajor": 15, "toMajor": 18}}
+    assert InstanceReport.from_annotation(json.dumps(upgraded)) == InstanceReport(upgraded_to=18)
+    odd = {contract.REPORT_UPGRADED: {"toMajor": "18"}}
+    assert InstanceReport.from_annotation(json.dumps(odd)) == InstanceReport()

@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pgherd.operand import pgtools, upgrade, upgrade_check
+from pgherd.operand import pgtools, upgrade, upgrade_check, upgrade_followup
 from tests import upgrade_support as us
 
 # --- pure parts ----------------------------------------------------------------------------
@@ -63,6 +64,12 @@ def test_the_termination_summary_stays_under_4_kib() -> None:
     short = json.loads(text)
     assert short["ok"] is False and short["problems"]
     assert short["problemsLeftOut"] == 30 - len(short["problems"])
+    # A long error keeps its start (what failed) and its end (the program's last words).
+    error = "pg_ctl failed" + "x" * 6000 + "FATAL: the cause"
+    text = upgrade.summary({"ok": False, "error": error})
+    assert len(text.encode()) <= upgrade.SUMMARY_LIMIT
+    cut = json.loads(text)["error"]
+    assert cut.startswith("pg_ctl failed") and cut.endswith("FATAL: the cause")
 
 
 @pytest.mark.parametrize(
@@ -156,6 +163,16 @@ def test_bad_input_is_refused_with_a_clear_message(
     assert message in proc.stderr, proc.stderr
 
 
+def test_a_rollback_of_an_upgrade_that_never_began_changes_nothing(tmp_path: Path) -> None:
+    """The run refused before its journal (its first step): the old data is all there is."""
+    (tmp_path / "pg15").mkdir()
+    (tmp_path / "pg15" / "PG_VERSION").write_text("15\n")
+    proc = _run("rollback", "--pgdata", str(tmp_path / "pg15"))
+    assert proc.returncode == upgrade.EXIT_OK, proc.stderr
+    assert _report(proc)["state"] == "untouched"
+    assert sorted(p.name for p in (tmp_path / "pg15").iterdir()) == ["PG_VERSION"]
+
+
 def _archived(archive: Path) -> list[str]:
     return sorted(p.name for p in archive.iterdir())
 
@@ -169,6 +186,8 @@ def test_an_upgrade_keeps_the_data(tmp_path: Path, method: str) -> None:
     pgdata = tmp_path / "vol" / "pgdata"
     archive = us.make_cluster(pgdata, checksums=method == "link")
     archived = _archived(archive)
+    system = "Database system identifier"
+    before = pgtools.controldata(old, pgdata)[system]
     started = time.monotonic()
     proc = _run("run", "--pgdata", str(pgdata), "--method", method)
     report = _report(proc)
@@ -181,6 +200,7 @@ def test_an_upgrade_keeps_the_data(tmp_path: Path, method: str) -> None:
     assert str(report["newVersion"]).startswith("18.")
     kept = tmp_path / "vol" / "pgdata-15"
     assert (pgdata / "PG_VERSION").read_text().strip() == "18"
+    assert report["systemIdentifier"] == pgtools.controldata(new, pgdata)[system] != before
     assert (kept / "PG_VERSION").read_text().strip() == "15"
     # Patroni's rules, not initdb's trust, guard the new cluster until Patroni rewrites them.
     assert (pgdata / "pg_hba.conf").read_text() == (kept / "pg_hba.conf").read_text()
@@ -197,30 +217,43 @@ def test_an_upgrade_keeps_the_data(tmp_path: Path, method: str) -> None:
             ).fetchone() == (5,)
             ext = "SELECT dependencies IS NOT NULL FROM pg_stats_ext WHERE statistics_name = 'items_ab'"  # noqa: E501
             assert conn.execute(ext).fetchall() == []
-            proc = _run(
-                "analyze",
-                "--pgdata",
-                str(pgdata),
-                "--host",
-                str(srv.socket),
-                "--port",
-                str(srv.port),
-                "--log",
-                str(tmp_path / "analyze.log"),
-            )
-            assert proc.returncode == 0, proc.stderr + (tmp_path / "analyze.log").read_text()
-            print(f"analyze: {_report(proc)}")
+            if method == "link":
+                # The new cluster has run on files it shares with the old one.
+                proc = _run("rollback", "--pgdata", str(pgdata))
+                assert proc.returncode == upgrade.EXIT_ERROR
+                assert "has started since pg_upgrade" in proc.stderr and "link mode" in proc.stderr
+                assert (pgdata / "PG_VERSION").read_text().strip() == "18"
+                # What the instance does once its server runs as primary: analyze, finish.
+                journal = upgrade_followup.pending(pgdata, 18)
+                assert journal is not None
+                socket, port = str(srv.socket), srv.port
+                assert upgrade_followup.is_primary(new, {}, socket, port, "postgres")
+                record = upgrade_followup.follow_up(
+                    journal, new, {}, pgdata=pgdata, host=socket, port=port, user="postgres",
+                    log_file=tmp_path / "analyze.log",
+                )  # fmt: skip
+                print(f"follow-up: {record}")
+                assert (record["fromMajor"], record["toMajor"]) == (15, 18)
+                assert upgrade_followup.read_record(pgdata) == record
+                assert not kept.exists() and not (tmp_path / "vol" / "pgherd-upgrade").exists()
+                assert upgrade_followup.pending(pgdata, 18) is None
+            else:
+                proc = _run(
+                    "analyze",
+                    "--pgdata",
+                    str(pgdata),
+                    "--host",
+                    str(srv.socket),
+                    "--port",
+                    str(srv.port),
+                    "--log",
+                    str(tmp_path / "analyze.log"),
+                )
+                assert proc.returncode == 0, proc.stderr + (tmp_path / "analyze.log").read_text()
+                print(f"analyze: {_report(proc)}")
             assert conn.execute(ext).fetchall() == [(True,)]
-    proc = _run("rollback", "--pgdata", str(pgdata))
-    if method == "link":
-        # The new cluster has run on files it shares with the old one.
-        assert proc.returncode == upgrade.EXIT_ERROR
-        assert "has started since pg_upgrade" in proc.stderr and "link mode" in proc.stderr
-        assert (pgdata / "PG_VERSION").read_text().strip() == "18"
-        proc = _run("finish", "--pgdata", str(pgdata))
-        assert proc.returncode == 0, proc.stderr
-        assert not kept.exists() and not (tmp_path / "vol" / "pgherd-upgrade").exists()
-    else:
+    if method == "copy":
+        proc = _run("rollback", "--pgdata", str(pgdata))
         assert proc.returncode == upgrade.EXIT_ERROR and "--force" in proc.stderr
         proc = _run("rollback", "--pgdata", str(pgdata), "--force")
         assert proc.returncode == 0, proc.stderr
@@ -432,3 +465,46 @@ def test_directories_are_exchanged_atomically(tmp_path: Path) -> None:
     (b / "PG_VERSION").write_text("18\n")
     assert pgtools.exchange(a, b)
     assert (pgtools.data_major(a), pgtools.data_major(b)) == (18, 15)
+
+
+@pytest.mark.parametrize(
+    ("conninfo", "env", "expected"),
+    [
+        # A preflight pod: the primary named in the environment (and forwarded by the test
+        # kubelet: hostaddr).
+        (
+            "application_name=x",
+            {"PGHOST": "db-rw.prod.svc", "PGPORT": "5432", "PGHOSTADDR": "127.0.0.1"},
+            "application_name=x host=db-rw.prod.svc hostaddr=127.0.0.1 port=5432",
+        ),
+        ("host=a port=1", {}, "host=a port=1"),
+        (None, {}, None),
+    ],
+)
+def test_the_source_is_taken_out_of_the_local_tools_environment(
+    conninfo: str | None, env: dict[str, str], expected: str | None
+) -> None:
+    env = {**env, "PGUSER": "replicator"}
+    assert upgrade_check.source_from_environment(conninfo, env) == expected
+    # What stays is what the local tools may see: no remote server for pg_upgrade.
+    assert env == {"PGUSER": "replicator"}
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        (0o700, 0o700),
+        (0o750, 0o750),
+        # What fsGroup ownership makes of a volume's directories: setgid, group rwx.
+        (0o2770, 0o2750),
+        (0o777, 0o750),
+    ],
+)
+def test_a_data_directory_is_given_modes_postgresql_accepts(
+    tmp_path: Path, mode: int, expected: int
+) -> None:
+    pgdata = tmp_path / "pgdata"
+    pgdata.mkdir()
+    pgdata.chmod(mode)
+    pgtools.data_directory_mode(pgdata)
+    assert stat.S_IMODE(pgdata.stat().st_mode) == expected

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     BaseModel,
@@ -1214,16 +1214,184 @@ class ManagedSpec(ApiModel):
     )
 
 
+# ---- major upgrade (spec.upgrade, status.upgrade) ------------------------------------------
+UpgradeMethod = Literal["link", "clone", "copy"]
+# status.upgrade.phase, in the order an upgrade goes through them (docs/major-upgrade.md).
+UpgradePhase = Literal[
+    "Preflight",
+    "PreflightFailed",
+    "BackingUp",
+    "Stopping",
+    "Upgrading",
+    "Resetting",
+    "Starting",
+    "Analyzing",
+    "Completed",
+    "Failed",
+    "RollingBack",
+]
+UPGRADE_PHASES: tuple[str, ...] = get_args(UpgradePhase)
+# The phases after which spec.postgresVersion may go back to status.upgrade.fromVersion:
+# nothing was changed (the preflight found problems), or the upgrade failed. Whether the old
+# cluster can still be returned to after a failure (not in link mode once the new server has
+# started) is the operator's to judge and report; the API only permits the request.
+ROLLBACK_PHASES = ("PreflightFailed", "Failed")
+# A preflight report's problems kept in status (the pod's termination summary holds fewer).
+MAX_UPGRADE_PROBLEMS = 32
+
+
+class UpgradeSpec(ApiModel):
+    """How a major upgrade (raising spec.postgresVersion) is carried out."""
+
+    method: UpgradeMethod = Field(
+        default="link",
+        description="How pg_upgrade carries the data files into the new major. link (the "
+        "default): hard links, seconds whatever the size and no extra space; but once the new "
+        "server has started, both clusters share the files and the old one cannot be "
+        "returned to (only a backup can). clone: reflinks (copy on write), nearly as fast, "
+        "and the old cluster stays intact; needs a filesystem with reflinks (XFS with "
+        "reflink=1, Btrfs), which the preflight checks. copy: a full copy, as slow as the data "
+        "is large, the old cluster intact; needs twice the data's space on the volume.",
+    )
+    backup_first: bool = Field(
+        default=False,
+        description="Take a base backup (a PostgresBackup, to spec.backup's object store) "
+        "and wait for it to complete before stopping anything, so that the old major's data "
+        "can be restored whatever happens. Requires spec.backup.",
+    )
+
+
+class UpgradeProblem(ApiModel):
+    """A problem the upgrade's preflight found (the shape `pgherd upgrade check` reports)."""
+
+    check: str = Field(
+        max_length=64,
+        description="The check that found it: extension, extension-version, preload-library, "
+        "parameter, method, initdb or pg_upgrade.",
+    )
+    subject: str = Field(
+        max_length=1024, description="What it is about, e.g. 'adminpack in database app'."
+    )
+    message: str = Field(max_length=4096, description="What is wrong.")
+    hint: str = Field(max_length=4096, description="What to do about it.")
+    severity: Literal["error", "warning"] = Field(
+        description="error: the upgrade cannot proceed until it is fixed; warning: it can, "
+        "but something needs attention (e.g. ALTER SYSTEM settings, which are not carried)."
+    )
+
+
+class UpgradeStatus(ApiModel):
+    """The last major upgrade of the cluster; written by the operator only."""
+
+    phase: UpgradePhase | None = Field(
+        default=None,
+        json_schema_extra={"maxLength": 32},
+        description="Where the upgrade is. Preflight: a copy of the primary's data is checked "
+        "with the new major (pg_upgrade --check); nothing is stopped. PreflightFailed: it "
+        "found problems (see problems); nothing was changed and the cluster runs fromVersion; "
+        "fix them, or set postgresVersion back to fromVersion. BackingUp: the base backup "
+        "(spec.upgrade.backupFirst) is being taken. Stopping: the instances are being "
+        "stopped; writes stop here (outageStartedAt). Upgrading: pg_upgrade runs on the "
+        "primary's volume. Resetting: Patroni's state is handed to the new database system "
+        "(systemIdentifier). Starting: the upgraded primary starts on toVersion. Analyzing: "
+        "the primary serves again while statistics are gathered and the replicas are "
+        "re-created from it. Completed: done. RollingBack: pg_upgrade failed; the old "
+        "cluster is being put back as it was. Failed: the attempt ended (reason, message): a "
+        "backup before it failed, or pg_upgrade did and the cluster runs fromVersion again "
+        "(its replicas as they were). A failed attempt is not repeated for the same spec: "
+        "fix the cause and change the spec to try again, or set postgresVersion back to "
+        "fromVersion.",
+    )
+    generation: int | None = Field(
+        default=None,
+        description="metadata.generation the attempt started for: a failed attempt is tried "
+        "again only for a later one.",
+    )
+    runs: int | None = Field(
+        default=None,
+        ge=0,
+        description="How often the current phase's Job ended without a report (its pod lost) "
+        "and was run again (at most twice).",
+    )
+    from_version: int | None = Field(
+        default=None, ge=13, le=19, description="The major the cluster ran before the upgrade."
+    )
+    to_version: int | None = Field(
+        default=None, ge=13, le=19, description="The major it is upgraded to."
+    )
+    from_image: str | None = Field(
+        default=None, max_length=1024, description="Operand image of fromVersion."
+    )
+    to_image: str | None = Field(
+        default=None, max_length=1024, description="Operand image of toVersion."
+    )
+    method: UpgradeMethod | None = Field(
+        default=None, description="spec.upgrade.method as the upgrade started with it."
+    )
+    primary: str | None = Field(
+        default=None,
+        max_length=63,
+        description="The instance (pod name) whose data volume is upgraded; the other "
+        "instances are re-created from it.",
+    )
+    started_at: datetime | None = Field(default=None, description="When the upgrade started.")
+    finished_at: datetime | None = Field(
+        default=None,
+        description="When it ended: Completed, PreflightFailed or Failed.",
+    )
+    outage_started_at: datetime | None = Field(
+        default=None, description="When the instances began to stop: the write outage's start."
+    )
+    outage_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="How long the cluster took no writes: from outageStartedAt until the "
+        "upgraded primary served again (after a rollback: until the old cluster was put "
+        "back, before it starts).",
+    )
+    system_identifier: str | None = Field(
+        default=None,
+        max_length=20,
+        pattern=r"^[0-9]+$",
+        description="The new database system's identifier (pg_controldata): pg_upgrade makes "
+        "a new system, so old base backups and WAL do not restore onto it.",
+    )
+    backup: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The PostgresBackup taken before the upgrade (spec.upgrade.backupFirst).",
+    )
+    reason: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="CamelCase reason of the phase when it ended: UpgradeCompleted, "
+        "UpgradePreflightFailed, UpgradeFailed or UpgradeRollbackFailed (the cluster is kept "
+        "stopped: see message).",
+    )
+    message: str | None = Field(
+        default=None, max_length=32768, description="What happened, and what to do next."
+    )
+    problems: list[UpgradeProblem] | None = Field(
+        default=None,
+        max_length=MAX_UPGRADE_PROBLEMS,
+        description="What the preflight found (at most "
+        f"{MAX_UPGRADE_PROBLEMS}; message says when there were more). Errors hold the "
+        "upgrade back until they are fixed.",
+    )
+
+
 class PostgresClusterSpec(ApiModel):
     """Desired state of a highly available PostgreSQL cluster."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
+                # (Lowering postgresVersion is judged at the root: it needs status.upgrade.)
                 _cel(
-                    "self.postgresVersion >= oldSelf.postgresVersion",
-                    "postgresVersion cannot be lowered",
-                    ".postgresVersion",
+                    "!has(self.upgrade) || !self.upgrade.backupFirst || has(self.backup)",
+                    "spec.upgrade.backupFirst needs spec.backup: the base backup taken before "
+                    "the upgrade goes to spec.backup's object store",
+                    ".upgrade.backupFirst",
                 ),
                 # Managed roles: the bootstrap owner's password is pgherd's (rotation).
                 _cel(
@@ -1247,11 +1415,14 @@ class PostgresClusterSpec(ApiModel):
         default=DEFAULT_POSTGRES_VERSION,
         ge=13,
         le=19,
-        description="PostgreSQL major version; it can be raised but never lowered. It selects "
-        "the operand image (the operator's image for that major) unless spec.image is set; an "
-        "image running another major is reported as Degraded (VersionMismatch). Raising it on "
-        "a cluster that has run asks for a major upgrade, not supported yet: the cluster keeps "
-        "its major and image, restarts nothing, and is Degraded (MajorUpgradeUnsupported).",
+        description="PostgreSQL major version. It selects the operand image (the operator's "
+        "image for that major) unless spec.image is set; an image running another major is "
+        "reported as Degraded (VersionMismatch). Raising it on a cluster that has run starts an "
+        "offline major upgrade (see spec.upgrade and status.upgrade): a preflight on a copy of "
+        "the data, an optional base backup, then every instance is stopped, pg_upgrade runs "
+        "on the primary's volume, the primary starts on the new major and the replicas are "
+        "re-created from it. It cannot be lowered, except back to status.upgrade.fromVersion "
+        "after a failed upgrade or preflight.",
     )
     image: str | None = Field(
         default=None,
@@ -1324,6 +1495,11 @@ class PostgresClusterSpec(ApiModel):
     managed: ManagedSpec | None = Field(
         default=None,
         description="Roles the operator keeps inside PostgreSQL as declared.",
+    )
+    upgrade: UpgradeSpec = Field(
+        default_factory=UpgradeSpec,
+        description="How a major upgrade (raising postgresVersion) is carried out: the "
+        "pg_upgrade method and whether a base backup is taken first.",
     )
 
 
@@ -1443,6 +1619,14 @@ class ClusterBackupStatus(ApiModel):
     )
     last_schedule_time: datetime | None = Field(
         default=None, description="Time of the last scheduled backup run (spec.backup.schedule)."
+    )
+    server_name: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The name the cluster archives WAL and base backups under in the object "
+        "store: spec.backup.serverName (or the cluster's name), followed by the database "
+        "system identifier after a major upgrade, since the upgraded system starts its WAL "
+        "names over and its backups restore only onto the new major.",
     )
     restored_from: RecoverySource | None = Field(
         default=None,
@@ -1597,6 +1781,11 @@ class PostgresClusterStatus(ApiModel):
     backup: ClusterBackupStatus | None = Field(
         default=None, description="WAL archive and base backups (when spec.backup is set)."
     )
+    upgrade: UpgradeStatus | None = Field(
+        default=None,
+        description="The last major upgrade (raising spec.postgresVersion): its phase, "
+        "versions, timing and outage, and the preflight's problems.",
+    )
     kopf: FreeForm | None = Field(
         default=None, description="Bookkeeping of the operator framework (kopf)."
     )
@@ -1613,6 +1802,23 @@ ROOT_VALIDATIONS = [
         "metadata.name must be a DNS-1035 label (start with a letter, no dots): it names Services",
     ),
 ]
+
+
+# A lower postgresVersion is refused, but for a return to the major a failed upgrade (or
+# preflight) started from. Only the root sees both spec and status; status is written through
+# its subresource, by the operator only, so a user cannot grant the permission. The has()
+# guards keep a status without these fields a plain refusal rather than an evaluation error.
+POSTGRES_VERSION_RULE = _cel(
+    "self.spec.postgresVersion >= oldSelf.spec.postgresVersion || ("
+    "has(oldSelf.status) && has(oldSelf.status.upgrade)"
+    " && has(oldSelf.status.upgrade.phase) && has(oldSelf.status.upgrade.fromVersion)"
+    f" && oldSelf.status.upgrade.phase in {_cel_list(ROLLBACK_PHASES)}"
+    " && self.spec.postgresVersion == oldSelf.status.upgrade.fromVersion)",
+    "postgresVersion cannot be lowered, except back to status.upgrade.fromVersion after a "
+    "failed upgrade or preflight",
+    ".spec.postgresVersion",
+)
+CLUSTER_ROOT_VALIDATIONS = [*ROOT_VALIDATIONS, POSTGRES_VERSION_RULE]
 
 
 # barman's reserved backup identifiers: a PostgresBackup's name is its barman backup name, and

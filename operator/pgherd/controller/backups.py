@@ -36,7 +36,7 @@ from pgherd.controller import conditions as c
 from pgherd.controller.actions import Action, Create, Delete, Event, Patch
 from pgherd.controller.conditions import Problem
 from pgherd.render import labels
-from pgherd.render.backup import server_name
+from pgherd.render.backup import server_name, upgraded_server_name
 
 if TYPE_CHECKING:
     from pgherd.controller.snapshot import Member, Snapshot
@@ -418,12 +418,21 @@ def cluster_backup_status(
     *,
     restored_from: RecoverySource | None,
     last_schedule_time: datetime | None,
+    upgraded_system: str | None = None,
 ) -> ClusterBackupStatus | None:
     """status.backup: the archive and base backups as the instances report them. The last
-    archived WAL never goes backwards: a new primary reports only what it archived itself."""
+    archived WAL never goes backwards: a new primary reports only what it archived itself.
+    upgraded_system: the system a major upgrade carried the data to, which archives under
+    its own name from then on."""
     if cluster.spec.backup is None:
         return ClusterBackupStatus(restored_from=restored_from) if restored_from else None
     previous = (cluster.status.backup if cluster.status else None) or ClusterBackupStatus()
+    server = (
+        upgraded_server_name(cluster, upgraded_system) if upgraded_system else previous.server_name
+    )
+    if server != previous.server_name:
+        # A new system's archive: the old system's WAL and backups say nothing of it.
+        previous = ClusterBackupStatus(server_name=server)
     summaries = [
         s
         for m in snapshot.members
@@ -445,5 +454,6 @@ def cluster_backup_status(
         last_successful_backup_time=_time(summary.get("lastBackupTime"))
         or (previous.last_successful_backup_time if not summary else None),
         last_schedule_time=last_schedule_time,
+        server_name=server,
         restored_from=restored_from,
     )

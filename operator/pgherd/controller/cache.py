@@ -38,6 +38,7 @@ BACKOFF_MAX = 30.0
 _STATUS_KEPT = {
     "Pod": ("phase", "conditions", "podIP"),
     "StatefulSet": ("updateRevision", "currentRevision", "replicas"),
+    "Job": ("active", "succeeded", "failed", "conditions"),
 }
 _CONTAINER_STATUS_KEPT = ("name", "state", "lastState", "restartCount")
 # Strings this short recur across objects (keys, labels, kinds): held once.
@@ -73,6 +74,9 @@ def trim(kind: str, obj: Manifest) -> Manifest:
         out = {"metadata": meta, "status": obj.get("status") or {}}
         if node:
             out["spec"] = {"nodeName": node}
+    if kind == "Job":
+        # Created once, never applied again: its pod template is not read back.
+        out = {"metadata": meta, "status": obj.get("status") or {}}
     if kind == "Node":
         # Whether it drains (cordon, removal taints) is all a decision reads of a Node; its
         # status (heartbeats, images) is most of its size.

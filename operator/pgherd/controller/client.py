@@ -61,6 +61,8 @@ KINDS: dict[str, Kind] = {
     # PostgresPooler: the pooler itself and its PgBouncer Deployments.
     "PostgresPooler": Kind("pgherd.io/v1alpha1", "postgrespoolers"),
     "Deployment": Kind("apps/v1", "deployments"),
+    # The major upgrade's preflight, upgrade and rollback (pgherd.controller.major_upgrade).
+    "Job": Kind("batch/v1", "jobs"),
     "StorageClass": Kind("storage.k8s.io/v1", "storageclasses", namespaced=False),
     # Drain-aware switchover: whether an instance's node is cordoned.
     "Node": Kind("v1", "nodes", namespaced=False),

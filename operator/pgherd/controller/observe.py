@@ -38,6 +38,8 @@ from pgherd.render import labels, names, ownership
 Probe = Callable[[str, str, str], Manifest | None]  # (kind, namespace, name): metadata or None
 # (Patroni's api_url, the CA bundle to verify it with): the state it reports now, or None.
 LiveState = Callable[[str, str | None], str | None]
+# The label the Job controller puts on its pods.
+JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 
 def _confirmed(m: Member, live_state: LiveState | None, cadata: str | None) -> Member:
@@ -153,6 +155,8 @@ def observe(
         databases=databases,
         pod_monitors_served=cache.listed("PodMonitor"),
         draining_nodes=_draining_nodes(cache, pods),
+        jobs={j["metadata"]["name"]: j for j in cache.of_cluster("Job", namespace, name)},
+        job_pods=tuple(p for p in pods if JOB_NAME_LABEL in (p["metadata"].get("labels") or {})),
     )
     if cluster is None:
         return snapshot

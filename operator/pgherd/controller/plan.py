@@ -32,6 +32,7 @@ from pgherd.api.v1alpha1 import (
     CredentialsStatus,
     PostgresCluster,
     RecoverySource,
+    UpgradeStatus,
 )
 from pgherd.controller import (
     backups,
@@ -40,11 +41,12 @@ from pgherd.controller import (
     databases,
     drain,
     leader_release,
+    major_upgrade,
+    major_upgrade_plan,
     poolers,
     references,
     roles,
     storage,
-    versions,
 )
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import (
@@ -111,6 +113,8 @@ class Plan:
     databases: tuple[DatabaseDecision, ...] = ()
     # Disks that do not fill: the size autoGrow grew the claims to (status.storage).
     storage_grown: str | None = None
+    # The major upgrade's progress (status.upgrade; pgherd.controller.major_upgrade).
+    upgrade: UpgradeStatus | None = None
 
     @property
     def disruptive(self) -> list[Action]:
@@ -140,9 +144,10 @@ def plan(
     if not problems:
         # First, so that nothing slower in this pass delays it (spec.patroni.profile fast).
         actions += plan_leader_release(cluster, snapshot) + clear_stale_dcs(cluster, snapshot)
-    resolved, gate, growth = resolve_sized(versions.at_running_major(cluster), snapshot)
+    # A raised postgresVersion: the major upgrade decides how the instances are rendered.
+    upgrade, (resolved, gate, growth) = plan_major_upgrade(cluster, snapshot, settings)
     refused, adopted, refused_fields = check_references(resolved, snapshot)
-    problems += refused + versions.hold_problems(cluster)
+    problems += refused + major_upgrade_plan.problems_of(upgrade)
     tls = plan_certificates(
         resolved, snapshot, settings, refused_fields, mint or certificates.Mint()
     )
@@ -171,7 +176,11 @@ def plan(
         or any(p.reason in HOLDS_WORKLOAD for p in problems),
         allow_primary_eviction=drain_decision(cluster, snapshot).allow_eviction,
     )
-    actions += children + reown_claims(resolved, snapshot)
+    actions += (
+        children
+        + reown_claims(resolved, snapshot)
+        + major_upgrade_plan.actions_of(upgrade, cluster, snapshot)
+    )
     problems += conflicts
     if gate.problem is not None:
         problems.append(gate.problem)
@@ -186,14 +195,20 @@ def plan(
     activity: Activity | None = None
     primary = snapshot.primary
     if primary is not None and passwords is not None:
+        # As rendered: a major upgrade's stop scales down as spec.instances would.
         step_actions, activity, switchover_handled = plan_disruption(
-            cluster, snapshot, primary, config_activity
+            resolved, snapshot, primary, config_activity
         )
         actions += step_actions
     if rotation.activity is not None and not any(a.disruptive for a in actions):
         actions += rotation.actions
         activity = activity or rotation.activity
-    activity = activity or config_activity or scaling_activity(cluster, snapshot)
+    activity = (
+        major_upgrade_plan.activity_of(upgrade)
+        or activity
+        or config_activity
+        or scaling_activity(cluster, snapshot)
+    )
 
     actions += backups.plan_backups(snapshot, stale_after)
     schedule_actions, last_schedule = backups.plan_schedule(
@@ -222,7 +237,20 @@ def plan(
         image,
         tls,
         rotation.status,
+        upgrade=major_upgrade_plan.status_of(upgrade.progress),
     ), cluster, snapshot)), snapshot), growth)  # fmt: skip
+
+
+# ---- the major upgrade: a raised spec.postgresVersion -------------------------------------
+def plan_major_upgrade(
+    cluster: PostgresCluster, snapshot: Snapshot, settings: Settings
+) -> tuple[major_upgrade.Step, tuple[PostgresCluster, backups.Gate, storage.Growth]]:
+    """The major upgrade's next step (pgherd.controller.major_upgrade), the new major's image
+    chosen as for any cluster of that major; and the cluster to render as the step says it
+    (its major and instances), then resolved and sized (resolve_sized)."""
+    to_image, _ = choose_image(cluster, snapshot, settings)
+    step = major_upgrade.decide(major_upgrade_plan.view_of(cluster, snapshot, to_image))
+    return step, resolve_sized(major_upgrade_plan.rendered(cluster, step.render), snapshot)
 
 
 # ---- disks that do not fill: spec.storage.autoGrow ------------------------------------------
@@ -365,8 +393,10 @@ def plan_children(
     primary = snapshot.primary
     live_sts = snapshot.statefulset
     replicas = None
-    # Scaling down removes the highest ordinals: never the primary's (it moves first).
-    if live_sts is not None and primary is not None and primary.ordinal >= cluster.spec.instances:
+    # Scaling down removes the highest ordinals: never the primary's (it moves first). To
+    # none, only while a major upgrade stops the primary as the last instance.
+    size = cluster.spec.instances
+    if live_sts is not None and primary is not None and 0 < size <= primary.ordinal:
         replicas = int(live_sts["spec"]["replicas"])
     pod_monitor = wants_pod_monitor(cluster) and snapshot.pod_monitors_served
     rendered = desired_children(

@@ -61,6 +61,8 @@ WATCHED: tuple[tuple[str, str], ...] = (
     ("Secret", f"{USE_LABEL}=true"),
     # PostgresPooler: the PgBouncer Deployments (labelled for their cluster).
     ("Deployment", CLUSTER),
+    # The major upgrade's Jobs (their pods are the cluster's Pods above).
+    ("Job", CLUSTER),
 )
 # Kinds of CRDs that may be missing (the Prometheus Operator's): watched once the API serves
 # them, looked for at start and at every resync, so installing the CRD later needs no restart.
@@ -68,12 +70,13 @@ OPTIONAL: tuple[tuple[str, str], ...] = (("PodMonitor", CLUSTER),)
 # Cluster-scoped kinds, watched whole: StorageClasses (does a cluster's exist) and Nodes
 # (drain-aware switchover: is an instance's node cordoned).
 CLUSTER_SCOPED: tuple[tuple[str, str], ...] = (("StorageClass", ""), ("Node", ""))
-# Kinds only one feature needs (poolers' Deployments, drain-aware switchover's Nodes): the
-# workers wait for them a moment, not forever. An operator whose RBAC does not cover them yet
+# Kinds only one feature needs (poolers' Deployments, drain-aware switchover's Nodes, the
+# major upgrade's Jobs): the workers wait for them a moment, not forever. An operator whose
+# RBAC does not cover them yet
 # (an older release's, during an upgrade; an administrator's trimmed Role) still reconciles
 # every cluster; their informers keep retrying, and until they list, a pooler's Deployment
-# create is refused by the API (reported) and no node counts as draining.
-FEATURE_KINDS = frozenset({"Deployment", "Node"})
+# create is refused by the API (reported), no node counts as draining and no upgrade starts.
+FEATURE_KINDS = frozenset({"Deployment", "Node", "Job"})
 FEATURE_WAIT_SECONDS = 15.0
 
 

@@ -57,6 +57,8 @@ class InstanceReport:
     ignored_parameters: tuple[tuple[str, str], ...] = ()
     # The data volume and pg_wal as the instance measured them (disks that do not fill).
     volume: VolumeUsage | None = None
+    # The major of the last upgrade this instance's volume finished (statistics rebuilt).
+    upgraded_to: int | None = None
 
     @classmethod
     def from_annotation(cls, raw: str | None) -> InstanceReport | None:
@@ -78,7 +80,13 @@ class InstanceReport:
             if isinstance(ignored, dict)
             else (),
             volume=VolumeUsage.parse(data.get(contract.REPORT_VOLUME)),
+            upgraded_to=_upgraded_to(data.get(contract.REPORT_UPGRADED)),
         )
+
+
+def _upgraded_to(value: Any) -> int | None:
+    major = value.get("toMajor") if isinstance(value, dict) else None
+    return major if isinstance(major, int) else None
 
 
 @dataclass(frozen=True)
@@ -212,6 +220,10 @@ class Snapshot:
     # Drain-aware switchover: the nodes of the instances that are cordoned or tainted for
     # removal (pgherd.controller.drain).
     draining_nodes: frozenset[str] = frozenset()
+    # The major upgrade (pgherd.controller.major_upgrade): the cluster's Jobs and the pods
+    # they ran (not instances), by name.
+    jobs: Mapping[str, Manifest] = field(default_factory=dict)
+    job_pods: tuple[Manifest, ...] = ()
 
     # ---- derived views ---------------------------------------------------------------
     def child(self, kind: str, name: str) -> Manifest | None:

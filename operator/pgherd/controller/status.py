@@ -26,8 +26,9 @@ from pgherd.api.v1alpha1 import (
     PostgresClusterStatus,
     SecretsStatus,
     StorageStatus,
+    UpgradeStatus,
 )
-from pgherd.controller import backups, roles, storage, versions
+from pgherd.controller import backups, major_upgrade, roles, storage
 from pgherd.controller import conditions as c
 from pgherd.controller.actions import Event
 from pgherd.controller.conditions import Activity, Problem
@@ -80,13 +81,11 @@ def _stuck(snapshot: Snapshot, stuck_after: timedelta) -> Problem | None:
     )
 
 
-def instance_problems(cluster: PostgresCluster, snapshot: Snapshot) -> list[Problem]:
+def instance_problems(cluster: PostgresCluster, snapshot: Snapshot, want: int) -> list[Problem]:
     """What the instances report is wrong: PostgreSQL not running (in its own words), and a
-    server of another major version than spec.postgresVersion."""
+    server of another major version than the one rendered (want: spec.postgresVersion, or
+    the data's major until a major upgrade has carried the data over)."""
     out: list[Problem] = []
-    # While a raise of spec.postgresVersion is held (pgherd.controller.versions), the
-    # instances run the data's major on purpose: that is said once, by the hold.
-    want = versions.held_major(cluster) or cluster.spec.postgres_version
     majors = sorted(
         {m.report.postgres_major for m in snapshot.members if m.report and m.report.postgres_major}
     )
@@ -97,7 +96,7 @@ def instance_problems(cluster: PostgresCluster, snapshot: Snapshot) -> list[Prob
                 c.VERSION_MISMATCH,
                 f"spec.postgresVersion is {want}, but {image} runs PostgreSQL "
                 f"{', '.join(map(str, majors))}: set spec.image to an image of PostgreSQL "
-                f"{want} (major upgrades are not supported yet)",
+                f"{want}",
             )
         )
     # An instance of another major fails for that reason (an image without the cluster's
@@ -144,6 +143,8 @@ def degraded(
     problems: Sequence[Problem],
     ignored: Sequence[IgnoredParameter],
     stuck_after: timedelta,
+    *,
+    major: int | None = None,
 ) -> tuple[c.Status, str, str]:
     """What only the operator can tell is wrong, as (status, reason, message): the first
     problem's reason, every problem's message."""
@@ -157,7 +158,7 @@ def degraded(
                 "spec.storage.storageClassName.",
             )
         )
-    found += instance_problems(cluster, snapshot)
+    found += instance_problems(cluster, snapshot, major or cluster.spec.postgres_version)
     if ignored:
         held = [p for p in ignored if p.reason.endswith("Not applied")]
         found.append(
@@ -256,8 +257,9 @@ def compute(
     # Managed roles: their states after act, and a problem naming those that failed.
     managed_roles = roles.states(plan.managed_roles, set(sql_done), sql_errors or {})
     failures = [*failures, *roles.problems(managed_roles)]
+    rendered = (plan.cluster or cluster).spec.postgres_version
     put(c.DEGRADED, *degraded(cluster, snapshot, [*plan.problems, *failures], ignored,
-                              stuck_after))  # fmt: skip
+                              stuck_after, major=rendered))  # fmt: skip
     insecure = [
         line
         for line in spec.postgresql.pg_hba
@@ -336,9 +338,18 @@ def compute(
             snapshot,
             restored_from=plan.restored_from,
             last_schedule_time=plan.last_schedule_time,
+            upgraded_system=_upgraded_system(plan.upgrade),
         ),
+        upgrade=plan.upgrade,
         kopf=previous.kopf,
     )
+
+
+def _upgraded_system(upgrade: UpgradeStatus | None) -> str | None:
+    """The system a major upgrade carried the data to (from its Resetting phase on)."""
+    if upgrade is None or upgrade.phase not in major_upgrade.DATA_UPGRADED:
+        return None
+    return upgrade.system_identifier
 
 
 def _instances(

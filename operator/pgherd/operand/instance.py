@@ -31,7 +31,7 @@ from pgherd import contract
 from pgherd.contract import rooted
 from pgherd.operand import tls_files
 
-_DEFAULT_BIN_ROOT = Path("/usr/lib/postgresql")
+_DEFAULT_BIN_ROOT = Path(contract.POSTGRES_INSTALL_ROOT)
 
 
 class InstanceError(Exception):
@@ -252,6 +252,7 @@ def supervise(
     keep the TLS files (source, private copy) and the configuration (refresh) current, with
     a reload when either changed; returns Patroni's exit status."""
     from pgherd.operand import report as instance_report  # noqa: PLC0415
+    from pgherd.operand import upgrade_followup  # noqa: PLC0415
 
     watch = instance_report.LogWatch()
     child = subprocess.Popen(
@@ -271,6 +272,7 @@ def supervise(
 
     threading.Thread(target=relay, name="relay", daemon=True).start()
     instance_report.start(env, watch, bin_dir)
+    upgrade_followup.start(env, bin_dir)
     if tls is not None:
         # SIGHUP: Patroni reloads its REST API certificate and PostgreSQL's configuration.
         tls_files.keep_current(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -90,6 +91,15 @@ def run_logged(argv: list[str], log: Path, *, cwd: Path | None = None) -> None:
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-15:])
         raise ToolError(f"{Path(argv[0]).name} failed ({proc.returncode}); log {log}:\n{tail}")
+
+
+def data_directory_mode(pgdata: Path) -> None:
+    """Take group write and every other's access off a data directory, which PostgreSQL
+    refuses to start on ("invalid permissions"): a volume's fsGroup ownership (a kubelet's, on
+    mounting it into another pod) adds them. Group read stays allowed, as PostgreSQL allows."""
+    mode = stat.S_IMODE(pgdata.stat().st_mode)
+    if mode & 0o027:
+        pgdata.chmod(mode & ~0o027)
 
 
 def controldata(inst: Installation, pgdata: Path) -> dict[str, str]:
@@ -169,27 +179,37 @@ class PrivateServer:
         self.socket = short_socket_dir()
 
     def __enter__(self) -> PrivateServer:
+        data_directory_mode(self.pgdata)
         opts = (
             f"{option_string(self.hba_file)} -c listen_addresses='' -c port={self.port} "
             f"-c unix_socket_directories='{self.socket}'"
         )
         self.log.parent.mkdir(parents=True, exist_ok=True)
-        run_logged(
-            [
-                self.inst.tool("pg_ctl"),
-                "start",
-                "-w",
-                "-t",
-                "300",
-                "-D",
-                str(self.pgdata),
-                "-o",
-                opts,
-                "-l",
-                str(self.log),
-            ],
-            self.log.with_suffix(".pg_ctl.log"),
-        )
+        try:
+            run_logged(
+                [
+                    self.inst.tool("pg_ctl"),
+                    "start",
+                    "-w",
+                    "-t",
+                    "300",
+                    "-D",
+                    str(self.pgdata),
+                    "-o",
+                    opts,
+                    "-l",
+                    str(self.log),
+                ],
+                self.log.with_suffix(".pg_ctl.log"),
+            )
+        except ToolError as e:
+            # pg_ctl says only "examine the log output": the server's own last lines say why,
+            # and a pod's termination message is all an operator reads of them.
+            try:
+                server = "\n".join(self.log.read_text(errors="replace").splitlines()[-8:])
+            except OSError:
+                raise e from None
+            raise ToolError(f"{e}\nthe server's log ({self.log}) ends:\n{server}") from None
         return self
 
     def conninfo(self, dbname: str = "postgres") -> dict[str, Any]:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from pgherd import contract
+from pgherd.operand import upgrade_followup
 
 log = logging.getLogger("pgherd.instance")
 
@@ -201,7 +202,8 @@ class Reporter:
         self.published: str | None = None
         root = env.get("PGHERD_ROOT", "/")
         self.data = Path(contract.rooted(root, contract.DATA_MOUNT))
-        self.wal = Path(contract.rooted(root, contract.PGDATA)) / "pg_wal"
+        self.pgdata = Path(contract.rooted(root, contract.PGDATA))
+        self.wal = self.pgdata / "pg_wal"
         self.volume: dict[str, Any] | None = None
         self.published_at = -float("inf")
 
@@ -236,6 +238,7 @@ class Reporter:
             contract.REPORT_LIBRARIES: self.libraries,
             contract.REPORT_ERROR: None if state == "running" else self.watch.last(),
             contract.REPORT_IGNORED: ignored_parameters(self.version_num, parameters, self.gucs),
+            contract.REPORT_UPGRADED: upgrade_followup.read_record(self.pgdata),
         }
 
     def publish_once(self) -> None:

@@ -44,8 +44,12 @@ from pgherd import contract
 from pgherd.operand import pgtools
 from pgherd.operand.pgtools import Installation, ToolError
 
-METHODS = ("link", "clone", "copy")
-EXIT_OK, EXIT_ERROR, EXIT_PROBLEMS = 0, 2, 3
+METHODS = contract.UPGRADE_METHODS
+EXIT_OK, EXIT_ERROR, EXIT_PROBLEMS = (
+    contract.UPGRADE_EXIT_OK,
+    contract.UPGRADE_EXIT_ERROR,
+    contract.UPGRADE_EXIT_PROBLEMS,
+)
 # The fields of pg_control that any start of a server changes (its state, the shutdown
 # checkpoint it writes, the file's own time): equal means the cluster never ran since.
 FINGERPRINT = ("Database cluster state", "Latest checkpoint location", "pg_control last modified")
@@ -524,6 +528,8 @@ def _result(
 ) -> dict[str, Any]:
     layout = journal.layout()
     durations = {**journal.data.get("durations", {}), **durations}
+    # A new initdb, so a new system: the operator hands it to Patroni's DCS.
+    system = pgtools.controldata(new, layout.pgdata).get("Database system identifier")
     return {
         "ok": True,
         "state": journal.state,
@@ -532,6 +538,7 @@ def _result(
         "oldVersion": old.version,
         "newVersion": new.version,
         "pgdata": str(layout.pgdata),
+        "systemIdentifier": system,
         "oldCluster": str(layout.old_kept),
         "journal": str(layout.journal),
         "durations": {k: round(v, 3) for k, v in durations.items()},
@@ -554,7 +561,13 @@ def rollback(
     layout = Layout(pgdata, old.major, new.major)
     journal = Journal.load(layout.journal)
     if journal is None:
-        raise UpgradeError(f"no upgrade journal at {layout.journal}: nothing to roll back")
+        # The upgrade refused before it changed anything (its first step is the journal).
+        if pgtools.data_major(pgdata) != old.major:
+            raise UpgradeError(
+                f"no upgrade journal at {layout.journal}, and {pgdata} is not "
+                f"PostgreSQL {old.major}'s: nothing to roll back to"
+            )
+        return {"ok": True, "state": "untouched", "pgdata": str(pgdata)}
     if journal.state == "rolled-back":
         return {"ok": True, "state": journal.state, "pgdata": str(pgdata)}
     where = _new_location(layout)
@@ -740,6 +753,7 @@ def parser(env: Mapping[str, str]) -> argparse.ArgumentParser:
 
 # A pod's termination message holds 4 KiB; full logs are in files the report names.
 SUMMARY_LIMIT = 4000
+ERROR_LIMIT = 2400
 
 
 def summary(report: dict[str, Any], limit: int = SUMMARY_LIMIT) -> str:
@@ -748,6 +762,11 @@ def summary(report: dict[str, Any], limit: int = SUMMARY_LIMIT) -> str:
     if len(text.encode()) <= limit:
         return text
     short = dict(report)
+    error = str(report.get("error") or "")
+    if len(error) > ERROR_LIMIT:
+        # Its start says what failed, its end (the program's last lines) why.
+        half = ERROR_LIMIT // 2
+        short["error"] = error[:half] + " … " + error[-half:]
     problems = [
         {k: (v[:240] + "…" if isinstance(v, str) and len(v) > 240 else v) for k, v in p.items()}
         for p in report.get("problems", [])
@@ -777,6 +796,10 @@ def main(argv: list[str], env: Mapping[str, str] | None = None) -> int:
         old, new = _installations(args)
         if args.action == "check":
             from pgherd.operand import upgrade_check  # noqa: PLC0415
+
+            args.source_conninfo = upgrade_check.source_from_environment(
+                args.source_conninfo, os.environ
+            )
 
             report = upgrade_check.check(args, old, new)
             emit(report, args.report_file)

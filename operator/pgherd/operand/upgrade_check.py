@@ -28,6 +28,7 @@ import shutil
 import subprocess
 import time
 from collections import deque
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,23 @@ def problem(
         "hint": hint,
         "severity": severity,
     }
+
+
+# libpq's variables that name a server: the source's, never the local tools'.
+SOURCE_VARIABLES = (("PGHOST", "host"), ("PGHOSTADDR", "hostaddr"), ("PGPORT", "port"))
+
+
+def source_from_environment(conninfo: str | None, env: MutableMapping[str, str]) -> str | None:
+    """The source's conninfo with the server the environment names (PGHOST, PGHOSTADDR,
+    PGPORT: how a preflight pod is given the primary), which are taken out of the
+    environment: pg_upgrade refuses to run while PGHOST names a remote server, and the
+    private servers are reached over their own sockets. None: no source in either."""
+    parts = [conninfo] if conninfo else []
+    for variable, keyword in SOURCE_VARIABLES:
+        value = env.pop(variable, None)
+        if value:
+            parts.append(f"{keyword}={value}")
+    return " ".join(parts) or None
 
 
 def copy_source(args: argparse.Namespace, old: Installation, copy: Path, log: Path) -> str:

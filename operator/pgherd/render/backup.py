@@ -27,9 +27,25 @@ SOURCE_RESTORE_COMMAND = "pgherd wal-restore --source %f %p"
 DEFAULT_ARCHIVE_TIMEOUT = "300s"
 
 
-def server_name(cluster: PostgresCluster) -> str:
+def base_server_name(cluster: PostgresCluster) -> str:
+    """spec.backup.serverName, or the cluster's name."""
     backup = cluster.spec.backup
     return (backup.server_name if backup else None) or cluster.metadata.name
+
+
+def server_name(cluster: PostgresCluster) -> str:
+    """What the cluster archives under: status.backup.serverName once the operator recorded
+    one (a major upgrade's new system has its own), else base_server_name."""
+    recorded = (
+        cluster.status.backup.server_name if cluster.status and cluster.status.backup else None
+    )
+    return recorded or base_server_name(cluster)
+
+
+def upgraded_server_name(cluster: PostgresCluster, system_identifier: str) -> str:
+    """The archive's name for the system a major upgrade made: a new prefix, since its WAL
+    names start over at timeline 1 (the old system's are in the store under the old one)."""
+    return f"{base_server_name(cluster)}-{system_identifier}"
 
 
 def _secret_env(name: str, ref: SecretKeyRef) -> dict[str, Any]:

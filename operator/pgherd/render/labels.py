@@ -28,6 +28,20 @@ def common_labels(cluster: str) -> dict[str, str]:
     }
 
 
+def upgrade_labels(cluster: str) -> dict[str, str]:
+    """Labels of the major upgrade's Jobs, their pods and scratch claims: the cluster's, with
+    component `upgrade`, but not app.kubernetes.io/name, so that nothing selecting the
+    cluster's instances (the StatefulSet, the `-r` and `-headless` Services, Patroni's member
+    list, the operator's own) ever takes an upgrade pod for an instance or routes clients to
+    it. pgherd.io/cluster keeps them in the operator's caches of the cluster."""
+    return {
+        INSTANCE: cluster,
+        CLUSTER: cluster,
+        MANAGED_BY: "pgherd",
+        COMPONENT: "upgrade",
+    }
+
+
 def role_selector(cluster: str, role: str) -> dict[str, str]:
     """Selects the instance pods Patroni currently labels with `role`."""
     return {**selector_labels(cluster), ROLE: role}

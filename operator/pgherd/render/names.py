@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pgherd.contract import DATA_VOLUME
+
 SecretKind = Literal["superuser", "replication", "app", "restapi"]
 SECRET_KINDS: tuple[SecretKind, ...] = ("superuser", "replication", "app", "restapi")
 # Passwords spec.credentials.rotate can rotate (the fields of CredentialRotation).
@@ -21,6 +23,26 @@ def statefulset(cluster: str) -> str:
 
 def pod(cluster: str, ordinal: int) -> str:
     return f"{cluster}-{ordinal}"
+
+
+def data_claim(cluster: str, ordinal: int) -> str:
+    """The data volume's claim of an instance (the StatefulSet's claim template `pgdata`)."""
+    return f"{DATA_VOLUME}-{statefulset(cluster)}-{ordinal}"
+
+
+def upgrade_check_job(cluster: str) -> str:
+    """The major upgrade's preflight Job (`pgherd upgrade check`)."""
+    return f"{cluster}-upgrade-check"
+
+
+def upgrade_job(cluster: str) -> str:
+    """The major upgrade's Job on the stopped primary's volume (`pgherd upgrade run`)."""
+    return f"{cluster}-upgrade"
+
+
+def upgrade_rollback_job(cluster: str) -> str:
+    """The Job that puts the old cluster back (`pgherd upgrade rollback`)."""
+    return f"{cluster}-upgrade-rollback"
 
 
 def instance_account(cluster: str) -> str:

@@ -59,6 +59,23 @@ def pod_scheduling(cluster: PostgresCluster) -> dict[str, Any]:
     )
     if spread:
         placement["topologySpreadConstraints"] = spread
+    return {**placement, **_nodes(cluster)}
+
+
+def node_placement(cluster: PostgresCluster) -> dict[str, Any]:
+    """The pod-spec fields that say which nodes the cluster's pods may run on: the node
+    affinity of a user-given affinity, nodeSelector and tolerations. Not the instances'
+    spreading and anti-affinity: a pod that is no instance (the major upgrade's) must not be
+    kept away from them, or a preflight could not start beside a cluster that fills its
+    nodes."""
+    node_affinity = (cluster.spec.scheduling.affinity or {}).get("nodeAffinity")
+    placement = {"affinity": {"nodeAffinity": node_affinity}} if node_affinity else {}
+    return {**placement, **_nodes(cluster)}
+
+
+def _nodes(cluster: PostgresCluster) -> dict[str, Any]:
+    scheduling = cluster.spec.scheduling
+    placement: dict[str, Any] = {}
     if scheduling.node_selector:
         placement["nodeSelector"] = dict(scheduling.node_selector)
     if scheduling.tolerations:

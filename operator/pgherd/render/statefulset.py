@@ -29,7 +29,8 @@ def _field_env(name: str, field_path: str) -> dict[str, Any]:
     return {"name": name, "valueFrom": {"fieldRef": {"fieldPath": field_path}}}
 
 
-def _secret_env(name: str, cluster: str, kind: SecretKind, key: str) -> dict[str, Any]:
+def secret_env(name: str, cluster: str, kind: SecretKind, key: str) -> dict[str, Any]:
+    """An environment variable from one key of the cluster's Secret of this kind."""
     return {
         "name": name,
         "valueFrom": {"secretKeyRef": {"name": names.secret(cluster, kind), "key": key}},
@@ -53,18 +54,18 @@ def _env(cluster: PostgresCluster) -> list[dict[str, Any]]:
         {"name": contract.METRICS_QUERIES_ENV, "value": contract.METRICS_QUERIES_DIR},
         {"name": "PGDATA", "value": contract.PGDATA},
         {"name": "PGHERD_CONFIG", "value": contract.CONFIG_FILE},
-        _secret_env("PATRONI_SUPERUSER_USERNAME", name, "superuser", "username"),
+        secret_env("PATRONI_SUPERUSER_USERNAME", name, "superuser", "username"),
         # The password is a file (see contract.SUPERUSER_MOUNT): rotations reach it live.
         {"name": "PGHERD_SUPERUSER_PASSWORD_FILE", "value": contract.SUPERUSER_PASSWORD_FILE},
-        _secret_env("PATRONI_REPLICATION_USERNAME", name, "replication", "username"),
-        _secret_env("PATRONI_REPLICATION_PASSWORD", name, "replication", "password"),
+        secret_env("PATRONI_REPLICATION_USERNAME", name, "replication", "username"),
+        secret_env("PATRONI_REPLICATION_PASSWORD", name, "replication", "password"),
         # Without these Patroni's unsafe endpoints (switchover, restart, config) are open to
         # anything that reaches the pod.
-        _secret_env("PATRONI_RESTAPI_USERNAME", name, "restapi", "username"),
-        _secret_env("PATRONI_RESTAPI_PASSWORD", name, "restapi", "password"),
+        secret_env("PATRONI_RESTAPI_USERNAME", name, "restapi", "username"),
+        secret_env("PATRONI_RESTAPI_PASSWORD", name, "restapi", "password"),
         {"name": "PGHERD_APP_DATABASE", "value": cluster.spec.bootstrap.database},
-        _secret_env("PGHERD_APP_USER", name, "app", "username"),
-        _secret_env("PGHERD_APP_PASSWORD", name, "app", "password"),
+        secret_env("PGHERD_APP_USER", name, "app", "username"),
+        secret_env("PGHERD_APP_PASSWORD", name, "app", "password"),
         # Backups: object store location and credentials (from the user's Secrets).
         *backup_render.env(cluster),
     ]
@@ -80,7 +81,8 @@ def _http_probe(path: str, *, period: int, failures: int) -> dict[str, Any]:
     }
 
 
-def _resources(cluster: PostgresCluster) -> dict[str, Any]:
+def container_resources(cluster: PostgresCluster) -> dict[str, Any]:
+    """spec.resources as a container's resources (also the upgrade Jobs')."""
     resources = cluster.spec.resources
     out: dict[str, Any] = {}
     if resources.requests:
@@ -129,7 +131,7 @@ def _container(cluster: PostgresCluster, image: str) -> dict[str, Any]:
         "livenessProbe": _http_probe("/liveness", period=10, failures=6),
         # initdb or a base backup of a large primary takes a while before Patroni's loop runs.
         "startupProbe": _http_probe("/liveness", period=5, failures=120),
-        "resources": _resources(cluster),
+        "resources": container_resources(cluster),
         "securityContext": restricted_container(),
         "volumeMounts": [
             {"name": contract.DATA_VOLUME, "mountPath": contract.DATA_MOUNT},
@@ -212,8 +214,9 @@ def _volumes(cluster: PostgresCluster) -> list[dict[str, Any]]:
     ]
 
 
-def _pod_security_context() -> dict[str, Any]:
-    # Meets the `restricted` Pod Security Standard.
+def pod_security_context() -> dict[str, Any]:
+    """The instance pods' securityContext (also the upgrade Jobs'): uid and gid 999, the
+    volumes' group; meets the `restricted` Pod Security Standard."""
     return {
         "runAsNonRoot": True,
         "runAsUser": contract.POSTGRES_UID,
@@ -242,7 +245,7 @@ def _pod_template(cluster: PostgresCluster, image: str) -> dict[str, Any]:
             # setting (a cluster called "patroni" gives PATRONI_RW_PORT) would confuse it.
             "enableServiceLinks": False,
             "terminationGracePeriodSeconds": TERMINATION_GRACE_SECONDS,
-            "securityContext": _pod_security_context(),
+            "securityContext": pod_security_context(),
             "containers": [_container(cluster, image)],
             "volumes": _volumes(cluster),
             **pod_scheduling(cluster),
@@ -250,16 +253,22 @@ def _pod_template(cluster: PostgresCluster, image: str) -> dict[str, Any]:
     }
 
 
-def _volume_claim_template(cluster: PostgresCluster) -> dict[str, Any]:
+def data_claim_spec(cluster: PostgresCluster, size: str | None = None) -> dict[str, Any]:
+    """The spec of a claim like the data volumes' (their storage class; `size`, by default
+    spec.storage.size): also the upgrade preflight's scratch volume."""
     storage = cluster.spec.storage
     spec: dict[str, Any] = {
         "accessModes": ["ReadWriteOnce"],
-        "resources": {"requests": {"storage": storage.size}},
+        "resources": {"requests": {"storage": size or storage.size}},
     }
     if storage.storage_class_name is not None:
         spec["storageClassName"] = storage.storage_class_name
+    return spec
+
+
+def _volume_claim_template(cluster: PostgresCluster) -> dict[str, Any]:
     metadata = {"name": contract.DATA_VOLUME, "labels": labels.common_labels(cluster.metadata.name)}
-    return {"metadata": metadata, "spec": spec}
+    return {"metadata": metadata, "spec": data_claim_spec(cluster)}
 
 
 def _pvc_retention(cluster: PostgresCluster) -> dict[str, str]:
