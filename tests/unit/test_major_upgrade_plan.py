@@ -15,7 +15,7 @@ from pgherd.controller import major_upgrade as mu
 from pgherd.controller import major_upgrade_plan as mup
 from pgherd.controller.actions import Apply, Create, Delete, Patch
 from pgherd.render import backup as render_backup
-from tests.unit.snapshots import STORE, cluster_raw, dcs, snapshot
+from tests.unit.snapshots import STORE, cluster_raw, dcs, pod, snapshot
 
 T = "2026-12-01T12:00:00Z"
 
@@ -175,3 +175,20 @@ def test_the_upgraded_system_archives_under_a_name_of_its_own() -> None:
     # It stays once recorded, also after the upgrade's record moves on.
     kept = backups.cluster_backup_status(after, s, restored_from=None, last_schedule_time=None)
     assert kept is not None and kept.server_name == "db-7448"
+
+
+@pytest.mark.parametrize(
+    ("role", "state", "primary"),
+    [
+        ("primary", "streaming", "db-0"),  # promoted: Patroni runs it as primary
+        # A switchover's candidate holds the leader key while it is still a standby: stopped
+        # there, its data directory would be a standby's (standby.signal).
+        ("replica", "streaming", None),
+        ("primary", "starting", None),
+    ],
+)
+def test_the_primary_counts_only_once_promoted(role: str, state: str, primary: str | None) -> None:
+    s = snapshot({"postgresVersion": 18, "instances": 1}, status={"postgresVersion": 15},
+                 pods=[pod(0, role=role, state=state)], leader="db-0")  # fmt: skip
+    assert s.cluster is not None
+    assert mup.view_of(s.cluster, s, "img:18").primary == primary

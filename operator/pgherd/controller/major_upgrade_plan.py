@@ -15,9 +15,9 @@ from pgherd.controller import major_upgrade as mu
 from pgherd.controller.actions import Action, Apply, Create, Delete, Event, Patch
 from pgherd.controller.backups import CLUSTER_LABEL
 from pgherd.controller.conditions import Activity, Problem
-from pgherd.controller.snapshot import Snapshot
+from pgherd.controller.snapshot import Member, Snapshot
 from pgherd.controller.upgrade_outcome import read_outcome
-from pgherd.render import names
+from pgherd.render import labels, names
 from pgherd.render.upgrade_jobs import (
     UpgradeImages,
     render_check_job,
@@ -127,6 +127,19 @@ def status_of(p: mu.Progress | None) -> UpgradeStatus | None:
     )
 
 
+def serving(primary: Member | None) -> bool:
+    """Whether the leader runs as a primary, promotion done: Patroni takes the leader key
+    before it promotes (a switchover's candidate holds the key while still a standby), and a
+    member stopped in that window leaves a standby's data directory (standby.signal), which
+    must never be the one upgraded. Patroni labels the pod primary once promoted."""
+    return (
+        primary is not None
+        and primary.running
+        and primary.role == labels.ROLE_PRIMARY
+        and primary.state == "running"
+    )
+
+
 def view_of(cluster: PostgresCluster, snapshot: Snapshot, to_image: str | None) -> mu.View:
     """What the machine decides from; to_image: the operand image for spec.postgresVersion."""
     name = cluster.metadata.name
@@ -153,7 +166,7 @@ def view_of(cluster: PostgresCluster, snapshot: Snapshot, to_image: str | None) 
         progress=progress,
         from_image=status.image if status else None,
         to_image=to_image,
-        primary=primary.name if primary is not None and primary.running else None,
+        primary=primary.name if serving(primary) else None,
         pods=tuple(m.name for m in members),
         all_ready=len(members) == cluster.spec.instances and all(m.ready for m in members),
         preflight=jobs["preflight"],
