@@ -48,8 +48,9 @@ NAMESPACED: tuple[Rule, ...] = (
     Rule(
         "pgherd.io",
         ("postgresclusters",),
-        ("list", "watch"),
-        "the custom resource the operator reconciles (kopf watches it)",
+        ("list", "watch", "create", "patch", "delete"),
+        "the custom resource the operator reconciles (kopf watches it); a major upgrade's "
+        "rehearsal creates, advances and deletes its throwaway copy (spec.upgrade.rehearsal)",
     ),
     Rule("pgherd.io", ("postgresclusters/status",), ("patch",), "status and conditions"),
     Rule(

@@ -43,6 +43,8 @@ OPTIONAL_SPEC_FIELDS = {
     "spec.patroni.ttl",
     "spec.patroni.loopWait",
     "spec.patroni.retryTimeout",
+    # A major upgrade's rehearsal: absent, none runs (its required fields have no default).
+    "spec.upgrade.rehearsal",
 }
 FORBIDDEN_KEYWORDS = {"$ref", "$defs", "definitions", "allOf", "oneOf", "not", "title", "const"}
 

@@ -21,6 +21,7 @@ from pgherd.controller.snapshot import expected_children
 from pgherd.render.children import desired_children
 from pgherd.render.pooler import render_auth_secret, render_pooler
 from pgherd.render.rbac import render_rbac
+from pgherd.render.rehearsal import rehearsal_cluster
 from pgherd.render.upgrade_jobs import UpgradeImages, render_check_job
 from pgherd_packaging import permissions
 from tests.unit.clusters import PASSWORDS, make_cluster
@@ -139,6 +140,10 @@ def client_calls() -> set[tuple[str, str, str]]:
     # The major upgrade's Jobs, server-side applied.
     job = render_check_job(make_cluster(), UpgradeImages(15, "a", 18, "b"), method="link")
     used |= {(*_resource(job["kind"]), "patch"), (*_resource(job["kind"]), "create")}
+    # A major upgrade's rehearsal: its throwaway PostgresCluster, server-side applied.
+    copy = rehearsal_cluster(make_cluster(), {}, name="db-rehearsal", backup="b", version=15,
+                             image=None, method="link")  # fmt: skip
+    used |= {(*_resource(copy["kind"]), "patch"), (*_resource(copy["kind"]), "create")}
     # The leader elector (pgherd.controller.leader): read, create, and the conditional PUT.
     used |= {(*_resource("Lease"), verb) for verb in ("get", "create", "update")}
     return used | planned_writes()

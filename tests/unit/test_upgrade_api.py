@@ -62,7 +62,9 @@ def root() -> dict[str, Any]:
 def test_spec_upgrade_defaults() -> None:
     spec = PostgresClusterSpec()
     assert (spec.upgrade.method, spec.upgrade.backup_first) == ("link", False)
-    assert spec.model_dump(by_alias=True)["upgrade"] == {"method": "link", "backupFirst": False}
+    assert spec.model_dump(by_alias=True)["upgrade"] == {
+        "method": "link", "backupFirst": False, "rehearsal": None,
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(

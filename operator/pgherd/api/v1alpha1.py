@@ -1240,6 +1240,62 @@ ROLLBACK_PHASES = ("PreflightFailed", "Failed")
 MAX_UPGRADE_PROBLEMS = 32
 
 
+class RehearsalCheck(ApiModel):
+    """SQL that judges the rehearsed upgrade, run on the upgraded throwaway copy."""
+
+    database: Identifier | None = Field(
+        default=None,
+        description="The database the query runs in; spec.bootstrap.database when unset.",
+    )
+    query: str = Field(
+        min_length=1,
+        max_length=8192,
+        description="Run as the application owner (spec.bootstrap.owner), never as the "
+        "superuser, with a 60 s statement timeout. The check passes when it runs without "
+        "error and the first value of its first row is true, e.g. "
+        "SELECT count(*) = 5000 FROM items. Several statements separated by ; may be given "
+        "(no parameters): the last one's row counts.",
+    )
+
+
+class UpgradeRehearsalSpec(ApiModel):
+    """A rehearsal of the major upgrade on a throwaway copy; the cluster itself is untouched."""
+
+    postgres_version: int = Field(
+        ge=13,
+        le=19,
+        description="The major to rehearse the upgrade to; above the version the cluster runs.",
+    )
+    image: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="Operand image of postgresVersion, as spec.image would name it for the "
+        "real upgrade; the operator's image for that major when unset.",
+    )
+    backup: str | None = Field(
+        default=None,
+        max_length=253,
+        description="The PostgresBackup (of this cluster, Completed) to restore; the latest "
+        "Completed one of the cluster's current database system when unset.",
+    )
+    check: RehearsalCheck | None = Field(
+        default=None, description="SQL that must hold on the upgraded copy."
+    )
+    run: str | None = Field(
+        default=None,
+        max_length=63,
+        description="Any text: a rehearsal runs once per distinct spec.upgrade.rehearsal, so "
+        "change run (e.g. to a date) to rehearse again with the same settings.",
+    )
+    timeout_minutes: int = Field(
+        default=60,
+        ge=5,
+        le=1440,
+        description="A rehearsal still running this long after it started fails "
+        "(RehearsalTimedOut) and its copy is deleted.",
+    )
+
+
 class UpgradeSpec(ApiModel):
     """How a major upgrade (raising spec.postgresVersion) is carried out."""
 
@@ -1258,6 +1314,13 @@ class UpgradeSpec(ApiModel):
         description="Take a base backup (a PostgresBackup, to spec.backup's object store) "
         "and wait for it to complete before stopping anything, so that the old major's data "
         "can be restored whatever happens. Requires spec.backup.",
+    )
+    rehearsal: UpgradeRehearsalSpec | None = Field(
+        default=None,
+        description="Rehearse the upgrade: restore a base backup into a throwaway cluster "
+        "(<name>-rehearsal, one instance, no archiving), upgrade it to postgresVersion with "
+        "this method, run check, report in status.rehearsal (durations, outage, the check's "
+        "result), then delete the copy. The cluster itself is untouched.",
     )
 
 
@@ -1709,6 +1772,77 @@ class ManagedRoleStatus(ApiModel):
     message: str | None = Field(default=None, description="The last error, or what is awaited.")
 
 
+RehearsalPhase = Literal["Restoring", "Upgrading", "Checking", "Succeeded", "Failed"]
+REHEARSAL_PHASES: tuple[str, ...] = get_args(RehearsalPhase)
+
+
+class RehearsalStatus(ApiModel):
+    """The last rehearsal of a major upgrade (spec.upgrade.rehearsal); written by the operator."""
+
+    phase: RehearsalPhase | None = Field(
+        default=None,
+        json_schema_extra={"maxLength": 16},
+        description="Restoring: the backup is restored into the throwaway cluster. Upgrading: "
+        "its major upgrade runs. Checking: spec.upgrade.rehearsal.check runs on it. "
+        "Succeeded or Failed (reason, message): done, and the throwaway cluster is deleted.",
+    )
+    request: str | None = Field(
+        default=None,
+        max_length=64,
+        description="Hash of the spec.upgrade.rehearsal this rehearsal ran for: a changed spec "
+        "starts a new one.",
+    )
+    cluster: str | None = Field(
+        default=None, max_length=63, description="The throwaway PostgresCluster."
+    )
+    backup: str | None = Field(
+        default=None, max_length=253, description="The PostgresBackup restored."
+    )
+    from_version: int | None = Field(default=None, ge=13, le=19, description="The major restored.")
+    to_version: int | None = Field(default=None, ge=13, le=19, description="The major rehearsed.")
+    method: UpgradeMethod | None = Field(default=None, description="The pg_upgrade method used.")
+    started_at: datetime | None = Field(default=None, description="When the rehearsal started.")
+    restored_at: datetime | None = Field(
+        default=None, description="When the copy was restored and healthy."
+    )
+    finished_at: datetime | None = Field(default=None, description="When it ended.")
+    restore_seconds: float | None = Field(
+        default=None, ge=0, description="Restore of the backup until the copy was healthy."
+    )
+    upgrade_seconds: float | None = Field(
+        default=None, ge=0, description="The copy's major upgrade, start to Completed."
+    )
+    outage_seconds: float | None = Field(
+        default=None,
+        ge=0,
+        description="The copy's write outage during its upgrade: what the real upgrade's is "
+        "expected to be, for a cluster of one instance on the same storage.",
+    )
+    check_passed: bool | None = Field(
+        default=None, description="Whether spec.upgrade.rehearsal.check held; unset: no check."
+    )
+    check_result: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="The check's first value, or the error it ended with.",
+    )
+    reason: str | None = Field(
+        default=None,
+        max_length=1024,
+        description="CamelCase reason of the outcome: RehearsalSucceeded, RehearsalNoBackup, "
+        "RehearsalNotAnUpgrade, RehearsalNameTaken, RehearsalUpgradeFailed, "
+        "RehearsalCheckFailed or RehearsalTimedOut.",
+    )
+    message: str | None = Field(
+        default=None, max_length=32768, description="What happened, and what to do next."
+    )
+    problems: list[UpgradeProblem] | None = Field(
+        default=None,
+        max_length=MAX_UPGRADE_PROBLEMS,
+        description="What the rehearsed upgrade's preflight found.",
+    )
+
+
 class PostgresClusterStatus(ApiModel):
     """Observed state of the cluster; written by the operator only."""
 
@@ -1785,6 +1919,10 @@ class PostgresClusterStatus(ApiModel):
         default=None,
         description="The last major upgrade (raising spec.postgresVersion): its phase, "
         "versions, timing and outage, and the preflight's problems.",
+    )
+    rehearsal: RehearsalStatus | None = Field(
+        default=None,
+        description="The last rehearsal of a major upgrade (spec.upgrade.rehearsal).",
     )
     kopf: FreeForm | None = Field(
         default=None, description="Bookkeeping of the operator framework (kopf)."

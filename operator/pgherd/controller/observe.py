@@ -17,9 +17,25 @@ from datetime import datetime
 
 from pydantic import ValidationError
 
-from pgherd.api.v1alpha1 import BACKUP_KIND, DATABASE_KIND, KIND, POOLER_KIND, PostgresCluster
+from pgherd.api.v1alpha1 import (
+    BACKUP_KIND,
+    DATABASE_KIND,
+    KIND,
+    MAX_NAME_LENGTH,
+    POOLER_KIND,
+    PostgresCluster,
+)
 from pgherd.contract import TLS_CA
-from pgherd.controller import databases_read, drain, pooler_read, postgres, references, roles, sql
+from pgherd.controller import (
+    databases_read,
+    drain,
+    pooler_read,
+    postgres,
+    references,
+    rehearsal,
+    roles,
+    sql,
+)
 from pgherd.controller.backups import recovery_source_store
 from pgherd.controller.cache import Cache
 from pgherd.controller.client import Manifest
@@ -38,6 +54,9 @@ from pgherd.render import labels, names, ownership
 Probe = Callable[[str, str, str], Manifest | None]  # (kind, namespace, name): metadata or None
 # (Patroni's api_url, the CA bundle to verify it with): the state it reports now, or None.
 LiveState = Callable[[str, str | None], str | None]
+# (target, database, the user's query): what a rehearsal's check gave, None when the copy
+# could not be reached (the next pass tries again).
+Checker = Callable[[sql.Target, str, str], rehearsal.CheckOutcome | None]
 # The label the Job controller puts on its pods.
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
@@ -75,11 +94,12 @@ def observe(
     recheck: frozenset[ChildKey] = frozenset(),
     live_state: LiveState | None = None,
     read_sql: sql.Reader | None = None,
+    run_check: Checker | None = None,
 ) -> Snapshot:
     """The snapshot of cluster namespace/name; probe reads the metadata of a name the caches
     cannot see (see the module docstring for which), live_state asks a member's Patroni,
     read_sql queries the primary (only for what a cluster's managed roles, databases and
-    poolers need to compare)."""
+    poolers need to compare), run_check runs a major upgrade rehearsal's check on its copy."""
     raw = cache.get(KIND, namespace, name)
     backups = tuple(
         b for b in cache.all(BACKUP_KIND, namespace) if (b.get("spec") or {}).get("cluster") == name
@@ -185,6 +205,7 @@ def observe(
         recovery_backup=recovery_backup,
         recovery_cluster=recovery_cluster,
     )
+    snapshot = _with_rehearsal(cache, probe, snapshot, cluster, run_check)
     target = sql.target(snapshot)
     if target is None or read_sql is None:
         return snapshot
@@ -200,6 +221,38 @@ def observe(
         seen = databases_read.read(read_sql, target, snapshot.databases)
         snapshot = dataclasses.replace(snapshot, databases_seen=seen)
     return snapshot
+
+
+# ---- a major upgrade's rehearsal ----------------------------------------------------------
+def _with_rehearsal(
+    cache: Cache, probe: Probe, snapshot: Snapshot, cluster: PostgresCluster,
+    run_check: Checker | None,
+) -> Snapshot:  # fmt: skip
+    """The rehearsal's copy as stored; and, in the Checking phase only, what the user's check
+    gives on it (logged in as its application owner)."""
+    name = names.rehearsal(cluster.metadata.name, MAX_NAME_LENGTH)
+    live = cache.get(KIND, snapshot.namespace, name)
+    snapshot = dataclasses.replace(snapshot, rehearsal_copy=live)
+    spec = cluster.spec.upgrade.rehearsal
+    record = cluster.status.rehearsal if cluster.status else None
+    if (
+        live is None
+        or run_check is None
+        or spec is None
+        or spec.check is None
+        or record is None
+        or record.phase != rehearsal.CHECKING
+        or record.request != rehearsal.request_of(spec)
+    ):
+        return snapshot
+    # The copy is a cluster of its own: its snapshot says how to reach its primary.
+    copy = observe(cache, probe, snapshot.namespace, name, snapshot.now)
+    target = sql.owner_target(copy) if copy.cluster is not None else None
+    if target is None or copy.cluster is None:
+        return snapshot
+    database = spec.check.database or copy.cluster.spec.bootstrap.database
+    outcome = run_check(target, database, spec.check.query)
+    return dataclasses.replace(snapshot, rehearsal_check=outcome)
 
 
 # ---- drain-aware switchover ---------------------------------------------------------------

@@ -32,6 +32,7 @@ from pgherd.api.v1alpha1 import (
     CredentialsStatus,
     PostgresCluster,
     RecoverySource,
+    RehearsalStatus,
     UpgradeStatus,
 )
 from pgherd.controller import (
@@ -45,6 +46,7 @@ from pgherd.controller import (
     major_upgrade_plan,
     poolers,
     references,
+    rehearsal_plan,
     roles,
     storage,
 )
@@ -115,6 +117,8 @@ class Plan:
     storage_grown: str | None = None
     # The major upgrade's progress (status.upgrade; pgherd.controller.major_upgrade).
     upgrade: UpgradeStatus | None = None
+    # The last rehearsal of a major upgrade (status.rehearsal; pgherd.controller.rehearsal).
+    rehearsal: RehearsalStatus | None = None
 
     @property
     def disruptive(self) -> list[Action]:
@@ -223,7 +227,7 @@ def plan(
     ) or gate.resolved
     # Managed roles come last: their SQL is independent of the rest; then the databases,
     # whose owner may be a managed role created by the same pass.
-    return with_growth(with_databases(with_switchover_refusal(cluster, snapshot,
+    return with_rehearsal(with_growth(with_databases(with_switchover_refusal(cluster, snapshot,
         with_managed_roles(Plan(
         tuple(actions),
         tuple(problems),
@@ -238,7 +242,7 @@ def plan(
         tls,
         rotation.status,
         upgrade=major_upgrade_plan.status_of(upgrade.progress),
-    ), cluster, snapshot)), snapshot), growth)  # fmt: skip
+    ), cluster, snapshot)), snapshot), growth), cluster, snapshot)  # fmt: skip
 
 
 # ---- the major upgrade: a raised spec.postgresVersion -------------------------------------
@@ -274,6 +278,19 @@ def with_growth(decided: Plan, growth: storage.Growth) -> Plan:
         problems=(*decided.problems, *([growth.problem] if growth.problem else [])),
         storage_grown=growth.grown,
     )  # fmt: skip
+
+
+def with_rehearsal(decided: Plan, cluster: PostgresCluster, snapshot: Snapshot) -> Plan:
+    """The plan with a major upgrade's rehearsal (pgherd.controller.rehearsal): it works on a
+    throwaway copy, never on this cluster's objects, and is the activity shown only when
+    nothing of the cluster's own is under way."""
+    step = rehearsal_plan.decide(cluster, snapshot)
+    return dataclasses.replace(
+        decided,
+        actions=(*decided.actions, *rehearsal_plan.actions_of(step, cluster, snapshot)),
+        activity=decided.activity or rehearsal_plan.activity_of(step),
+        rehearsal=step.record,
+    )
 
 
 def with_managed_roles(decided: Plan, cluster: PostgresCluster, snapshot: Snapshot) -> Plan:

@@ -21,12 +21,15 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pgherd.api.v1alpha1 import SUPERUSER_USERNAME
 from pgherd.controller.sql import Ident, Lit, Statement, Target
 
 if TYPE_CHECKING:
     import psycopg
     from psycopg import sql as psql
+
+
+# A rehearsal's check may not hold the operator's pass longer than this.
+CHECK_TIMEOUT_SECONDS = 60
 
 
 class PostgresError(Exception):
@@ -79,7 +82,7 @@ def session(target: Target, dbname: str, timeout: float) -> Iterator[psycopg.Con
                 conn = psycopg.connect(
                     host=parts.hostname,
                     port=str(parts.port or 5432),
-                    user=SUPERUSER_USERNAME,
+                    user=target.user,
                     password=password,
                     dbname=dbname,
                     sslmode="verify-ca",
@@ -109,6 +112,37 @@ def fetch(target: Target, dbname: str, query: Statement, timeout: float) -> list
             return list(conn.execute(compose(query)).fetchall())
         except psycopg.Error as e:
             raise PostgresError(f"{query.shown()[:200]}: {_first_line(e)}") from None
+
+
+def check(target: Target, dbname: str, query: str, timeout: float) -> tuple[bool, str]:
+    """A rehearsal's check (pgherd.controller.rehearsal) on dbname: see run_check. A server
+    that cannot be reached raises a transient PostgresError."""
+    with session(target, dbname, timeout) as conn:
+        return run_check(conn, query)
+
+
+def run_check(conn: psycopg.Connection[Any], query: str) -> tuple[bool, str]:
+    """Whether the first value of the last statement's first row is true, and that value (or
+    the error) as text. The statements are the user's own, sent as they are (no parameters),
+    under a statement timeout; only the first row is read."""
+    import psycopg  # noqa: PLC0415
+
+    try:
+        conn.execute("SELECT set_config('statement_timeout', %s, false)",
+                     (f"{CHECK_TIMEOUT_SECONDS}s",))  # fmt: skip
+        cursor = conn.execute(query.encode())
+        while cursor.nextset():
+            pass  # the last statement's result counts
+        row = cursor.fetchone() if cursor.description else None
+    except psycopg.OperationalError as e:
+        if conn.closed:
+            raise PostgresError(_first_line(e), transient=True) from None
+        return False, f"error: {_first_line(e)}"
+    except psycopg.Error as e:
+        return False, f"error: {_first_line(e)}"
+    if not row:
+        return False, "no row"
+    return row[0] is True, str(row[0])[:1024]
 
 
 def execute(target: Target, dbname: str, statements: Sequence[Statement], timeout: float) -> None:

@@ -27,6 +27,7 @@ from pgherd.controller.conditions import Problem
 from pgherd.controller.metrics import OperatorMetrics
 from pgherd.controller.observe import observe
 from pgherd.controller.plan import plan
+from pgherd.controller.rehearsal import CheckOutcome
 from pgherd.controller.snapshot import Snapshot
 from pgherd.controller.sql import Statement, Target
 from pgherd.settings import Settings
@@ -94,6 +95,17 @@ class Reconciler:
         self.sql_reads += 1
         return postgres.fetch(target, dbname, query, self.settings.patroni_timeout_seconds)
 
+    def _run_check(self, target: Target, dbname: str, query: str) -> CheckOutcome | None:
+        self.sql_reads += 1
+        try:
+            passed, result = postgres.check(
+                target, dbname, query, self.settings.patroni_timeout_seconds
+            )
+        except postgres.PostgresError as e:
+            log.info("a rehearsal's check could not reach its copy: %s", e)
+            return None
+        return CheckOutcome(passed, result)
+
     def reconcile(self, namespace: str, name: str) -> PassResult:
         started = time.monotonic()
         try:
@@ -112,6 +124,7 @@ class Reconciler:
         snapshot = observe(
             self.cache, self._probe, namespace, name, self.clock(),
             recheck=recheck, live_state=self._live_state, read_sql=self._read_sql,
+            run_check=self._run_check,
         )  # fmt: skip
         try:
             return self._pass(snapshot)

@@ -38,6 +38,7 @@ from pgherd.controller.queue import ClusterKey, WorkQueue, run_workers
 from pgherd.controller.reconciler import Reconciler
 from pgherd.controller.references import USE_LABEL
 from pgherd.render.labels import CLUSTER
+from pgherd.render.rehearsal import rehearsal_owner
 from pgherd.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,9 @@ class Controller:
 
     def on_cluster(self, event: str | None, meta: ObjectMeta, body: Manifest) -> None:
         self.metrics.watch_event(KIND, event or LISTED)
+        # A major upgrade rehearsal's copy: the cluster it rehearses for follows its progress.
+        if (rehearsing := rehearsal_owner(body)) is not None:
+            self.enqueue((meta.namespace, rehearsing))
         if event == "DELETED":
             self.cache.remove(self.clusters, meta.namespace, meta.name)
             self.metrics.forget(meta.namespace, meta.name)

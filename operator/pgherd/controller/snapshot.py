@@ -18,6 +18,7 @@ from pgherd import contract
 from pgherd.api.v1alpha1 import PostgresCluster
 from pgherd.controller.databases import DatabasesSeen
 from pgherd.controller.leader_release import ContainerSeen
+from pgherd.controller.rehearsal import CheckOutcome
 from pgherd.controller.roles import RolesSeen
 from pgherd.controller.sql import Target
 from pgherd.controller.storage import VolumeUsage
@@ -224,6 +225,10 @@ class Snapshot:
     # they ran (not instances), by name.
     jobs: Mapping[str, Manifest] = field(default_factory=dict)
     job_pods: tuple[Manifest, ...] = ()
+    # The rehearsal of a major upgrade (pgherd.controller.rehearsal): its throwaway copy as
+    # stored, and what the check gave on it (read only in the Checking phase).
+    rehearsal_copy: Manifest | None = None
+    rehearsal_check: CheckOutcome | None = None
 
     # ---- derived views ---------------------------------------------------------------
     def child(self, kind: str, name: str) -> Manifest | None:

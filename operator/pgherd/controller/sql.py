@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pgherd.api.v1alpha1 import SUPERUSER_USERNAME
 from pgherd.contract import TLS_CA
 from pgherd.controller import credentials, references
 from pgherd.render import names, ownership
@@ -103,6 +104,9 @@ class Target:
     # Tried in order (a superuser rotation cut short may have changed the superuser's).
     superuser_passwords: tuple[str, ...] = field(repr=False)
     cadata: str = field(repr=False)
+    # Who logs in: the superuser, but for a rehearsal's check (the application owner, with
+    # the owner's password in superuser_passwords).
+    user: str = SUPERUSER_USERNAME
 
 
 # (target, database, query) -> rows; raises pgherd.controller.postgres.PostgresError.
@@ -131,3 +135,15 @@ def target(snapshot: Snapshot) -> Target | None:
     if pending and pending != password:
         passwords += (pending,)
     return Target(primary.conn_url, passwords, cadata)
+
+
+def owner_target(snapshot: Snapshot) -> Target | None:
+    """As target, but logged in as the application owner (spec.bootstrap.owner) with its
+    password: the rehearsal's check runs with the owner's rights, never the superuser's."""
+    found = target(snapshot)
+    vault = snapshot.child("Secret", names.vault(snapshot.name))
+    password = credentials.kept(vault, None, "app") if vault is not None else None
+    if found is None or snapshot.cluster is None or not password:
+        return None
+    return Target(found.conn_url, (password,), found.cadata,
+                  user=snapshot.cluster.spec.bootstrap.owner)  # fmt: skip

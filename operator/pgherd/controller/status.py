@@ -341,6 +341,7 @@ def compute(
             upgraded_system=_upgraded_system(plan.upgrade),
         ),
         upgrade=plan.upgrade,
+        rehearsal=plan.rehearsal,
         kopf=previous.kopf,
     )
 

@@ -131,3 +131,13 @@ def pod_monitor(cluster: str) -> str:
 def service_host(service: str, namespace: str) -> str:
     """In-cluster DNS name of a Service."""
     return f"{service}.{namespace}.svc"
+
+
+REHEARSAL_SUFFIX = "-rehearsal"
+
+
+def rehearsal(cluster: str, max_length: int) -> str:
+    """The throwaway PostgresCluster a major upgrade's rehearsal restores into: the cluster's
+    name, shortened as needed so that the copy's own name fits PostgresCluster's limit."""
+    base = cluster[: max_length - len(REHEARSAL_SUFFIX)].rstrip("-")
+    return base + REHEARSAL_SUFFIX
