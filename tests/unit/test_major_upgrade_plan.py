@@ -185,10 +185,16 @@ def test_the_upgraded_system_archives_under_a_name_of_its_own() -> None:
         # there, its data directory would be a standby's (standby.signal).
         ("replica", "streaming", None),
         ("primary", "starting", None),
+        # Labelled primary, but Patroni's promotion is still under way.
+        ("promoted", "streaming", None),
     ],
 )
 def test_the_primary_counts_only_once_promoted(role: str, state: str, primary: str | None) -> None:
+    seen = pod(0, role="primary" if role == "promoted" else role, state=state)
+    if role == "promoted":
+        status = json.loads(seen["metadata"]["annotations"]["status"])
+        seen["metadata"]["annotations"]["status"] = json.dumps({**status, "role": "promoted"})
     s = snapshot({"postgresVersion": 18, "instances": 1}, status={"postgresVersion": 15},
-                 pods=[pod(0, role=role, state=state)], leader="db-0")  # fmt: skip
+                 pods=[seen], leader="db-0")  # fmt: skip
     assert s.cluster is not None
     assert mup.view_of(s.cluster, s, "img:18").primary == primary

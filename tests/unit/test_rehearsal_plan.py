@@ -127,7 +127,7 @@ def _plan(status: dict[str, Any], copy: dict[str, Any] | None = None) -> planner
 
 def _rehearsal_writes(decided: planner.Plan) -> list[Any]:
     return [a for a in decided.actions if getattr(a, "kind", None) == "PostgresCluster"
-            or isinstance(a, Event) and a.reason.startswith("Rehearsal")]  # fmt: skip
+            or (isinstance(a, Event) and a.reason.startswith("Rehearsal"))]  # fmt: skip
 
 
 def test_a_new_rehearsal_creates_its_copy_at_the_running_major_and_image() -> None:

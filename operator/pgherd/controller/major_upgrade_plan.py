@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 from pgherd.api.v1alpha1 import BACKUP_KIND, PostgresCluster, UpgradeProblem, UpgradeStatus
 from pgherd.controller import major_upgrade as mu
@@ -127,15 +127,17 @@ def status_of(p: mu.Progress | None) -> UpgradeStatus | None:
     )
 
 
-def serving(primary: Member | None) -> bool:
+def serving(primary: Member | None) -> TypeGuard[Member]:
     """Whether the leader runs as a primary, promotion done: Patroni takes the leader key
-    before it promotes (a switchover's candidate holds the key while still a standby), and a
-    member stopped in that window leaves a standby's data directory (standby.signal), which
-    must never be the one upgraded. Patroni labels the pod primary once promoted."""
+    and labels the pod primary before its promotion completes (a switchover's candidate
+    reports role "promoted" meanwhile, seen for 14 s on a loaded machine), and a member
+    stopped in that window leaves a standby's data directory (standby.signal), which must
+    never be the one upgraded. Patroni's own status says "primary" once it is done."""
     return (
         primary is not None
         and primary.running
         and primary.role == labels.ROLE_PRIMARY
+        and primary.patroni_role == labels.ROLE_PRIMARY
         and primary.state == "running"
     )
 

@@ -123,6 +123,9 @@ class Member:
     node: str | None = None
     # The kubelet's report of the instance container (operator-assisted leader release).
     container: ContainerSeen | None = None
+    # The role in Patroni's own status annotation: "promoted" while a promotion is under way
+    # (the pod's role label already says primary then), "primary" once it is done.
+    patroni_role: str | None = None
 
 
 def _time(value: str | None) -> datetime | None:
@@ -173,6 +176,7 @@ def member_from_pod(pod: Manifest) -> Member:
         conn_url=patroni.get("conn_url") if isinstance(patroni.get("conn_url"), str) else None,
         node=(pod.get("spec") or {}).get("nodeName") or None,
         container=ContainerSeen.from_pod(pod, contract.CONTAINER),
+        patroni_role=str(patroni["role"]) if isinstance(patroni.get("role"), str) else None,
     )
 
 
