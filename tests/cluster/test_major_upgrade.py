@@ -1,13 +1,23 @@
 """The declarative major upgrade, end to end in the operand images (the test kubelet's image
-mode): raising spec.postgresVersion (with spec.image, as these clusters name their image) runs
-the preflight Job, stops the instances, pg_upgrade in a Job on the primary's volume, hands
-Patroni the new system, starts 18, rebuilds statistics, re-creates the replicas from the new
-primary, and archives under the new system's name with a first base backup. A preflight that
-finds an extension the new major lacks changes nothing, and the version may be set back.
+mode).
+
+- A rehearsal (spec.upgrade.rehearsal) restores the cluster's backup into a throwaway copy,
+  upgrades the copy, runs the user's check on it as the application owner, reports the
+  durations and deletes the copy; the cluster's own pods are not touched.
+- Raising spec.postgresVersion (with spec.image, as these clusters name their image) runs the
+  preflight Job, takes a base backup first (spec.upgrade.backupFirst), switches the primary
+  (placed at ordinal 1 beforehand) over to ordinal 0 and stops the instances, runs pg_upgrade
+  in a Job on the primary's volume, hands Patroni the new system, starts 18, rebuilds
+  statistics, re-creates the replicas from the new primary, and archives under the new
+  system's name with a first base backup. The operator is killed (SIGKILL) once the outage
+  has begun, and a new one carries the upgrade through.
+- A preflight that finds an extension the new major lacks (and method clone on a filesystem
+  without reflinks) changes nothing, and the version may be set back.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +30,14 @@ from pgherd.controller.client import Client as Kube
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.operand_image import OperandImage
 from tests import s3_server
-from tests.cluster.test_backup import BUCKET, CREDS, _secret, backup_spec
+from tests.cluster.test_backup import (
+    BUCKET,
+    CREDS,
+    _secret,
+    backup_spec,
+    create_backup,
+    wait_backup,
+)
 from tests.cluster.test_image_rootfs import PATRONI, _image
 from tests.operator_harness import Cluster, Operator, wait_for
 
@@ -34,7 +51,12 @@ CREATE INDEX items_label_trgm ON items USING gin (label gin_trgm_ops);
 CREATE SEQUENCE counter;
 SELECT setval('counter', 4242);
 CREATE VIEW cheap AS SELECT id, label FROM items WHERE id < 100;
+GRANT SELECT ON items TO app;
 """
+# The rehearsal's check, run as the application owner on the upgraded copy.
+CHECK = {"database": "postgres", "query": "SELECT count(*) = 5000 FROM items"}
+# Phases of an upgrade under way after the outage began, where the operator is killed.
+KILL_IN = ("Stopping", "Upgrading", "Resetting", "Starting")
 
 
 @pytest.fixture(scope="module")
@@ -101,20 +123,43 @@ def test_a_cluster_is_upgraded_from_15_to_18_with_its_data_on_every_instance(
     for pod in sorted(p["metadata"]["name"] for p in cluster.pods()):
         wait_for(f"the data on {pod}", lambda p=pod: _read_back(cluster, p) == expected, 60)
 
+    _rehearse(cluster, kube, image18)
+    if cluster.primary() == "up-0":
+        # The upgrade moves the primary to ordinal 0 before it stops: make it do so.
+        cluster.patch_spec({"switchover": {"targetInstance": "up-1"}})
+        wait_for("up-1 to be the primary", lambda: cluster.status().get("currentPrimary")
+                 == "up-1" and cluster.primary() == "up-1", timeout=120)  # fmt: skip
+        cluster.wait_healthy(3, timeout=120)
+
     begin = time.monotonic()
-    cluster.patch_spec({"postgresVersion": 18, "image": image18.reference})
+    # With a base backup first (spec.upgrade.backupFirst), waited for before anything stops.
+    cluster.patch_spec({"postgresVersion": 18, "image": image18.reference,
+                        "upgrade": {"backupFirst": True}})  # fmt: skip
     phases: list[str] = []
+    killed: list[str] = []
 
     def completed() -> dict[str, Any] | None:
         up = _upgrade(cluster)
         if up.get("phase") and (not phases or phases[-1] != up["phase"]):
             phases.append(up["phase"])
+        if up.get("phase") in KILL_IN and not killed:
+            # Mid-way, with nothing running: a crashed operator pod, and its replacement.
+            assert operator.proc is not None
+            operator.proc.send_signal(signal.SIGSTOP)
+            operator.stop(signal.SIGKILL)
+            operator.start()
+            killed.append(up["phase"])
         return up if up.get("phase") in ("Completed", "Failed", "PreflightFailed") else None
 
     up = wait_for("the upgrade to end", completed, timeout=900, interval=1)
     took = time.monotonic() - begin
-    print(f"upgrade 15 -> 18 of 3 instances: {took:.1f}s, phases {phases}, status {up}")
+    print(f"upgrade 15 -> 18 of 3 instances: {took:.1f}s, phases {phases}, operator killed in "
+          f"{killed}, status {up}")  # fmt: skip
     assert up["phase"] == "Completed", up
+    assert killed, phases  # the kill landed mid-way
+    assert phases.index("BackingUp") < phases.index(killed[0]), phases
+    before = kube.get("PostgresBackup", ns, up["backup"]) or {}
+    assert before.get("status", {}).get("phase") == "Completed", before
     assert (up["fromVersion"], up["toVersion"], up["method"]) == (15, 18, "link")
     assert up["outageSeconds"] > 0 and up["systemIdentifier"], up
     status = cluster.wait_healthy(3, timeout=300)
@@ -143,6 +188,47 @@ def test_a_cluster_is_upgraded_from_15_to_18_with_its_data_on_every_instance(
     assert kube.list("Job", ns) == []
 
 
+def _rehearse(cluster: Cluster, kube: Kube, image18: OperandImage) -> None:
+    """A backup, then a rehearsal of the upgrade to 18 on a copy restored from it, checked;
+    the cluster's own pods stay as they were, on 15."""
+    create_backup(kube, cluster.namespace, "up-before", cluster.name)
+    assert wait_backup(kube, cluster.namespace, "up-before", timeout=240)["phase"] == "Completed"
+    pods = {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods()}
+    begin = time.monotonic()
+    cluster.patch_spec({"upgrade": {"rehearsal": {
+        "postgresVersion": 18, "image": image18.reference, "check": CHECK}}})  # fmt: skip
+
+    def ended() -> dict[str, Any] | None:
+        got = dict(cluster.status().get("rehearsal") or {})
+        return got if got.get("phase") in ("Succeeded", "Failed") else None
+
+    rehearsal = wait_for("the rehearsal to end", ended, timeout=900, interval=1)
+    print(f"rehearsal 15 -> 18: {time.monotonic() - begin:.1f}s, status {rehearsal}")
+    assert rehearsal["phase"] == "Succeeded", rehearsal
+    assert (rehearsal["backup"], rehearsal["fromVersion"], rehearsal["toVersion"]) == (
+        "up-before", 15, 18,
+    )  # fmt: skip
+    assert (rehearsal["checkPassed"], rehearsal["checkResult"]) == (True, "True")
+    assert rehearsal["restoreSeconds"] > 0 and rehearsal["upgradeSeconds"] > 0
+    assert rehearsal["outageSeconds"] > 0
+    copy = rehearsal["cluster"]
+    wait_for(
+        f"the copy {copy} to be gone",
+        lambda: kube.get("PostgresCluster", cluster.namespace, copy) is None,
+        timeout=120,
+    )
+    # With its volume and Secrets: nothing of it is left behind.
+    wait_for(f"{copy}'s claims and Secrets to be gone", lambda: not [
+        o["metadata"]["name"] for kind in ("PersistentVolumeClaim", "Secret", "Pod")
+        for o in kube.list(kind, cluster.namespace) if copy in o["metadata"]["name"]
+    ], timeout=120)  # fmt: skip
+    # The cluster itself: the same pods, still 15, no upgrade of its own.
+    assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in cluster.pods()} == pods
+    assert "upgrade" not in cluster.status() or not cluster.status()["upgrade"]
+    with cluster.connect_superuser() as conn:
+        assert conn.execute("SHOW server_version").fetchone()[0].startswith("15.")  # type: ignore[index]
+
+
 def test_a_preflight_that_finds_a_missing_extension_changes_nothing(
     operator: Operator, kube: Kube, ns: str, images: tuple[OperandImage, OperandImage]
 ) -> None:
@@ -154,13 +240,16 @@ def test_a_preflight_that_finds_a_missing_extension_changes_nothing(
     uid = (kube.get("Pod", ns, pod) or {})["metadata"]["uid"]
     with cluster.connect_superuser(pod) as conn:
         conn.execute("CREATE EXTENSION adminpack")  # gone from PostgreSQL 17 on
-    cluster.patch_spec({"postgresVersion": 18, "image": image18.reference})
+    # clone needs reflinks, which this machine's filesystem lacks: the preflight says so too.
+    cluster.patch_spec({"postgresVersion": 18, "image": image18.reference,
+                        "upgrade": {"method": "clone"}})  # fmt: skip
     up = wait_for(
         "the preflight to fail",
         lambda: u if (u := _upgrade(cluster)).get("phase") == "PreflightFailed" else None,
         timeout=300,
     )
     assert any("adminpack" in p["subject"] for p in up["problems"]), up
+    assert any(p["check"] == "method" for p in up["problems"]), up
     degraded = cluster.condition("Degraded")
     assert (degraded["status"], degraded["reason"]) == ("True", "UpgradePreflightFailed")
     assert "adminpack" in degraded["message"] and "Nothing was changed" in degraded["message"]
