@@ -22,8 +22,10 @@ Writes bench-results/bench.json. Not a test: it asserts nothing, it measures.
   - Patroni timing profiles: default, tuned and fast (operator-assisted leader release), each
     primary killed several times in synchronous mode on: p50/max of writes back (bench.failover);
   - the major upgrade 15 -> 18 of a ~1 GiB database: `pgherd upgrade run` per method (link,
-    copy, clone where reflinks exist), pg_upgrade alone, the preflight, analyze (bench.upgrade).
-PGHERD_BENCH_ONLY=latency,ha,backup,wal,tls,metrics,pooler,faults,outage,failover runs some
+    copy, clone where reflinks exist), pg_upgrade alone, the preflight, analyze (bench.upgrade);
+    and the operator's whole upgrade of a one-instance cluster in the operand images, link vs
+    copy, with the write outage it measures (bench.upgrade_cluster).
+PGHERD_BENCH_ONLY=latency,ha,...,upgrade_cluster (the SECTIONS below) runs some
 sections only (default: all), writing bench-results/bench-<sections>.json instead.
 Clusters in the latency runs park their pods off every node (nodeSelector), so only the
 operator's work is timed and 600 PostgreSQL servers are not needed.
@@ -423,6 +425,8 @@ SECTIONS += ("failover",)
 SECTIONS += ("upgrade",)
 # Issue 15: the operand images in the test kubelet's image mode (bench.image_mode).
 SECTIONS += ("image",)
+# Issue 15: the operator's major upgrade of ~1 GiB, link vs copy (bench.upgrade_cluster).
+SECTIONS += ("upgrade_cluster",)
 
 
 def _connect_ms(cluster: Cluster, pod: str, count: int, **kw: Any) -> dict[str, float]:
@@ -592,6 +596,12 @@ def main() -> int:  # noqa: PLR0912, PLR0915 - one branch per section
                 from bench.image_mode import image_costs  # noqa: PLC0415 - that section only
 
                 results["image_mode"] = image_costs(kube, cp, _ns(kube, "bench-image"))
+            if "upgrade_cluster" in sections:  # issue 15: the operator's upgrade, image mode
+                from bench.upgrade_cluster import upgrade_cluster_outage  # noqa: PLC0415
+
+                results["upgrade_cluster"] = upgrade_cluster_outage(
+                    kube, cp, _ns(kube, "bench-upgrade")
+                )
             op.stop(signal.SIGTERM)
             if "metrics" in sections:  # with operators of its own, one at a time
                 results[f"operator_metrics_{n}_clusters"] = metrics_costs(kube, cp, Path(tmp), n)
