@@ -19,6 +19,7 @@ from typing import Any
 from tests.operator_harness import Cluster, wait_for
 
 from pgherd.controller.client import Client as Kube
+from pgherd.controller.upgrade_outcome import read_outcome
 from pgherd_dev.controlplane import ControlPlane
 from pgherd_dev.image_mode import add_image
 from pgherd_dev.operand_image import operand_image
@@ -66,16 +67,24 @@ def _upgrade(kube: Kube, ns: str, name: str, images: dict[int, str], method: str
     begin = time.monotonic()
     cluster.patch_spec({"postgresVersion": 18, "image": images[18]})
     seen: dict[str, float] = {}
+    job: dict[str, Any] = {}
 
     def ended() -> dict[str, Any] | None:
         up = dict(cluster.status().get("upgrade") or {})
         if up.get("phase") and up["phase"] not in seen:
             seen[up["phase"]] = round(time.monotonic() - begin, 1)
+        if not job:  # the upgrade Job's own report, before the operator deletes it
+            for pod in kube.list("Pod", ns, f"batch.kubernetes.io/job-name={name}-upgrade"):
+                outcome = read_outcome(pod)
+                if outcome.phase == "succeeded" and outcome.report:
+                    job.update(outcome.report)
         return up if up.get("phase") in ENDED else None
 
     up = wait_for(f"the {method} upgrade to end", ended, timeout=1800, interval=0.5)
     row.update({
         "phase": up["phase"],
+        "method": up.get("method"),
+        "upgrade_job_durations": job.get("durations"),
         "outage_seconds": up.get("outageSeconds"),
         "patch_to_completed_seconds": round(time.monotonic() - begin, 1),
         "phase_first_seen_seconds": seen,
