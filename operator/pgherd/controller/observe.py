@@ -21,7 +21,6 @@ from pgherd.api.v1alpha1 import (
     BACKUP_KIND,
     DATABASE_KIND,
     KIND,
-    MAX_NAME_LENGTH,
     POOLER_KIND,
     PostgresCluster,
 )
@@ -33,6 +32,7 @@ from pgherd.controller import (
     postgres,
     references,
     rehearsal,
+    rehearsal_plan,
     roles,
     sql,
 )
@@ -230,7 +230,7 @@ def _with_rehearsal(
 ) -> Snapshot:  # fmt: skip
     """The rehearsal's copy as stored; and, in the Checking phase only, what the user's check
     gives on it (logged in as its application owner)."""
-    name = names.rehearsal(cluster.metadata.name, MAX_NAME_LENGTH)
+    name = rehearsal_plan.copy_name(cluster)
     live = cache.get(KIND, snapshot.namespace, name)
     snapshot = dataclasses.replace(snapshot, rehearsal_copy=live)
     spec = cluster.spec.upgrade.rehearsal
